@@ -1,0 +1,111 @@
+"""Run a stage notebook with papermill and scrub what changes between runs, so executed notebooks
+are byte-identical for identical inputs and can be committed as DVC outputs.
+
+    python -m cftlib.nbrun notebooks/00_world.ipynb executed/00_world.ipynb [-p name value ...]
+    python -m cftlib.nbrun --strip notebooks/*.ipynb     # clear outputs of source notebooks
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from .io import atomic_path
+
+_VOLATILE_NB = ("start_time", "end_time", "duration", "input_path", "output_path")
+_KERNEL_TMP = re.compile(r"/tmp/ipykernel_\d+/")
+
+
+def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop timestamps, random cell ids and kernel PIDs; order stream outputs stdout-first."""
+    meta = nb.metadata.get("papermill", {})
+    for key in _VOLATILE_NB:
+        meta.pop(key, None)
+    for i, cell in enumerate(nb.cells):
+        cell.metadata.pop("execution", None)
+        pm = cell.metadata.get("papermill", {})
+        for key in ("start_time", "end_time", "duration"):
+            pm.pop(key, None)
+        if "injected-parameters" in cell.metadata.get("tags", []) or not cell.get("id", "").isascii():
+            cell["id"] = f"injected-{i}"
+        if cell.cell_type != "code":
+            continue
+        outputs, run = [], []
+        for out in cell.outputs + [None]:
+            if out is not None and out.output_type == "stream":
+                out.text = _KERNEL_TMP.sub("/tmp/ipykernel/", out.text)
+                run.append(out)
+                continue
+            outputs += sorted(run, key=lambda o: o.name != "stdout")
+            run = []
+            if out is not None:
+                outputs.append(out)
+        cell.outputs = outputs
+    for cell in nb.cells:  # papermill's error banner cell gets a random id too
+        if cell.cell_type == "markdown" and "papermill-error-cell-tag" in cell.metadata.get("tags", []):
+            cell["id"] = "papermill-error"
+    return nb
+
+
+def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Source form of a notebook: no outputs, no execution counts, no run metadata."""
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    nb.metadata.pop("papermill", None)
+    return nb
+
+
+def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | None = None,
+        cwd: str | Path | None = None, log_output: bool = False) -> Path:
+    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub."""
+    import papermill as pm
+
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        try:
+            pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name="python3",
+                                cwd=str(cwd) if cwd else None, progress_bar=False, log_output=log_output,
+                                request_save_on_cell_execute=False)
+        finally:  # keep the failed notebook next to the output for reading, scrubbed
+            if tmp.exists():
+                nb = scrub(nbformat.read(tmp, as_version=4))
+                nbformat.write(nb, tmp)
+                if not _succeeded(nb):
+                    nbformat.write(nb, output.with_suffix(".failed.ipynb"))
+    return output
+
+
+def _succeeded(nb: nbformat.NotebookNode) -> bool:
+    return not any(c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs) for c in nb.cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cftlib.nbrun", description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", help="notebook and output, or notebooks with --strip")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    ap.add_argument("--strip", action="store_true", help="clear outputs of source notebooks in place")
+    args = ap.parse_args(argv)
+    if args.strip:
+        for p in args.paths:
+            nbformat.write(strip(nbformat.read(p, as_version=4)), p)
+        return 0
+    if len(args.paths) != 2:
+        ap.error("give a notebook and an output path")
+    params = {name: yaml.safe_load(value) for name, value in args.parameter}
+    run(*args.paths, parameters=params, log_output=bool(os.environ.get("CI")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
