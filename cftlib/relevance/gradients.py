@@ -1,0 +1,65 @@
+"""Gradient-based relevance: activation x (rule-modified) gradient for ViTs and CNNs, and Grad-CAM.
+
+All methods explain the score s = sum_b z_b[t_b] (the target logits summed over the batch: samples
+are independent, so one backward gives every sample's map). `input_x_gradient` with an LRP rule set
+is AttnLRP / CP-LRP (see `attnlrp.py`); with none it is plain gradient x input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attnlrp import patched, token_grid
+
+
+def target_score(logits: torch.Tensor, target=None) -> torch.Tensor:
+    """sum_b z_b[t_b]; `target` is a class index, a (B,) tensor, or None for each sample's argmax."""
+    if target is None:
+        target = logits.detach().argmax(1)
+    target = torch.as_tensor(target, device=logits.device).expand(logits.shape[0])
+    return logits.gather(1, target[:, None]).sum()
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+def cnn_forward(model: nn.Module, x: torch.Tensor):
+    """(last feature map (B, C, h, w), logits) of a timm CNN, from one forward."""
+    feats = model.forward_features(x)
+    if feats.ndim != 4:
+        raise TypeError(f"{type(model).__name__}.forward_features gave shape {tuple(feats.shape)}, not (B, C, h, w)")
+    return feats, model.forward_head(feats)
+
+
+def input_x_gradient(model, x, target=None, *, kind, level, create_graph=False, rule=None):
+    """sum over channels of a * ds/da, at a = the input pixels (`level="input"`) or the patch grid
+    (`level="grid"`: ViT patch-embedding output, CNN last feature map). Returns (map, logits)."""
+    if level == "input":
+        x = _leaf(x)
+    if kind == "vit":
+        with patched(model, rule) as state:
+            logits = model(x)
+            a = x if level == "input" else state.tokens
+            with state.lrp():
+                (g,) = torch.autograd.grad(target_score(logits, target), a, create_graph=create_graph,
+                                           retain_graph=True)
+        r = (a * g).sum(1 if level == "input" else -1)
+        return (r[:, None] if level == "input" else token_grid(model, r, x.shape[-2:])), logits
+    if rule is not None:
+        raise ValueError(f"rule {rule!r} is implemented for ViTs only")
+    feats, logits = cnn_forward(model, x)
+    a = x if level == "input" else feats
+    (g,) = torch.autograd.grad(target_score(logits, target), a, create_graph=create_graph, retain_graph=True)
+    return (a * g).sum(1, keepdim=True), logits
+
+
+def gradcam(model, x, target=None, *, kind, level, create_graph=False):
+    """Grad-CAM (Selvaraju et al., ICCV 2017) on a CNN's last feature map: relu(sum_c alpha_c A_c),
+    alpha_c = spatial mean of ds/dA_c. With `create_graph` the weights alpha are differentiated too,
+    so the map's gradient is exact."""
+    feats, logits = cnn_forward(model, x)
+    (g,) = torch.autograd.grad(target_score(logits, target), feats, create_graph=create_graph,
+                               retain_graph=True)
+    return (g.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True).relu(), logits
