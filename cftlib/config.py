@@ -50,8 +50,8 @@ class World:
         for key in ("rho_bg", "rho_color"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 err(key, f"{getattr(self, key)} outside [0, 1]")
-        if self.n_species < 2:
-            err("n_species", f"{self.n_species}: need at least 2 species")
+        if self.n_species < 3:
+            err("n_species", f"{self.n_species}: need at least 3 species (with 2, any part tells them apart)")
         if self.image_size < 16:
             err("image_size", f"{self.image_size}: need at least 16 px")
         if not 1 <= self.supersample <= 4:

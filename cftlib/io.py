@@ -37,3 +37,9 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run the stage that writes it (`dvc repro`)")
     return json.loads(path.read_text())
+
+
+def write_csv(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame as CSV (no index), atomically, with stable float formatting."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")

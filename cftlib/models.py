@@ -1,0 +1,56 @@
+"""Model factory and checkpoints: any timm model by name and kwargs, built without downloads, with
+explicit (non-fused) attention so relevance methods can read and differentiate through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from .io import atomic_path
+
+MEAN, STD = 0.5, 0.5  # timm's ViT normalisation (inception style)
+
+
+def build_model(name: str, num_classes: int, img_size: int | None = None, **kwargs) -> torch.nn.Module:
+    """A randomly initialised timm model; ViT attention switched to the explicit path."""
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    return model
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images → normalised float (N, 3, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (x - MEAN) / STD
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> None:
+    """Weights and the build config only (loadable with `weights_only=True`), written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from a checkpoint written by `save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; run the stage that trains it (`dvc repro`)")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    cfg = ckpt["config"]
+    model = build_model(cfg["name"], cfg["num_classes"], cfg.get("img_size"), **cfg.get("kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Logits (N, classes) for uint8 images, in eval mode."""
+    model.eval()
+    return torch.cat([model(to_tensor(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]).numpy()
