@@ -93,7 +93,8 @@ def test_unsupported_combinations_fail(method, output, model_name):
 def test_maps_have_the_model_grid_and_range(method, output, model_name):
     model = make(model_name)
     x = images(model)
-    r, logits = explain(model, x, method, output=output)
+    with torch.no_grad():  # a picture needs no graph of its own
+        r, logits = explain(model, x, method, output=output)
     if output == "patch":
         grid = (model.patch_embed.grid_size if hasattr(model, "patch_embed")
                 else model.forward_features(x).shape[-2:])

@@ -101,7 +101,8 @@ def explain(model, x, method="attnlrp", target=None, *, create_graph=False, outp
         raise ValueError(f"output {output!r}: choose one of {OUTPUTS}")
     if kind not in m.model_kinds or level not in m.levels:
         raise ValueError(f"{method} does not give output={output!r} for a {kind}")
-    r, logits = m.fn(model, x, target, kind=kind, level=level, create_graph=create_graph)
+    with torch.enable_grad():  # relevance needs autograd, even when called under no_grad for a picture
+        r, logits = m.fn(model, x, target, kind=kind, level=level, create_graph=create_graph)
     if output == "pixel":
         r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)
     if normalize:

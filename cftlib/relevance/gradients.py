@@ -28,8 +28,8 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 def cnn_forward(model: nn.Module, x: torch.Tensor):
     """(last feature map (B, C, h, w), logits) of a timm CNN, from one forward."""
     feats = model.forward_features(x)
-    if feats.ndim != 4:
-        raise TypeError(f"{type(model).__name__}.forward_features gave shape {tuple(feats.shape)}, not (B, C, h, w)")
+    if feats.ndim != 4 or feats.shape[1] != model.num_features:
+        raise TypeError(f"{type(model).__name__}.forward_features gave {tuple(feats.shape)}, not (B, C, h, w)")
     return feats, model.forward_head(feats)
 
 
