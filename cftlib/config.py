@@ -95,11 +95,149 @@ class Pretrain:
             err("label_smoothing", "in [0, 1)")
 
 
+PROPOSERS = ("fieldguide", "llm", "wordnet", "bank")
+GROUNDERS = ("world", "groundingsam", "foreground")
+DATASETS = ("world", "folder")
+MASK_POLICIES = ("keep", "drop", "foreground")
+
+
+@dataclass(frozen=True)
+class LLM:
+    model: str = ""  # local folder or Hugging Face hub id of a causal LM with a chat template
+    n_concepts: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy decoding
+    retries: int = 2
+    cache_dir: str = "cache/llm"
+    device: str = "auto"
+
+    def check(self, err):
+        for key in ("n_concepts", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
+        if self.retries < 0:
+            err("retries", "must be >= 0")
+        if self.temperature < 0:
+            err("temperature", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class WordNetProposer:
+    dict_dir: str = ""  # empty: search $WNSEARCHDIR, $WNHOME/dict, /usr/share/wordnet, nltk_data
+    max_depth: int = 8
+    max_concepts: int = 12
+    prefix: bool = True  # "bird wing" rather than "wing" (the official bank's style)
+
+    def check(self, err):
+        if self.max_depth < 0:
+            err("max_depth", "must be >= 0")
+        if self.max_concepts < 1:
+            err("max_concepts", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class BankProposer:
+    path: str = ""  # empty: the official repository's bank shipped in cftlib/data
+    dataset: str = "cub_birds"
+
+
+@dataclass(frozen=True)
+class Concepts:
+    proposer: str = "fieldguide"
+    dataset: str = "world"  # world: data/world's field guide; folder: <image_dir>/<class>/<image>
+    image_dir: str = ""
+    class_names: str = ""  # folder dataset: optional JSON {folder: "name, synonym, ..."}
+    max_chars: int = 30  # Label-free CBM filters
+    name_similarity: float = 0.85
+    duplicate_similarity: float = 0.9
+    llm: LLM = field(default_factory=LLM)
+    wordnet: WordNetProposer = field(default_factory=WordNetProposer)
+    bank: BankProposer = field(default_factory=BankProposer)
+
+    def check(self, err):
+        if self.proposer not in PROPOSERS:
+            err("proposer", f"unknown proposer {self.proposer!r}; choose {', '.join(PROPOSERS)}")
+        if self.dataset not in DATASETS:
+            err("dataset", f"unknown dataset {self.dataset!r}; choose {', '.join(DATASETS)}")
+        if self.dataset == "folder" and not self.image_dir:
+            err("image_dir", "required when dataset is folder")
+        if self.proposer == "fieldguide" and self.dataset != "world":
+            err("proposer", "fieldguide reads the world's field guide; use llm, wordnet or bank for a folder")
+        if self.proposer == "llm" and not self.llm.model:
+            err("llm.model", "required when proposer is llm (a local folder or hub id)")
+        if self.max_chars < 1:
+            err("max_chars", "must be >= 1")
+        for key in ("name_similarity", "duplicate_similarity"):
+            if not 0 < getattr(self, key) <= 1:
+                err(key, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class WorldNoise:
+    boundary: int = 1  # each concept mask dilated (+) or eroded (-) by up to this many px
+    p_miss: float = 0.1  # P(a concept's part is not found)
+    q_spurious: float = 0.1  # P(a spurious blob is added to a concept's mask)
+    blob_radius: float = 0.08  # spurious blob radius, fraction of the image side
+
+    def check(self, err):
+        if self.boundary < 0:
+            err("boundary", "must be >= 0")
+        for key in ("p_miss", "q_spurious"):
+            if not 0 <= getattr(self, key) <= 1:
+                err(key, f"{getattr(self, key)} outside [0, 1]")
+        if not 0 < self.blob_radius <= 0.5:
+            err("blob_radius", "in (0, 0.5]")
+
+
+@dataclass(frozen=True)
+class GroundingSAM:
+    detector: str = "IDEA-Research/grounding-dino-base"
+    segmenter: str = "facebook/sam2.1-hiera-large"  # transformers SamModel or Sam2Model checkpoint
+    box_threshold: float = 0.35
+    text_threshold: float = 0.65
+    device: str = "auto"
+    fp16: bool = True  # autocast on CUDA, as the official script
+
+    def check(self, err):
+        for key in ("box_threshold", "text_threshold"):
+            if not 0 <= getattr(self, key) <= 1:
+                err(key, f"{getattr(self, key)} outside [0, 1]")
+
+
+@dataclass(frozen=True)
+class Masks:
+    grounder: str = "world"
+    k: int = 3  # few-shot images per training class
+    class_fraction: float = 0.5  # share of classes fine-tuned on; the rest give 1 validation image each
+    policy: str = "keep"  # what to do with a non-ok mask: keep, drop, foreground (fall back to the object)
+    min_fraction: float = 0.001  # below: flagged too_small (0: empty)
+    max_fraction: float = 0.98  # above: flagged too_large
+    unknown_concept: str = "error"  # world grounder, a concept naming no part: error, or empty (not found)
+    world: WorldNoise = field(default_factory=WorldNoise)
+    groundingsam: GroundingSAM = field(default_factory=GroundingSAM)
+
+    def check(self, err):
+        if self.grounder not in GROUNDERS:
+            err("grounder", f"unknown grounder {self.grounder!r}; choose {', '.join(GROUNDERS)}")
+        if self.policy not in MASK_POLICIES:
+            err("policy", f"unknown policy {self.policy!r}; choose {', '.join(MASK_POLICIES)}")
+        if self.unknown_concept not in ("error", "empty"):
+            err("unknown_concept", "choose error or empty")
+        if self.k < 1:
+            err("k", "must be >= 1")
+        if not 0 < self.class_fraction < 1:
+            err("class_fraction", "in (0, 1): some classes train, the others validate")
+        if not 0 <= self.min_fraction < self.max_fraction <= 1:
+            err("min_fraction", "need 0 <= min_fraction < max_fraction <= 1")
+
+
 @dataclass(frozen=True)
 class Params:
     base: Base = field(default_factory=Base)
     world: World = field(default_factory=World)
     pretrain: Pretrain = field(default_factory=Pretrain)
+    concepts: Concepts = field(default_factory=Concepts)
+    masks: Masks = field(default_factory=Masks)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -143,6 +281,9 @@ def _cross_check(p: Params, where: str) -> None:
     if isinstance(patch, int) and p.world.image_size % patch:
         raise ConfigError(f"{where}: world.image_size {p.world.image_size} is not divisible by "
                           f"pretrain.model_kwargs.patch_size {patch}")
+    if p.masks.grounder == "world" and p.concepts.dataset != "world":
+        raise ConfigError(f"{where}: masks.grounder world needs the world's part maps; "
+                          f"concepts.dataset is {p.concepts.dataset!r} (use groundingsam)")
 
 
 def parse(data: dict, where: str = "<params>") -> Params:

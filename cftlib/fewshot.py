@@ -1,0 +1,108 @@
+"""The few-shot data of CFT (§4.1; cft_facts §3.1): k images from each of a seeded half of the classes
+to fine-tune on, one image from each other class to validate on — from the world's training split or an
+ImageNet-style image folder. The concepts, masks and fine-tune stages share this one choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def select(labels: np.ndarray, k: int, class_fraction: float, seed: int) -> dict:
+    """Indices into `labels`. Train classes: a seeded choice of round(fraction · n) of the sorted classes;
+    k images each, a seeded choice of that class's indices. Val: one image of every other class. The
+    official code takes unsorted `os.listdir` order (cft_facts §3.1); sorting first makes it reproducible.
+    Returns {train, val, train_classes, val_classes}, each a sorted int array."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    n_train = int(round(class_fraction * len(classes)))
+    if not 0 < n_train < len(classes):
+        raise ValueError(f"class_fraction {class_fraction} of {len(classes)} classes leaves no train or no val class")
+    rng = np.random.default_rng([seed, 3301])
+    train_classes = np.sort(rng.choice(classes, n_train, replace=False))
+    val_classes = np.setdiff1d(classes, train_classes)
+    train, val = [], []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        want = k if c in train_classes else 1
+        if len(idx) < want:
+            raise ValueError(f"class {c} has {len(idx)} images; the few-shot choice needs {want}")
+        (train if c in train_classes else val).extend(rng.choice(idx, want, replace=False).tolist())
+    return {"train": np.sort(train), "val": np.sort(val), "train_classes": train_classes, "val_classes": val_classes}
+
+
+def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """An image folder `<root>/<class>/<image>`: (image paths, labels, class folder names), all sorted.
+    A missing folder or a class with no images is an error naming it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found (concepts.image_dir); expected <class>/<image> inside")
+    class_dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise FileNotFoundError(f"{root}: no class folders; expected <class>/<image> inside")
+    paths, labels = [], []
+    for i, name in enumerate(class_dirs):
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise FileNotFoundError(f"{root / name}: class {name!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        paths += found
+        labels += [i] * len(found)
+    return paths, np.array(labels), class_dirs
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An RGB uint8 H×W×3 array at native resolution."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class Pool:
+    """The images the few-shot choice is drawn from: the world's `train` split, or an image folder.
+    `labels` index both; `item(i, split)` is what the grounders get."""
+
+    def __init__(self, dataset: str, data_dir: str | Path = "data/world", image_dir: str | Path = ""):
+        self.dataset = dataset
+        if dataset == "world":
+            from .world import load_split
+
+            self.arrays = load_split(data_dir, "train")
+            self.labels = self.arrays["label"].astype(int)
+        else:
+            self.root = Path(image_dir)
+            self.paths, self.labels, self.class_dirs = list_folder(image_dir)
+
+    def item(self, i: int, split: str) -> dict:
+        """{split, id, label, source, image, parts (world only, else None), key}."""
+        i = int(i)
+        if self.dataset == "world":
+            return dict(split=split, id=f"{i:06d}", label=int(self.labels[i]), source=f"train:{i}",
+                        image=self.arrays["images"][i], parts=self.arrays["parts"][i], key=i)
+        return dict(split=split, id=f"{i:06d}", label=int(self.labels[i]),
+                    source=self.paths[i].relative_to(self.root).as_posix(), image=load_image(self.paths[i]),
+                    parts=None, key=i)
+
+    def items(self, selection: dict):
+        """Items of the chosen train then val images (a generator: folder images load one at a time)."""
+        for split in ("train", "val"):
+            for i in selection[split]:
+                yield self.item(i, split)
+
+
+def load(store_dir: str | Path, split: str, pool: Pool) -> dict:
+    """The few-shot data for fine-tuning: images, binary concept masks (the union M) and labels of the
+    items the masks stage kept in `split` (train or val), as lists in store order, plus their ids."""
+    from .grounding import load_store, read_masks
+
+    out = {"images": [], "masks": [], "labels": [], "ids": []}
+    for r in load_store(store_dir)["items"]:
+        if r["split"] == split and r["action"] != "dropped":
+            out["images"].append(pool.item(int(r["id"]), split)["image"])
+            out["masks"].append(read_masks(store_dir, r)["union"].astype(bool))
+            out["labels"].append(r["label"])
+            out["ids"].append(r["id"])
+    return out

@@ -1,0 +1,56 @@
+"""Hugging Face models by local folder or hub id, failing at once with a message that says how to get
+the model when it is neither on disk nor reachable (the paper profile's LLM, GroundingDINO and SAM)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Callable, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+
+class ModelUnavailable(RuntimeError):
+    """A model that is not a local folder, not in the Hugging Face cache, and cannot be downloaded."""
+
+
+def offline() -> bool:
+    """True when the hub must not or cannot be reached: HF_HUB_OFFLINE set, or no connection in 3 s
+    (transformers would otherwise retry for minutes before failing)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        return False
+    except OSError:
+        return True
+
+
+def device(name: str) -> str:
+    """`auto` → cuda when available, else cpu; anything else as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
+    """`loader(name, local_files_only=..., **kwargs)` (a `from_pretrained`), turning a missing model into
+    ModelUnavailable naming `what` (the params key), the model and how to fetch it."""
+    local = Path(name).expanduser().is_dir()
+    only_local = not local and offline()
+    try:
+        return loader(str(Path(name).expanduser()) if local else name, local_files_only=only_local, **kwargs)
+    except OSError as e:
+        raise ModelUnavailable(
+            f"{what}: cannot load {name!r}: it is not a local folder"
+            + (" and is not in the Hugging Face cache, and the hub is unreachable (or HF_HUB_OFFLINE is set)"
+               if only_local else f" and loading it from the hub failed ({e})")
+            + f". Fetch it once where there is network (`huggingface-cli download {name}`) or set {what} to a "
+              "folder saved with save_pretrained.") from e
