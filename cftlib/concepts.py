@@ -477,7 +477,8 @@ def _wordnet(classes: list[ClassInfo], cfg: config.Concepts):
         if not parts:
             raise ConceptError(f"concepts.wordnet: class {c.label} ({c.name!r}): WordNet lists no parts for it or "
                                f"its hypernyms within {cfg.wordnet.max_depth} levels; use the llm proposer")
-        out.append([{"text": f"{holo} {part}" if cfg.wordnet.prefix else part, "weight": 1.0,
+        own = wn.synset(offset)["lemmas"][0]  # the class's own parts are not prefixed with its name
+        out.append([{"text": f"{holo} {part}" if cfg.wordnet.prefix and holo != own else part, "weight": 1.0,
                      "source": f"wordnet:{holo}"} for part, holo in parts])
     return out, dict(model=f"wordnet:{wn.dir}", prompt=None, date=None, params=dataclasses.asdict(cfg.wordnet))
 

@@ -126,7 +126,7 @@ class WordNetProposer:
     dict_dir: str = ""  # empty: search $WNSEARCHDIR, $WNHOME/dict, /usr/share/wordnet, nltk_data
     max_depth: int = 8
     max_concepts: int = 12
-    prefix: bool = True  # "bird wing" rather than "wing" (the official bank's style)
+    prefix: bool = True  # "bird wing" rather than "wing" (the official bank's style); not for the class's own parts
 
     def check(self, err):
         if self.max_depth < 0:
