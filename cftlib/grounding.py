@@ -46,7 +46,7 @@ def concept_part(text: str) -> str | None:
     for part, names in PART_WORDS.items():
         if words & set(names):
             return part
-    return "all" if words & set(WHOLE) else None
+    return "all" if words and words <= {*WHOLE, "a", "an", "the", "whole"} else None
 
 
 def part_mask(parts: np.ndarray, part: str) -> np.ndarray:

@@ -65,7 +65,8 @@ def _bert_tokenizer(out: Path, words: list[str]):
 
 
 def tiny_grounding_dino(out: Path, words: list[str], image_size: int = 64) -> Path:
-    """GroundingDINO (Swin + BERT, ~0.4 M parameters) and its processor, saved to `out`."""
+    """GroundingDINO (Swin + BERT, ~0.4 M parameters) and its processor, saved to `out`. Feed it non-square
+    images: a square one resizes to 64×64, whose coarsest feature level is 1×1 and fails GroupNorm."""
     import torch
     import transformers as T
 
@@ -81,7 +82,7 @@ def tiny_grounding_dino(out: Path, words: list[str], image_size: int = 64) -> Pa
     torch.manual_seed(0)
     T.GroundingDinoForObjectDetection(cfg).eval().save_pretrained(out)
     improc = getattr(T, "GroundingDinoImageProcessorPil", None) or T.GroundingDinoImageProcessor
-    T.GroundingDinoProcessor(image_processor=improc(size={"shortest_edge": image_size, "longest_edge": image_size}),
+    T.GroundingDinoProcessor(image_processor=improc(size={"shortest_edge": image_size, "longest_edge": 2 * image_size}),
                              tokenizer=tok).save_pretrained(out)
     return out
 

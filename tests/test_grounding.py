@@ -1,0 +1,244 @@
+"""Concept grounding (CFT §3.1): the world grounder's noise model has the statistics it claims,
+GroundingDINO + SAM run end to end on tiny random models, masks combine as in the official code, the
+quality flags and the empty-mask policy do what they say, and the few-shot choice is the paper's."""
+
+import numpy as np
+import pytest
+
+from cftlib import concepts, config, fewshot, grounding
+from cftlib.grounding import GroundingError
+
+
+def _masks(**kw):
+    return config.parse({"masks": kw}).masks
+
+
+def _noise(**kw):
+    return config.WorldNoise(**{"boundary": 0, "p_miss": 0.0, "q_spurious": 0.0, **kw})
+
+
+def _parts(size=32):
+    """A part-label map: body block, a 2×6 beak and a 6×8 wing, everything else background."""
+    p = np.zeros((size, size), np.uint8)
+    p[10:22, 6:24] = 1
+    p[12:14, 24:30] = 3
+    p[14:20, 10:18] = 4
+    return p
+
+
+# ----------------------------------------------------------------------------- the world grounder
+
+@pytest.mark.parametrize("text, part", [
+    ("long thin beak", "beak"), ("barred wings", "wing"), ("fan-shaped tail", "tail"), ("tufted crest", "crest"),
+    ("bird eye ring", "eye"), ("bird tail feathers", "tail"), ("bird primary feathers", "wing"), ("bird", "all"),
+    ("bird nostrils", "beak"), ("bird legs", None), ("habitat", None)])
+def test_concept_part_maps_phrases_to_world_parts(text, part):
+    assert grounding.concept_part(text) == part
+
+
+def test_noise_free_world_grounder_returns_exact_part_masks():
+    parts = _parts()
+    g = grounding.WorldGrounder(_noise(), seed=0)
+    m = g(None, ["long thin beak", "striped wings", "bird"], parts=parts)
+    assert m.shape == (3, 32, 32) and m.dtype == bool
+    assert (m[0] == (parts == 3)).all() and (m[1] == (parts == 4)).all() and (m[2] == (parts > 0)).all()
+
+
+def test_world_grounder_unknown_concept_is_an_error_or_not_found():
+    with pytest.raises(GroundingError, match="concept 'bird legs' .*names no world part"):
+        grounding.WorldGrounder(_noise(), 0)(None, ["bird legs"], parts=_parts(), name="glen wren")
+    m = grounding.WorldGrounder(_noise(), 0, "empty")(None, ["bird legs", "beak"], parts=_parts())
+    assert not m[0].any() and m[1].any()
+
+
+def test_grow_dilates_and_erodes_by_whole_pixels():
+    dot = np.zeros((7, 7), bool)
+    dot[3, 3] = True
+    assert grounding._grow(dot, 1).sum() == 9 and grounding._grow(dot, 2).sum() == 25
+    assert (grounding._grow(grounding._grow(dot, 2), -1) == grounding._grow(dot, 1)).all()
+
+
+def test_noise_model_statistics_match_its_parameters():
+    parts, n = _parts(), 4000
+    truth = parts == 4
+    rng = np.random.default_rng(0)
+    miss = [not grounding.degrade(truth, _noise(p_miss=0.3), rng).any() for _ in range(n)]
+    assert abs(np.mean(miss) - 0.3) < 0.03
+    spur = [(grounding.degrade(truth, _noise(q_spurious=0.2), rng) & ~truth).any() for _ in range(n)]
+    assert abs(np.mean(spur) - 0.2) < 0.03
+    areas = np.array([grounding.degrade(truth, _noise(boundary=1), rng).sum() for _ in range(n)])
+    eroded, grown = grounding._grow(truth, -1).sum(), grounding._grow(truth, 1).sum()
+    assert set(np.unique(areas)) == {eroded, truth.sum(), grown}
+    assert all(abs(np.mean(areas == a) - 1 / 3) < 0.03 for a in (eroded, truth.sum(), grown))
+
+
+def test_world_noise_is_reproducible_per_image():
+    g = grounding.WorldGrounder(_noise(boundary=1, p_miss=0.5, q_spurious=0.5), seed=3)
+    a = g(None, ["beak", "wings"], parts=_parts(), key=7)
+    assert (a == g(None, ["beak", "wings"], parts=_parts(), key=7)).all()
+    assert not all((a == g(None, ["beak", "wings"], parts=_parts(), key=k)).all() for k in range(8, 12))
+
+
+# ----------------------------------------------------------------------------- combining, flags, policy
+
+def test_union_and_weighted_max():
+    m = np.zeros((2, 4, 4), bool)
+    m[0, :2] = True
+    m[1, 1:3] = True
+    union, weighted = grounding.combine(m, [3.0, 1.5])
+    assert (union == m.any(0)).all()
+    assert weighted[0, 0] == 3.0 and weighted[1, 0] == 3.0 and weighted[2, 0] == 1.5 and weighted[3, 0] == 0
+
+
+@pytest.mark.parametrize("n_on, flag", [(0, "empty"), (1, "too_small"), (2, "ok"), (999, "ok"), (1000, "too_large")])
+def test_quality_flags(n_on, flag):
+    mask = np.zeros(1020, bool)
+    mask[:n_on] = True
+    assert grounding.quality(mask.reshape(34, 30), 0.001, 0.98)[0] == flag
+
+
+def _items(parts_per_item):
+    img = np.zeros((32, 32, 3), np.uint8)
+    return [dict(split="train", id=f"{i:06d}", label=i % 2, source=f"train:{i}", image=img, parts=p, key=i)
+            for i, p in enumerate(parts_per_item)]
+
+
+BANK = {"classes": [{"label": 0, "name": "a", "concepts": [{"text": "long beak", "weight": 2.0}]},
+                    {"label": 1, "name": "b", "concepts": [{"text": "tufted crest", "weight": 1.0}]}]}
+
+
+@pytest.mark.parametrize("policy, action", [("keep", "kept"), ("drop", "dropped"), ("foreground", "foreground")])
+def test_empty_mask_policy(policy, action, tmp_path):
+    cfg = _masks(policy=policy, world={"boundary": 0, "p_miss": 0.0, "q_spurious": 0.0})
+    results = list(grounding.ground_items(_items([_parts(), _parts()]), BANK, cfg, 0))  # class 1: no crest drawn
+    (r0, a0), (r1, a1) = results
+    assert (r0["flag"], r0["action"]) == ("ok", "kept") and a0["weighted"].max() == 2.0
+    assert (r1["flag"], r1["action"]) == ("empty", action)
+    if action == "dropped":
+        assert a1 is None
+    elif action == "foreground":
+        assert (a1["union"] == (_parts() > 0)).all() and not a1["concepts"].any()
+    else:
+        assert not a1["union"].any()
+    manifest = grounding.write_store(tmp_path / "masks", results, {"policy": policy})
+    assert grounding.load_store(tmp_path / "masks") == manifest
+    assert (grounding.read_masks(tmp_path / "masks", r0)["union"] == (_parts() == 3)).all()
+    s = grounding.summary(manifest["items"])
+    assert s["flags"]["empty"] == 1 and s["actions"][action] == (2 if action == "kept" else 1) and s["per_class"]["1"]["empty"] == 1
+
+
+def test_foreground_grounder_ignores_concepts():
+    cfg = _masks(grounder="foreground")
+    (r, a), = grounding.ground_items(_items([_parts()]), BANK, cfg, 0)
+    assert [c["text"] for c in r["concepts"]] == ["a"] and (a["union"] == (_parts() > 0)).all()
+
+
+def test_truth_gives_iou_of_the_noisy_masks():
+    cfg = _masks(world={"boundary": 0, "p_miss": 1.0, "q_spurious": 0.0})
+    exact = grounding.WorldGrounder(_noise(), 0)
+    (r, _), = grounding.ground_items(_items([_parts()]), BANK, cfg, 0, truth=exact)
+    assert r["iou"] == 0.0 and r["flag"] == "empty"
+    (r, _), = grounding.ground_items(_items([_parts()]), BANK, _masks(world={"p_miss": 0.0, "q_spurious": 0.0,
+                                                                              "boundary": 0}), 0, truth=exact)
+    assert r["iou"] == 1.0
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(GroundingError, match="no mask store; run the masks stage"):
+        grounding.load_store(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the few-shot choice
+
+def test_fewshot_selection_is_the_papers_protocol():
+    labels = np.repeat(np.arange(10), 7)[np.random.default_rng(1).permutation(70)]
+    s = fewshot.select(labels, k=3, class_fraction=0.5, seed=0)
+    assert len(s["train_classes"]) == 5 and set(s["val_classes"]) == set(range(10)) - set(s["train_classes"])
+    assert sorted(np.bincount(labels[s["train"]], minlength=10)[s["train_classes"]]) == [3] * 5
+    assert sorted(labels[s["val"]]) == sorted(s["val_classes"])
+    assert list(s["train"]) == sorted(s["train"]) and not set(s["train"]) & set(s["val"])
+    again = fewshot.select(labels, k=3, class_fraction=0.5, seed=0)
+    assert all((again[k] == s[k]).all() for k in s)
+    assert not (fewshot.select(labels, 3, 0.5, seed=1)["train"] == s["train"]).all()
+    with pytest.raises(ValueError, match="has 7 images; the few-shot choice needs 8"):
+        fewshot.select(labels, k=8, class_fraction=0.5, seed=0)
+
+
+def test_missing_images_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        fewshot.list_folder(tmp_path / "nope")
+    (tmp_path / "imgs" / "n01").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="class 'n01' has no images"):
+        fewshot.list_folder(tmp_path / "imgs")
+
+
+# ----------------------------------------------------------------------------- GroundingDINO + SAM
+
+@pytest.fixture(scope="module")
+def tiny_gsam(tmp_path_factory):
+    from tiny_hf import tiny_grounding_dino, tiny_sam
+
+    d = tmp_path_factory.mktemp("gsam")
+    return tiny_grounding_dino(d / "dino", ["bird", "beak", "long", "wings", "striped"]), tiny_sam(d / "sam")
+
+
+def _gsam(tiny_gsam, box=0.0, text=0.0):
+    dino, sam = tiny_gsam
+    return grounding.GroundingSAM(config.GroundingSAM(detector=str(dino), segmenter=str(sam), box_threshold=box,
+                                                      text_threshold=text, device="cpu"))
+
+
+def test_groundingsam_end_to_end_shapes_thresholds_union(tiny_gsam):
+    g = _gsam(tiny_gsam)
+    img = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    boxes = g.detect(img, ["long beak", "striped wings."])
+    assert len(boxes) == 2 and all(b.shape[1] == 4 and len(b) > 0 for b in boxes)
+    assert all((b[:, 2] > b[:, 0]).all() and (b[:, 2] <= 55).all() and (b[:, 3] <= 39).all() for b in boxes)
+    strict = _gsam(tiny_gsam, box=0.5).detect(img, ["long beak", "striped wings"])
+    assert all(len(s) <= len(b) for s, b in zip(strict, boxes))
+    per_box = g.segment(img, boxes[0])
+    assert per_box.shape == (len(boxes[0]), 40, 56) and per_box.dtype == bool
+    masks = g(img, ["long beak", "striped wings"])
+    assert masks.shape == (2, 40, 56) and (masks[0] == per_box.any(0)).all()
+
+
+def test_groundingsam_no_detection_gives_an_empty_mask(tiny_gsam):
+    img = np.zeros((30, 45, 3), np.uint8)
+    g = _gsam(tiny_gsam, box=1.0)
+    assert [len(b) for b in g.detect(img, ["bird"])] == [0]
+    assert g(img, ["bird", "long beak"]).shape == (2, 30, 45) and not g(img, ["bird"]).any()
+
+
+def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam):
+    """The paper profile's path (llm proposer + groundingsam grounder on <root>/<class>/<image>) through the
+    functions the stage notebooks call, on tiny models saved to disk."""
+    from PIL import Image
+    from tiny_hf import tiny_llm
+
+    rng = np.random.default_rng(0)
+    for c in ("n01", "n02"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray((rng.random((32 + 8 * i, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    classes = concepts.classes_from_folder(["n01", "n02"])
+    answers = ['["long beak", "striped wings"]', '["bird wings"]']
+    llm = tiny_llm(tmp_path / "llm", [(concepts.llm_messages(c, 8), a) for c, a in zip(classes, answers)])
+    dino, sam = tiny_gsam
+    P = config.parse({"concepts": {"proposer": "llm", "dataset": "folder", "image_dir": str(tmp_path / "imgs"),
+                                   "llm": {"model": str(llm), "cache_dir": str(tmp_path / "cache"), "device": "cpu"}},
+                      "masks": {"grounder": "groundingsam", "k": 1, "policy": "drop",
+                                "groundingsam": {"detector": str(dino), "segmenter": str(sam), "device": "cpu",
+                                                 "box_threshold": 0.0, "text_threshold": 0.0}}})
+    pool = fewshot.Pool(P.concepts.dataset, image_dir=P.concepts.image_dir)
+    bank, _ = concepts.propose(P.concepts, concepts.classes_from_folder(pool.class_dirs), seed=0)
+    path = concepts.save(bank, tmp_path / "concepts")
+    bank = concepts.load(path.parent)
+    sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, 0)
+    manifest = grounding.write_store(tmp_path / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, 0),
+                                     {"bank": path.name})
+    assert [r["split"] for r in manifest["items"]] == ["train", "val"]
+    for r in manifest["items"]:
+        assert r["source"].endswith(".png") and len(r["concepts"]) == len(bank["classes"][r["label"]]["concepts"])
+    data = fewshot.load(tmp_path / "masks", "train", pool)
+    kept = [r for r in manifest["items"] if r["split"] == "train" and r["action"] == "kept"]
+    assert len(data["masks"]) == len(kept) and all(m.shape == i.shape[:2] for m, i in zip(data["masks"], data["images"]))
