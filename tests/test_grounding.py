@@ -242,3 +242,77 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     data = fewshot.load(tmp_path / "masks", "train", pool)
     kept = [r for r in manifest["items"] if r["split"] == "train" and r["action"] == "kept"]
     assert len(data["masks"]) == len(kept) and all(m.shape == i.shape[:2] for m, i in zip(data["masks"], data["images"]))
+
+
+# ----------------------------------------------------------------------------- the stage notebooks (slow)
+
+def _project(tmp_path, params: str):
+    """A project folder with the stage notebooks and the given params.yaml."""
+    import shutil
+
+    from conftest import ROOT
+
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "notebooks", proj / "notebooks")
+    (proj / "params.yaml").write_text(params)
+    return proj
+
+
+def _run(proj, *names):
+    from cftlib import nbrun
+
+    for name in names:
+        nbrun.run(proj / "notebooks" / f"{name}.ipynb", proj / "executed" / f"{name}.ipynb", {"progress": False},
+                  cwd=proj)
+    return [(proj / "executed" / f"{n}.ipynb").read_bytes() for n in names]
+
+
+@pytest.mark.slow
+def test_concepts_and_masks_stages_run_on_smoke_profile_deterministically(tmp_path, small_world):
+    import json
+    import shutil
+
+    from conftest import ROOT
+
+    proj = _project(tmp_path, (ROOT / "profiles" / "smoke.yaml").read_text())
+    shutil.copytree(small_world[2], proj / "data" / "world")
+    first = _run(proj, "01_concepts", "02_masks")
+    assert _run(proj, "01_concepts", "02_masks") == first, "executed notebooks must be byte-identical"
+    m = json.loads((proj / "metrics" / "masks.json").read_text())
+    assert m["images"] == 8 and m["bank"] == json.loads((proj / "metrics" / "concepts.json").read_text())["bank"]
+    for f in ("figures/concepts.png", "figures/masks_concepts.png", "figures/masks_failures.png",
+              "data/masks/manifest.json"):
+        assert (proj / f).is_file(), f
+
+
+@pytest.mark.slow
+def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam):
+    """The paper profile's stages, as a GPU user runs them, on an image folder and tiny models saved to disk."""
+    import json
+
+    import yaml
+    from PIL import Image
+    from tiny_hf import tiny_llm
+
+    rng = np.random.default_rng(0)
+    for c in ("n01", "n02", "n03", "n04"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{i}.jpg")
+    names = {"n01": "glen wren", "n02": "ashen piper", "n03": "fen tern", "n04": "moor lark"}
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    classes = concepts.classes_from_folder(list(names), tmp_path / "names.json")
+    llm = tiny_llm(tmp_path / "llm", [(concepts.llm_messages(c, 8), '["long beak", "striped wings"]') for c in classes])
+    dino, sam = tiny_gsam
+    params = {"base": {"seed": 0, "profile": "paper", "threads": 1},
+              "concepts": {"proposer": "llm", "dataset": "folder", "image_dir": str(tmp_path / "imgs"),
+                           "class_names": str(tmp_path / "names.json"),
+                           "llm": {"model": str(llm), "cache_dir": str(tmp_path / "cache"), "device": "cpu"}},
+              "masks": {"grounder": "groundingsam", "k": 2, "groundingsam": {
+                  "detector": str(dino), "segmenter": str(sam), "device": "cpu"}}}
+    proj = _project(tmp_path, yaml.safe_dump(params))
+    _run(proj, "01_concepts", "02_masks")
+    m = json.loads((proj / "metrics" / "masks.json").read_text())
+    assert m["images"] == 2 * 2 + 2 and m["grounder"] == "groundingsam" and "mean_iou" not in m
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one LLM answer per class, cached
+    assert json.loads((proj / "metrics" / "concepts.json").read_text())["concepts"] == 8
