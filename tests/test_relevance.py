@@ -1,6 +1,6 @@
 """cftlib.relevance keeps its promises: maps of the right shape from one forward, equal to lxt's AttnLRP,
 conservative where declared, exact second-order gradients, and no trace on any model's gradients.
-Tiny random timm models in float64; each test runs in well under a second."""
+Tiny random timm models in float64; 200 cases in about 30 s on one core."""
 
 import copy
 from functools import partial
@@ -50,14 +50,14 @@ def images(model, n=B, seed=1):
     return torch.randn(n, 3, *size, dtype=torch.float64)
 
 
-def cases(kinds=("vit", "cnn"), exact_only=False):
+def cases(exact_only=False):
     """(method, output, model name) for every combination the registry declares."""
     out = []
     for m in METHODS.values():
         if exact_only and not m.exact_gradient:
             continue
         outputs = ["patch", "pixel"] + (["input"] if "input" in m.levels else [])
-        models = [n for k in m.model_kinds if k in kinds for n in (VITS if k == "vit" else ["resnet"])]
+        models = [n for k in m.model_kinds for n in (VITS if k == "vit" else ["resnet"])]
         out += [(m.name, o, n) for o in outputs for n in models]
     return out
 
@@ -362,3 +362,14 @@ def test_cuda_matches_cpu(method):
     cpu, _ = explain(model, x, method, output="pixel")
     gpu, _ = explain(model.cuda(), x.cuda(), method, output="pixel")
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-8)
+
+
+def test_layers_without_a_rule_fail_loudly():
+    """An activation with no identity rule here (tanh-GELU) must not silently get the plain gradient."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, act_layer="gelu_tanh", **VIT)
+    x = images(model).float()
+    with pytest.raises(TypeError, match="no LRP rule"):
+        explain(model, x, "attnlrp")
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    explain(model, x, "grad_x_input")  # needs no rule

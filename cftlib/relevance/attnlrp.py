@@ -15,18 +15,26 @@ ICML 2022) instead holds the attention map constant. Patches live on module inst
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.layers import Attention
+from torch.autograd.function import once_differentiable
+from timm.layers import Attention, Mlp
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import VisionTransformer
 
 RULES = (None, "attnlrp", "cp")
-# Elementwise activations that get the identity rule, with the limit of act(x)/x at x = 0.
-ACTIVATIONS = {nn.GELU: 0.5, nn.SiLU: 0.5, nn.ReLU: 0.0}
+
+
+# Elementwise activations y = x r(x) that get the identity rule: (r, r'), in closed form.
+ACTIVATIONS = {
+    nn.GELU: (torch.special.ndtr, lambda x: x.square().mul_(-0.5).exp_().mul_((2 * math.pi) ** -0.5)),
+    nn.SiLU: (torch.sigmoid, lambda x: torch.sigmoid(x) * torch.sigmoid(-x)),
+    nn.ReLU: (lambda x: (x > 0).to(x.dtype), torch.zeros_like),
+}
 
 
 class State:
@@ -74,18 +82,34 @@ def _block_rule(g, t):
     return (None,)
 
 
-def _identity_rule(g, x, y, limit):
-    """Identity rule for y = act(x): relevance passes unchanged, i.e. gradient g * act(x)/x."""
-    nonzero = x != 0
-    ratio = torch.where(nonzero, y / torch.where(nonzero, x, torch.ones_like(x)), torch.full_like(x, limit))
-    return g * ratio, None
+class _TimesRatio(torch.autograd.Function):
+    """g r(x) and its derivative written out: a few elementwise passes where autograd's chain through
+    r would take a dozen (the MLP's activations are the largest tensors). Differentiable once."""
+
+    @staticmethod
+    def forward(ctx, g, x, ratio, slope):
+        r = ratio(x)
+        ctx.save_for_backward(g, x, r)
+        ctx.slope = slope
+        return g * r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        g, x, r = ctx.saved_tensors
+        return grad * r, ctx.slope(x).mul_(grad).mul_(g), None, None
+
+
+def _identity_rule(g, x, ratio, slope):
+    """Identity rule for y = act(x) = x r(x): relevance passes unchanged, i.e. gradient g r(x)."""
+    return (_TimesRatio.apply(g, x, ratio, slope),)
 
 
 def _layer_norm_rule(g, x, weight=None, *, eps):
     """Identity rule for LayerNorm: the gradient with the standard deviation held constant."""
     gw = g if weight is None else g * weight
-    std = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
-    return ((gw - gw.mean(-1, keepdim=True)) / std, *([None] if weight is not None else []))
+    inv_std = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+    return ((gw - gw.mean(-1, keepdim=True)) * inv_std, *([None] if weight is not None else []))
 
 
 def _layer_norm_forward(self, state, x):
@@ -94,9 +118,10 @@ def _layer_norm_forward(self, state, x):
     return _Gate.apply(state, rule, y, x, *([self.weight] if self.weight is not None else []))
 
 
-def _activation_forward(self, state, forward, limit, x):
-    y = forward(x)
-    return _Gate.apply(state, partial(_identity_rule, limit=limit), y, x, y)
+def _activation_forward(self, state, forward, x):
+    ratio, slope = ACTIVATIONS[type(self)]
+    rule = partial(_identity_rule, ratio=ratio, slope=slope)
+    return _Gate.apply(state, rule, forward(x), x)
 
 
 def _attention_forward(self, state, x, attn_mask=None, is_causal=False):
@@ -118,13 +143,16 @@ def _attention_forward(self, state, x, attn_mask=None, is_causal=False):
     return self.proj_drop(self.proj(self.norm(x)))
 
 
-def check_vit(model: nn.Module) -> None:
-    """Raise unless `model` is a timm ViT whose attention this module can replace."""
+def check_vit(model: nn.Module, rule: str | None = None) -> None:
+    """Raise unless `model` is a timm ViT whose layers this module can handle under `rule`."""
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{type(model).__name__} is not a timm VisionTransformer")
     for name, m in model.named_modules():
         if isinstance(m, Attention) and getattr(m, "gate", None) is not None:
             raise TypeError(f"{name}: gated attention has no rule here")
+        if rule is not None and name.endswith(".mlp") and not (
+                type(m) is Mlp and type(m.act) in ACTIVATIONS and getattr(m.act, "approximate", "none") == "none"):
+            raise TypeError(f"{name}: no LRP rule for {m}")
         if "forward" in m.__dict__:
             raise RuntimeError(f"{name or 'model'} already has an instance-level forward (nested call?)")
 
@@ -135,7 +163,7 @@ def patched(model: nn.Module, rule: str | None = None, keep_attn: bool = False):
     output in `state.tokens`, and undo all of it on exit. Yields the call's `State`."""
     if rule not in RULES:
         raise ValueError(f"rule {rule!r}: choose one of {RULES}")
-    check_vit(model)
+    check_vit(model, rule)
     state = State(rule, keep_attn)
     for m in model.modules():
         if isinstance(m, Attention):
@@ -143,7 +171,7 @@ def patched(model: nn.Module, rule: str | None = None, keep_attn: bool = False):
         elif rule is not None and isinstance(m, nn.LayerNorm):
             m.forward = partial(_layer_norm_forward, m, state)
         elif rule is not None and type(m) in ACTIVATIONS:
-            m.forward = partial(_activation_forward, m, state, m.forward, ACTIVATIONS[type(m)])
+            m.forward = partial(_activation_forward, m, state, m.forward)
     hook = model.patch_embed.register_forward_hook(lambda mod, inp, out: setattr(state, "tokens", out))
     try:
         yield state
