@@ -17,11 +17,15 @@ from .gradients import target_score
 
 
 def _rollout(attn, grads, num_prefix_tokens):
-    B, _, N, _ = attn[0].shape
-    R = torch.eye(N, dtype=attn[0].dtype, device=attn[0].device).expand(B, N, N)
-    for A, G in zip(attn, grads):
-        R = R + (G * A).clamp(min=0).mean(1) @ R
-    return R[:, 0, num_prefix_tokens:]
+    """CLS row of R_L = (I + A_bar_L) ... (I + A_bar_1), carried down from the top as a row vector:
+    the official R_l = R_{l-1} + A_bar_l R_{l-1} at matrix-vector instead of matrix-matrix cost.
+    Since A > 0, clamp(G A, 0) = A clamp(G, 0), and clamp(G, 0) / H is a constant."""
+    B, H, N, _ = attn[0].shape
+    v = torch.zeros(B, 1, N, dtype=attn[0].dtype, device=attn[0].device)
+    v[:, :, 0] = 1
+    for A, G in zip(reversed(attn), reversed(grads)):
+        v = v + v @ (A * G.clamp(min=0).div_(H)).sum(1)
+    return v[:, 0, num_prefix_tokens:]
 
 
 def _check_cls(model):
