@@ -125,6 +125,14 @@ def test_patch_relevance_sits_where_the_input_is(method):
     assert r[..., 4:8, 16:20].abs().sum() > 0 and torch.count_nonzero(r) == torch.count_nonzero(r[..., 4:8, 16:20])
 
 
+def test_target_may_be_an_index_a_tensor_or_the_argmax():
+    model = make()
+    x = images(model)
+    by_argmax, logits = explain(model, x, "attnlrp")
+    assert torch.equal(by_argmax, explain(model, x, "attnlrp", logits.argmax(1))[0])
+    assert torch.equal(explain(model, x, "attnlrp", 2)[0], explain(model, x, "attnlrp", torch.full((B,), 2))[0])
+
+
 def test_minmax_known_answers():
     r = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[7.0, 7.0], [7.0, 7.0]]]])
     out = relevance.minmax(r)
