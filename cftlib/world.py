@@ -143,7 +143,7 @@ def _polygon(u, v, pts):
 
 BEAKS = {
     "short": lambda u, v: _polygon(u, v, [(0.53, 0.16), (0.67, 0.215), (0.53, 0.27)]),
-    "long": lambda u, v: _polygon(u, v, [(0.53, 0.175), (0.97, 0.205), (0.53, 0.255)]),
+    "long": lambda u, v: _polygon(u, v, [(0.53, 0.17), (0.90, 0.205), (0.53, 0.26)]),
     "hooked": lambda u, v: _polygon(u, v, [(0.53, 0.15), (0.74, 0.22), (0.53, 0.30)])
     | _polygon(u, v, [(0.66, 0.27), (0.73, 0.07), (0.79, 0.22)]),
     "conical": lambda u, v: _polygon(u, v, [(0.53, 0.09), (0.77, 0.215), (0.53, 0.34)]),
@@ -153,7 +153,7 @@ TAILS = {
     & ((u + 0.34) ** 2 + (v - 0.03) ** 2 <= 0.42 ** 2),
     "forked": lambda u, v: _polygon(u, v, [(-0.34, 0.11), (-0.84, 0.26), (-0.34, 0.0)])
     | _polygon(u, v, [(-0.34, 0.04), (-0.84, -0.20), (-0.34, -0.08)]),
-    "pointed": lambda u, v: _polygon(u, v, [(-0.34, 0.09), (-0.98, 0.01), (-0.34, -0.07)]),
+    "pointed": lambda u, v: _polygon(u, v, [(-0.34, 0.09), (-0.90, 0.01), (-0.34, -0.07)]),
 }
 CRESTS = {
     "none": lambda u, v: np.zeros(u.shape, bool),
@@ -259,7 +259,7 @@ def _texture(name: str, rng, n: int, x, y):
 # ----------------------------------------------------------------------------- rendering
 
 POSES = {  # (centre offset, scale range, rotation range in degrees)
-    "normal": (0.10, (0.78, 0.95), 15.0),
+    "normal": (0.06, (0.92, 1.08), 15.0),
     "strong": (0.30, (0.52, 0.72), 80.0),
 }
 
