@@ -1,8 +1,12 @@
-"""Evaluation: top-1 accuracy of a model on every split of the world, and the shortcut gaps
-(test minus each out-of-distribution split)."""
+"""Evaluation (CFT §5): top-1/top-5 accuracy per split, mean and 95% CI over seeds, classes seen in
+fine-tuning vs the others, shortcut gaps (test minus each OOD split), and where the relevance lands —
+RobustViT/Chefer segmentation alignment (map thresholded at its mean; pixel accuracy, mIoU over
+{bg, fg}, mean per-image AP; cft_facts §4.2) and concept alignment against the world's exact part masks
+(share of relevance mass on concept parts; pointing game), the latter our own metric (§4.2 [INFER])."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,27 @@ from .world import load_split
 OOD = ("v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
 
 
+# ----------------------------------------------------------------------------- accuracy
+
+def topk_correct(logits: np.ndarray, targets, k: int = 1, subset: np.ndarray | None = None) -> np.ndarray:
+    """Per-sample hit of the top-k prediction. `targets`: (N,) class indices, or a list of sets of
+    accepted indices (ObjectNet's any-of-mapped rule). `subset`: classes whose logits compete (the
+    200-class mask of ImageNet-A/R); None = all. k is clipped to the number of competing classes."""
+    logits = np.asarray(logits, np.float64)
+    cols = np.arange(logits.shape[1]) if subset is None else np.asarray(subset)
+    k = min(k, len(cols))
+    # stable sort on the negated logits: ties go to the lower class index (deterministic)
+    top = cols[np.argsort(-logits[:, cols], axis=1, kind="stable")[:, :k]]
+    if isinstance(targets, np.ndarray) and targets.ndim == 1:
+        return (top == targets[:, None]).any(1)
+    return np.array([bool(set(t.tolist()) & set(accept)) for t, accept in zip(top, targets)])
+
+
+def accuracy(logits: np.ndarray, targets, subset: np.ndarray | None = None, ks=(1, 5)) -> dict[str, float]:
+    """{"top1": …, "top5": …} (see `topk_correct`)."""
+    return {f"top{k}": float(topk_correct(logits, targets, k, subset).mean()) for k in ks}
+
+
 def split_accuracy(model: torch.nn.Module, data_dir: str | Path, splits: list[str]) -> dict[str, float]:
     """Top-1 accuracy per split."""
     out = {}
@@ -23,6 +48,118 @@ def split_accuracy(model: torch.nn.Module, data_dir: str | Path, splits: list[st
     return out
 
 
+def split_report(logits: np.ndarray, labels: np.ndarray, seen: np.ndarray) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 over all images, over those of classes seen in fine-tuning (`seen`: class indices)
+    and over the other classes (the paper fine-tunes on half the classes, §4.1)."""
+    labels = np.asarray(labels).astype(int)
+    mine = np.isin(labels, seen)
+    return {"all": accuracy(logits, labels), "seen": accuracy(logits[mine], labels[mine]),
+            "unseen": accuracy(logits[~mine], labels[~mine])}
+
+
 def shortcut_gaps(acc: dict[str, float]) -> dict[str, float]:
     """Accuracy lost on each OOD split relative to `test` (positive = worse out of distribution)."""
     return {s: acc["test"] - acc[s] for s in OOD if s in acc}
+
+
+# ----------------------------------------------------------------------------- seeds and intervals
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t with `df` degrees of freedom (bisection on the CDF, whose tail is the
+    regularised incomplete beta, integrated numerically: no scipy needed for a 95% interval)."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float) -> float:  # P(T <= t) for t >= 0: 1/2 + ∫_0^t pdf, substituting u = atan(x/√df)
+        u = np.linspace(0.0, math.atan(t / math.sqrt(df)), 4001)
+        f = np.exp(logc) * math.sqrt(df) * np.cos(u) ** (df - 1)  # pdf(√df tan u) · √df sec² u
+        return 0.5 + float(np.sum((f[1:] + f[:-1]) / 2 * np.diff(u)))
+
+    lo, hi = 0.0, 1e3
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci(values, level: float = 0.95) -> dict[str, float]:
+    """Mean over seeds with the half-width of a Student-t confidence interval ({mean, ci, n}); a single
+    run gets ci = NaN (no spread is known)."""
+    v = np.asarray(values, np.float64)
+    n = len(v)
+    if n == 0:
+        raise ValueError("no values")
+    ci = float("nan") if n < 2 else t_quantile(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return {"mean": float(v.mean()), "ci": ci, "n": n}
+
+
+# ----------------------------------------------------------------------------- RobustViT/Chefer alignment
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the precision-recall step curve, Σ (R_n − R_{n−1}) P_n over distinct score
+    thresholds (sklearn's `average_precision_score` for binary labels). No positives: NaN."""
+    s, y = np.asarray(scores, np.float64).ravel(), np.asarray(truth).ravel().astype(bool)
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # end of each block of tied scores
+    tp = np.cumsum(y)[last]
+    precision, recall = tp / (last + 1), tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def segmentation_counts(relevance: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image (Chefer et al. 2021's ImageNet-Segmentation protocol, cft_facts §4.2): the map is
+    binarised at its own mean; counts of correct/labelled pixels and of intersection/union for
+    bg and fg; AP of the two-channel score [1−R, R] against the one-hot mask (micro over both).
+    relevance: (N, H, W) in [0, 1]; gt: (N, H, W) bool."""
+    r = np.asarray(relevance, np.float64)
+    g = np.asarray(gt).astype(bool)
+    pred = r > r.mean(axis=(1, 2), keepdims=True)
+    inter = np.stack([(~pred & ~g).sum((1, 2)), (pred & g).sum((1, 2))], 1)
+    union = np.stack([(~pred | ~g).sum((1, 2)), (pred | g).sum((1, 2))], 1)
+    ap = np.array([average_precision(np.stack([1 - ri, ri]), np.stack([~gi, gi])) for ri, gi in zip(r, g)])
+    return {"correct": (pred == g).sum((1, 2)), "labeled": np.full(len(g), g[0].size), "inter": inter,
+            "union": union, "ap": ap}
+
+
+def segmentation_scores(counts: dict[str, np.ndarray]) -> dict[str, float]:
+    """pixAcc = Σ correct / Σ labelled; mIoU = mean over {bg, fg} of Σ inter / Σ union (sums over the
+    dataset first); mAP = mean of the per-image APs — the three numbers RobustViT reports."""
+    iou = counts["inter"].sum(0) / np.maximum(counts["union"].sum(0), 1)
+    return {"pixAcc": float(counts["correct"].sum() / counts["labeled"].sum()), "mIoU": float(iou.mean()),
+            "mAP": float(np.nanmean(counts["ap"]))}
+
+
+# ----------------------------------------------------------------------------- concept alignment
+
+def concept_alignment(relevance: np.ndarray, concept: np.ndarray, foreground: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image: share of relevance mass on the concept parts (Σ R·M / Σ R), the same on the whole
+    object, the concept parts' share of the image area (the mass a uniform map would put there),
+    and the pointing game (the map's maximum lies on a concept part; first maximum on ties)."""
+    r = np.asarray(relevance, np.float64)
+    m, f = np.asarray(concept).astype(bool), np.asarray(foreground).astype(bool)
+    total = np.maximum(r.sum((1, 2)), 1e-12)
+    peak = r.reshape(len(r), -1).argmax(1)
+    return {"concept_mass": (r * m).sum((1, 2)) / total, "object_mass": (r * f).sum((1, 2)) / total,
+            "concept_area": m.mean((1, 2)), "pointing": m.reshape(len(m), -1)[np.arange(len(m)), peak]}
+
+
+def concept_parts(bank: dict) -> list[list[str]]:
+    """Per class, the world parts its concepts name (the class's own concept mask; cftlib.grounding)."""
+    from .grounding import concept_part
+
+    return [sorted({p for c in cls["concepts"] if (p := concept_part(c["text"]))}) for cls in bank["classes"]]
+
+
+def part_masks(parts: np.ndarray, labels: np.ndarray, class_parts: list[list[str]]) -> np.ndarray:
+    """Exact concept masks: the union of each image's class's concept parts ("all" = the silhouette)."""
+    from .world import PARTS
+
+    out = np.zeros(parts.shape, bool)
+    for i, (p, y) in enumerate(zip(parts, labels)):
+        for name in class_parts[int(y)]:
+            out[i] |= p > 0 if name == "all" else p == PARTS.index(name) + 1
+    return out

@@ -1,0 +1,119 @@
+"""Evaluation metrics give known answers on hand-built fixtures: top-k under a logit subset and the
+any-of rule, intervals over seeds, RobustViT's segmentation scores for a relevance box on a mask box,
+and concept alignment."""
+
+import numpy as np
+import pytest
+
+from cftlib import evaluate
+
+
+def test_topk_all_logits_subset_and_any_of():
+    logits = np.array([[0.0, 5, 4, 3, 2, 1],   # label 2: second → top-1 miss, top-2 hit
+                       [9.0, 1, 2, 3, 4, 5]])  # label 5: argmax 0 (outside the subset {1, 5}), then 5
+    labels = np.array([2, 5])
+    assert evaluate.accuracy(logits, labels, ks=(1, 2)) == {"top1": 0.0, "top2": 1.0}
+    assert evaluate.accuracy(logits, labels, subset=np.array([1, 5]), ks=(1,)) == {"top1": 0.5}
+    assert evaluate.topk_correct(logits, [(1, 2), (0,)], 1).tolist() == [True, True]
+    # k larger than the competing classes is clipped: every label inside the subset is a top-5 hit
+    assert evaluate.accuracy(logits, labels, subset=np.array([2, 5]), ks=(5,)) == {"top5": 1.0}
+
+
+def test_ties_go_to_the_lower_class_index():
+    assert evaluate.topk_correct(np.zeros((1, 4)), np.array([0])).tolist() == [True]
+
+
+def test_split_report_separates_seen_and_unseen_classes():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.eye(3)[[0, 1, 1, 1, 0, 0]]  # class 0: 1/2, class 1: 2/2, class 2: 0/2
+    r = evaluate.split_report(logits, labels, seen=np.array([0, 1]))
+    assert r["all"]["top1"] == pytest.approx(3 / 6)
+    assert r["seen"]["top1"] == pytest.approx(3 / 4)
+    assert r["unseen"]["top1"] == 0.0
+
+
+def test_shortcut_gaps_are_test_minus_ood():
+    assert evaluate.shortcut_gaps({"test": 0.9, "bg_conflict": 0.6, "train": 1.0}) == {"bg_conflict": pytest.approx(0.3)}
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)])
+def test_t_quantile_matches_tables(df, expected):
+    assert evaluate.t_quantile(0.975, df) == pytest.approx(expected, abs=2e-3)
+
+
+def test_mean_ci_over_three_seeds():
+    r = evaluate.mean_ci([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["n"] == 3
+    assert r["ci"] == pytest.approx(4.3027 / np.sqrt(3), abs=2e-3)  # t(0.975, 2) · sd 1 / √3
+    assert np.isnan(evaluate.mean_ci([0.5])["ci"])
+
+
+def test_average_precision_known_values():
+    assert evaluate.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert evaluate.average_precision([1, 1], [1, 0]) == pytest.approx(0.5)  # tied scores form one step
+    assert np.isnan(evaluate.average_precision([0.3], [0]))
+
+
+def _box(shape, r0, r1, c0, c1):
+    m = np.zeros(shape, bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def test_relevance_box_on_mask_box_scores_perfectly():
+    gt = _box((10, 10), 2, 6, 2, 6)[None]
+    s = evaluate.segmentation_scores(evaluate.segmentation_counts(gt.astype(float), gt))
+    assert s == {"pixAcc": 1.0, "mIoU": 1.0, "mAP": 1.0}
+
+
+def test_shifted_relevance_box_gives_known_scores():
+    gt = _box((10, 10), 2, 6, 2, 6)[None]  # 16 px
+    rel = _box((10, 10), 2, 6, 4, 8)[None].astype(float)  # 16 px, 8 of them on the mask
+    s = evaluate.segmentation_scores(evaluate.segmentation_counts(rel, gt))
+    assert s["pixAcc"] == pytest.approx(0.84)  # 8 fg + 76 bg pixels right
+    assert s["mIoU"] == pytest.approx((8 / 24 + 76 / 92) / 2)
+    # [1−R, R] vs one-hot: 100 scores of 1 (84 right), 100 of 0 → AP = 0.84·0.84 + 0.16·0.5
+    assert s["mAP"] == pytest.approx(0.84 * 0.84 + 0.16 * 0.5)
+
+
+def test_segmentation_sums_over_images_before_dividing():
+    gt = np.stack([_box((10, 10), 0, 10, 0, 5), _box((10, 10), 0, 1, 0, 1)])
+    rel = np.stack([gt[0], _box((10, 10), 9, 10, 9, 10)]).astype(float)
+    s = evaluate.segmentation_scores(evaluate.segmentation_counts(rel, gt))
+    assert s["pixAcc"] == pytest.approx((100 + 98) / 200)
+    # fg: Σ inter 50 / Σ union 52; bg: Σ inter 148 / Σ union 150 (per-image means would differ)
+    assert s["mIoU"] == pytest.approx((50 / 52 + 148 / 150) / 2)
+
+
+def test_threshold_is_the_map_mean():
+    gt = _box((4, 4), 0, 2, 0, 4)[None]
+    rel = np.where(gt, 0.6, 0.4)  # mean 0.5: the top half is foreground, though no pixel reaches 0.5+
+    assert evaluate.segmentation_scores(evaluate.segmentation_counts(rel, gt))["pixAcc"] == 1.0
+
+
+def test_concept_alignment_mass_area_and_pointing():
+    concept = _box((10, 10), 0, 2, 0, 5)[None]  # 10 px
+    fg = _box((10, 10), 0, 5, 0, 5)[None]
+    rel = np.zeros((1, 10, 10))
+    rel[0, 1, 1] = 3.0  # on the concept
+    rel[0, 4, 4] = 1.0  # on the object, off the concept
+    r = evaluate.concept_alignment(rel, concept, fg)
+    assert r["concept_mass"][0] == pytest.approx(0.75)
+    assert r["object_mass"][0] == pytest.approx(1.0)
+    assert r["concept_area"][0] == pytest.approx(0.1)
+    assert r["pointing"][0]
+    rel[0, 4, 4] = 4.0
+    assert not evaluate.concept_alignment(rel, concept, fg)["pointing"][0]
+
+
+def test_part_masks_are_the_union_of_the_class_concept_parts():
+    from cftlib.world import PARTS
+
+    parts = np.array([[[0, PARTS.index("beak") + 1, PARTS.index("wing") + 1, PARTS.index("body") + 1]]] * 2)
+    bank = {"classes": [{"concepts": [{"text": "long thin beak"}, {"text": "striped wings"}]},
+                        {"concepts": [{"text": "bird"}]}]}
+    class_parts = evaluate.concept_parts(bank)
+    assert class_parts == [["beak", "wing"], ["all"]]
+    m = evaluate.part_masks(parts, np.array([0, 1]), class_parts)
+    assert m[0].tolist() == [[False, True, True, False]]
+    assert m[1].tolist() == [[False, True, True, True]]
