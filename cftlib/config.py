@@ -231,6 +231,159 @@ class Masks:
             err("min_fraction", "need 0 <= min_fraction < max_fraction <= 1")
 
 
+ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "none")
+RELEVANCE = ("attnlrp", "cplrp", "gae_rollout", "grad_x_input", "gradcam")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """CFT's loss as in the official code (cft_facts §3.5) and RobustViT's MSE version."""
+    lambda_align: float = 0.8
+    lambda_acc: float = 0.2
+    lambda_ctx: float = 1.2  # CFT: BCE(R ⊙ (1 − M), 0)
+    lambda_concept: float = 0.5  # CFT: BCE(R ⊙ M, M)
+    lambda_bg: float = 2.0  # RobustViT: MSE(R ⊙ (1 − M), 0)
+    lambda_fg: float = 0.3  # RobustViT: MSE(R ⊙ M, M)
+    temperature: float = 1.0
+    squeeze: float = 0.001  # δ: the map is squeezed into [δ, 1 − δ]; 0 = official (BCE(1, 0) saturates at 100)
+    reverse_mask: str = "complement"  # complement: 1 − M; official: only exact 0/1 flipped (cft_facts §6.16)
+    confidence_target: str = "argmax"  # argmax: the model's own prediction (official); label
+
+    def check(self, err):
+        for key in ("lambda_align", "lambda_acc", "lambda_ctx", "lambda_concept", "lambda_bg", "lambda_fg"):
+            if getattr(self, key) < 0:
+                err(key, "must be >= 0")
+        if self.temperature <= 0:
+            err("temperature", "must be > 0")
+        if not 0 <= self.squeeze < 0.5:
+            err("squeeze", "in [0, 0.5)")
+        if self.reverse_mask not in ("complement", "official"):
+            err("reverse_mask", "choose complement or official")
+        if self.confidence_target not in ("argmax", "label"):
+            err("confidence_target", "choose argmax or label")
+
+
+@dataclass(frozen=True)
+class CNNPretrain(Pretrain):
+    """The CNN's base model, trained from scratch like the ViT's (section pretrain): a small timm ResNet
+    with output stride 8, so Grad-CAM has a 6×6 map at 48 px."""
+    model: str = "resnet10t"
+    model_kwargs: dict = field(default_factory=lambda: dict(
+        channels=[16, 32, 64, 128], stem_width=16, output_stride=8))
+    epochs: int = 8
+
+
+@dataclass(frozen=True)
+class FinetuneCNN:
+    """The paper's "additional CNN model": fine-tuned with the same protocol and loss on Grad-CAM."""
+    arms: list = field(default_factory=lambda: ["none", "ce", "cft"])  # empty: no CNN
+    relevance: str = "gradcam"
+    lr: float = 0.0003
+    pretrain: CNNPretrain = field(default_factory=CNNPretrain)
+
+    def check(self, err):
+        for a in self.arms:
+            if a not in ARMS:
+                err("arms", f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
+        if self.relevance not in RELEVANCE:
+            err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
+        if self.lr <= 0:
+            err("lr", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """The few-shot fine-tuning protocol (cft_facts §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
+    model selection by the lowest validation total loss (the last epoch kept too)."""
+    arms: list = field(default_factory=lambda: ["none", "ce", "robustvit", "cft_fgmask", "cft"])
+    seeds: int = 3  # runs per arm, seeds base.seed, base.seed + 1, ...
+    relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
+    k: int = 3  # training images per class, the first k of the masks stage's (<= masks.k)
+    epochs: int = 25
+    batch_size: int = 8
+    lr: float = 0.0001
+    weight_decay: float = 0.0001
+    lr_decay: float = 0.85
+    lr_decay_every: int = 2
+    scale: float = 1.1428571428571428  # joint resize by 256/224, then a random crop back to size (official)
+    flip: bool = True  # joint horizontal flip, p = 0.5
+    max_nonfinite: int = 20  # this many consecutive non-finite steps stop a run
+    device: str = "auto"  # auto: cuda when present
+    amp: bool = True  # bfloat16 autocast on CUDA (CPU runs in float32)
+    loss: Loss = field(default_factory=Loss)
+    cnn: FinetuneCNN = field(default_factory=FinetuneCNN)
+
+    def check(self, err):
+        for a in self.arms:
+            if a not in ARMS:
+                err("arms", f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
+        if self.relevance not in RELEVANCE:
+            err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
+        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite"):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
+        if self.lr <= 0:
+            err("lr", "must be > 0")
+        if not 0 < self.lr_decay <= 1:
+            err("lr_decay", "in (0, 1]")
+        if self.scale < 1:
+            err("scale", "must be >= 1 (resize up, then crop back)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            err("device", "choose auto, cpu or cuda")
+
+
+BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_v2", "objectnet", "si_location", "si_rotation",
+              "si_area")
+"""The paper's classification benchmarks by name (cftlib.benchmarks.LOADERS)."""
+PROTOCOLS = ("chefer", "standard")
+"""Evaluation protocols: the official code's and the benchmarks' own (cftlib.benchmarks)."""
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """What the evaluate stage measures (CFT §5): top-1/top-5 on every world split per run, intervals over
+    seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.benchmarks."""
+    level: float = 0.95  # confidence level of the intervals over seeds (Student t)
+    alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
+    alignment_images: int = 200  # the first N images of each alignment split
+    relevance: str = "attnlrp"  # one method explains every arm, so their maps compare (cftlib.relevance)
+    batch_size: int = 500
+    benchmarks: dict = field(default_factory=dict)  # paper scale: name (cftlib.benchmarks.LOADERS) -> root
+    protocols: list = field(default_factory=lambda: ["chefer", "standard"])
+    segmentation: str = ""  # paper scale: path of gtsegs_ijcv.mat (ImageNet-Segmentation)
+
+    def check(self, err):
+        if not 0 < self.level < 1:
+            err("level", "in (0, 1)")
+        for s in self.alignment_splits:
+            if s not in SPLITS:
+                err("alignment_splits", f"unknown split {s!r}; known: {', '.join(SPLITS)}")
+        for key in ("alignment_images", "batch_size"):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
+        if self.relevance not in RELEVANCE:
+            err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
+        for p in self.protocols:
+            if p not in PROTOCOLS:
+                err("protocols", f"unknown protocol {p!r}; choose {', '.join(PROTOCOLS)}")
+        for name, root in self.benchmarks.items():
+            if name not in BENCHMARKS:
+                err(f"benchmarks.{name}", f"unknown benchmark; choose from {', '.join(BENCHMARKS)}")
+            if not isinstance(root, str) or not root:
+                err(f"benchmarks.{name}", "need the dataset's root folder")
+
+
+@dataclass(frozen=True)
+class Figures:
+    dpi: int = 110
+    grid_images: int = 8  # rows of the image | concept mask | base | CFT relevance grid
+
+    def check(self, err):
+        for key in ("dpi", "grid_images"):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
+
+
 @dataclass(frozen=True)
 class Params:
     base: Base = field(default_factory=Base)
@@ -238,6 +391,9 @@ class Params:
     pretrain: Pretrain = field(default_factory=Pretrain)
     concepts: Concepts = field(default_factory=Concepts)
     masks: Masks = field(default_factory=Masks)
+    finetune: Finetune = field(default_factory=Finetune)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    figures: Figures = field(default_factory=Figures)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -281,6 +437,9 @@ def _cross_check(p: Params, where: str) -> None:
     if isinstance(patch, int) and p.world.image_size % patch:
         raise ConfigError(f"{where}: world.image_size {p.world.image_size} is not divisible by "
                           f"pretrain.model_kwargs.patch_size {patch}")
+    if p.finetune.k > p.masks.k:
+        raise ConfigError(f"{where}: finetune.k {p.finetune.k} is larger than masks.k {p.masks.k}, the images per "
+                          f"class the masks stage grounds")
     if p.masks.grounder == "world" and p.concepts.dataset != "world":
         raise ConfigError(f"{where}: masks.grounder world needs the world's part maps; "
                           f"concepts.dataset is {p.concepts.dataset!r} (use groundingsam)")

@@ -1,0 +1,507 @@
+"""Few-shot fine-tuning (CFT paper §3; the official protocol, cft_facts §3): arms looked up by name — `cft`,
+`cft_fgmask`, `robustvit`, `ce`, `none` — run on the masks stage's few-shot images under one seeded protocol
+(AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, selection by the lowest validation total
+loss), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0
+writes).
+
+A run is (model, arm, seed); its folder `<out>/<model>/<arm>/seed<seed>/` holds
+    run.json     the run's spec, parameters, config hash and summary (written last: the run is complete)
+    best.pt      weights at the lowest validation total loss, `models.save_checkpoint` format
+    last.pt      weights after the last epoch, same format
+    history.csv  per step: epoch, step, lr, loss, context, concept, confidence, saturated, skipped
+    epochs.csv   per epoch (0 = before fine-tuning): lr, train_loss, val_loss, val_context, val_concept,
+                 val_confidence, val_cft_align, val_acc, best
+    state.pt     the resume state while the run is in progress (removed when it completes)
+
+    torchrun --standalone --nproc_per_node 2 -m cftlib.finetune --arm cft --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import config, fewshot, grounding, losses, models, relevance
+from .io import atomic_path, write_csv, write_json
+
+STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
+EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_context", "val_concept", "val_confidence",
+                 "val_cft_align", "val_acc", "best")
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning setup that cannot run (arm, relevance method, few-shot data); the message says why."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A run that keeps producing non-finite losses or gradients."""
+
+
+# ----------------------------------------------------------------------------- arms
+
+@dataclass(frozen=True)
+class Arm:
+    """A fine-tuning arm. mask: which mask the alignment term reads (concept union, foreground) or None;
+    loss: "bce" (CFT), "mse" (RobustViT) or "ce" (labels only); trains: False for the base model."""
+    name: str
+    mask: str | None
+    loss: str
+    trains: bool
+    description: str
+
+
+ARMS = {a.name: a for a in (
+    Arm("cft", "concept", "bce", True, "CFT: concept masks, BCE alignment + confidence term (the paper)"),
+    Arm("cft_fgmask", "foreground", "bce", True, "CFT's loss on foreground masks (concepts vs segmentation)"),
+    Arm("robustvit", "foreground", "mse", True, "RobustViT: foreground masks, MSE alignment + confidence term"),
+    Arm("ce", None, "ce", True, "plain fine-tuning: cross-entropy on the labels of the same images"),
+    Arm("none", "concept", "bce", False, "the base model, not fine-tuned (validated with CFT's loss)"),
+)}
+assert tuple(ARMS) == config.ARMS
+
+
+def get_arm(name: str) -> Arm:
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise FinetuneError(f"unknown arm {name!r}; choose one of {sorted(ARMS)}") from None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: model role ("vit": the world's base ViT; "cnn": the CNN), arm, seed, relevance method, lr."""
+    model: str
+    arm: str
+    seed: int
+    relevance: str
+    lr: float
+
+    def folder(self, out_dir: str | Path) -> Path:
+        return Path(out_dir) / self.model / self.arm / f"seed{self.seed}"
+
+
+def plan(cfg: config.Finetune, seed: int) -> list[RunSpec]:
+    """Every (model, arm, seed) run of the parameters, checked before any work: a wrong arm or a relevance
+    method that cannot explain the model fails naming it."""
+    runs = []
+    for model, arms, method, lr in (("vit", cfg.arms, cfg.relevance, cfg.lr),
+                                    ("cnn", cfg.cnn.arms, cfg.cnn.relevance, cfg.cnn.lr)):
+        kinds = relevance.get(method).model_kinds
+        if arms and model not in kinds:
+            raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
+        runs += [RunSpec(model, get_arm(a).name, seed + i, method, lr) for a in arms for i in range(cfg.seeds)]
+    return runs
+
+
+def lr_at(epoch: int, lr: float, cfg: config.Finetune) -> float:
+    """The official step decay: lr · decay^⌊epoch / every⌋ (0.85 every 2 epochs), set per epoch."""
+    return lr * cfg.lr_decay ** (epoch // cfg.lr_decay_every)
+
+
+# ----------------------------------------------------------------------------- few-shot data
+
+def _tensors(images: list, masks: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, size, size), normalised, and masks (N, 1, size, size) in [0, 1]; images of another size
+    are resized (bilinear, antialiased; masks too, so their edges become fractional, as in the official code)."""
+    xs, ms = [], []
+    for img, m in zip(images, masks):
+        x, m = models.to_tensor(np.asarray(img)[None]), torch.from_numpy(np.asarray(m, np.float32))[None, None]
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            m = F.interpolate(m, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        xs.append(x)
+        ms.append(m)
+    return torch.cat(xs), torch.cat(ms)
+
+
+def foreground_masks(masks_cfg: config.Masks, names: list[str]):
+    """`item -> (H, W) bool` foreground mask (the world's silhouette; GroundingSAM with the class name on real
+    images): the masks of the `cft_fgmask` and `robustvit` arms, RobustViT's segmentation-mask target."""
+    fg = grounding.Foreground(masks_cfg.groundingsam)
+    return lambda it: fg(it["image"], [], parts=it["parts"], key=it["key"], name=names[it["label"]])[0]
+
+
+def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, foreground=None) -> dict:
+    """The few-shot data of the masks stage: the first k training images of each class (the store holds
+    masks.k, in sorted order) and every validation image, as tensors {x, y, concept, foreground, ids} per
+    split, plus `counts`: images, quality flags and policy actions of the chosen images (dropped ones are
+    skipped and counted). A missing store, a class with fewer than k images, or no image left are errors."""
+    items = grounding.load_store(masks_dir)["items"]
+    per_class: dict[int, list] = {}
+    for r in items:
+        if r["split"] == "train":
+            per_class.setdefault(r["label"], []).append(r)
+    if not per_class:
+        raise FinetuneError(f"{masks_dir}: the masks store has no training images")
+    short = {c: len(rs) for c, rs in per_class.items() if len(rs) < k}
+    if short:
+        raise FinetuneError(f"finetune.k={k}, but the masks store {masks_dir} holds fewer images of class(es) "
+                            f"{short} (label: images); lower finetune.k or re-run masks with masks.k >= {k}")
+    chosen = {r["id"] for rs in per_class.values() for r in rs[:k]} | {r["id"] for r in items if r["split"] == "val"}
+    data, counts = {}, {}
+    for split in ("train", "val"):
+        recs = [r for r in items if r["split"] == split and r["id"] in chosen]
+        d = fewshot.load(masks_dir, split, pool)
+        keep = [i for i, id_ in enumerate(d["ids"]) if id_ in chosen]
+        if not keep:
+            raise FinetuneError(f"{masks_dir}: no {split} image left (all dropped by masks.policy?)")
+        x, concept = _tensors([d["images"][i] for i in keep], [d["masks"][i] for i in keep], size)
+        fg = None
+        if foreground is not None:
+            fg = _tensors([d["images"][i] for i in keep],
+                          [foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
+        data[split] = {"x": x, "y": torch.tensor([d["labels"][i] for i in keep]), "concept": concept,
+                       "foreground": fg, "ids": [d["ids"][i] for i in keep]}
+        counts[split] = {"images": len(keep), "flags": {f: sum(r["flag"] == f for r in recs) for f in grounding.FLAGS},
+                         "actions": {a: sum(r["action"] == a for r in recs) for a in ("kept", "dropped", "foreground")}}
+    data["counts"] = counts
+    return data
+
+
+def augment(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator, scale: float, flip: bool):
+    """The same random geometry for images and masks (official: Resize 256, RandomCrop 224, flip p = 0.5):
+    resize by `scale`, crop back to size at a uniform offset, flip with p = 0.5. Draws from `gen` only."""
+    B, _, H, W = x.shape
+    both = torch.cat([x, m], 1)
+    if scale > 1:
+        big = F.interpolate(both, size=(round(H * scale), round(W * scale)), mode="bilinear", align_corners=False)
+        oy = torch.randint(0, big.shape[-2] - H + 1, (B,), generator=gen).tolist()
+        ox = torch.randint(0, big.shape[-1] - W + 1, (B,), generator=gen).tolist()
+        both = torch.stack([big[i, :, a:a + H, b:b + W] for i, (a, b) in enumerate(zip(oy, ox))])
+    if flip:
+        f = (torch.rand(B, generator=gen) < 0.5).to(x.device)
+        both = torch.where(f[:, None, None, None], both.flip(-1), both)
+    return both[:, :3], both[:, 3:]
+
+
+# ----------------------------------------------------------------------------- one step
+
+def objective(model, arm: Arm, x, m, y, cfg: config.Finetune, method: str, create_graph: bool = True):
+    """The arm's loss terms on a batch ({loss, context, concept, confidence, saturated}; `ce`: {loss}) and
+    the logits of the same forward (explain returns both, so one forward serves relevance and confidence)."""
+    if arm.loss == "ce":
+        logits = model(x)
+        return {"loss": F.cross_entropy(logits.float(), y)}, logits
+    r, logits = relevance.explain(model, x, method, target=y, create_graph=create_graph, output="pixel")
+    return losses.objective(r, m, logits, y, arm.loss, cfg.loss), logits
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    if _world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def train_step(model, opt, arm: Arm, x, m, y, n_global: int, cfg: config.Finetune, method: str, amp) -> dict:
+    """One optimiser step on this process's shard (x, m, y) of a global batch of `n_global` images. The loss
+    is weighted by shard / global size and gradients are summed over processes, so N processes take the
+    step one process would (unlike DDP's mean over uneven shards). A non-finite loss or gradient skips
+    the step on every process. Returns the global batch means of the terms, `saturated`, `skipped`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    keys = ("loss",) if arm.loss == "ce" else ("loss", "context", "concept", "confidence")
+    stats = torch.zeros(len(keys) + 1, dtype=torch.float64, device=x.device)
+    if len(y):
+        with amp:
+            terms, _ = objective(model, arm, x, m, y, cfg, method)
+        w = len(y) / n_global
+        (terms["loss"] * w).backward()
+        stats[:len(keys)] = torch.stack([terms[k].detach().double() * w for k in keys])
+        stats[-1] = terms["saturated"].double() if "saturated" in terms else 0.0
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    if _world()[1] > 1:
+        flat = _all_sum(torch.cat([g.reshape(-1) for g in grads] + [stats.to(grads[0].dtype)]))
+        for g, v in zip(grads, flat[:-len(stats)].split([g.numel() for g in grads])):
+            g.copy_(v.view_as(g))
+        stats = flat[-len(stats):].double()
+    for p, g in zip(params, grads):
+        p.grad = g
+    skipped = not (torch.isfinite(stats).all() and torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    if skipped:
+        opt.zero_grad(set_to_none=True)
+    else:
+        opt.step()
+    out = {k: float(v) for k, v in zip(keys, stats[:len(keys)])}
+    return {**out, "saturated": int(stats[-1]) if arm.loss != "ce" else 0, "skipped": int(skipped)}
+
+
+@torch.no_grad()
+def validate(model, arm: Arm, val: dict, cfg: config.Finetune, method: str, amp) -> dict:
+    """On the validation images (no augmentation): the arm's total loss (model selection) and terms, CFT's
+    alignment on concept masks for every arm (a common yardstick), accuracy. Sharded over processes."""
+    rank, world = _world()
+    n = len(val["y"])
+    idx = torch.arange(rank, n, world)
+    keys = ("val_loss", "val_context", "val_concept", "val_confidence", "val_cft_align", "val_acc")
+    sums = torch.zeros(len(keys), dtype=torch.float64, device=val["x"].device)
+    for b in range(0, len(idx), cfg.batch_size):
+        i = idx[b:b + cfg.batch_size]
+        x, y, concept = val["x"][i], val["y"][i], val["concept"][i]
+        with amp:
+            r, logits = relevance.explain(model, x, method, target=y, output="pixel")
+        if arm.loss == "ce":
+            terms = {"loss": F.cross_entropy(logits.float(), y)}
+        else:
+            terms = losses.objective(r, val[arm.mask][i], logits, y, arm.loss, cfg.loss)
+        cft = losses.alignment(r, concept, "bce", cfg.loss)["align"]
+        vals = [terms.get(k, torch.tensor(math.nan)) for k in ("loss", "context", "concept", "confidence")]
+        vals += [cft, (logits.argmax(1) == y).float().mean()]
+        sums += torch.stack([v.double().to(sums.device) for v in vals]) * len(i)
+    return {k: float(v) / n for k, v in zip(keys, _all_sum(sums))}
+
+
+# ----------------------------------------------------------------------------- a run
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data: dict) -> dict:
+    """What determines a run's result: its spec, the protocol parameters, the base weights and the data.
+    Its hash decides whether a finished run is reused and whether a saved state may be resumed."""
+    arm = ARMS[spec.arm]
+    split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
+                               *([data[s]["foreground"]] if arm.mask == "foreground" else [])) for s in ("train", "val")}
+    params = {k: v for k, v in config.as_dict(cfg).items() if k not in ("arms", "seeds", "relevance", "lr", "cnn", "device")}
+    conf = {"spec": asdict(spec), "params": params, "base": _digest(*base.state_dict().values()), "data": split_digest}
+    conf["hash"] = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
+    return conf
+
+
+def _device(cfg: config.Finetune) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _save_weights(path: Path, model, build: dict, extra: dict) -> None:
+    models.save_checkpoint(path, model, {**build, **extra})
+
+
+def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
+        progress: bool = False) -> dict:
+    """Run `spec` into its folder and return its run.json. A complete run with the same config hash is
+    reused; a saved state with the same hash is resumed at its last finished epoch (and ends with the same
+    history as an uninterrupted run); anything else starts over."""
+    arm, folder = ARMS[spec.arm], spec.folder(out_dir)
+    conf = run_config(spec, cfg, base, data)
+    rank, world = _world()
+    done = folder / "run.json"
+    if done.is_file() and json.loads(done.read_text())["config"]["hash"] == conf["hash"]:
+        return json.loads(done.read_text())
+    device = _device(cfg)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp else contextlib.nullcontext()
+    model = copy.deepcopy(base).to(device).eval()  # eval: no dropout, frozen BatchNorm statistics
+    for p in model.parameters():
+        p.requires_grad_(True)
+    train = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["train"].items()}
+    val = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["val"].items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(spec.seed)
+    st = {"epoch": 0, "history": [], "epochs": [], "best": (math.inf, 0), "nonfinite": 0, "consecutive": 0}
+    state_path = folder / "state.pt"
+    saved = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
+    if saved is not None and saved["hash"] == conf["hash"]:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        st = saved["state"]
+    else:
+        if rank == 0 and folder.exists():
+            shutil.rmtree(folder)
+        st["epochs"].append({"epoch": 0, "lr": spec.lr, "train_loss": math.nan,
+                             **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
+    epochs = cfg.epochs if arm.trains else 0
+    n, steps = len(train["y"]), math.ceil(len(train["y"]) / cfg.batch_size)
+    bar = tqdm(total=epochs * steps, initial=st["epoch"] * steps, desc=f"{spec.model}/{spec.arm}/seed{spec.seed}",
+               disable=not progress or rank != 0, leave=False)
+    mask_key = arm.mask or "concept"
+    for epoch in range(st["epoch"], epochs):
+        lr = lr_at(epoch, spec.lr, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        order, losses_ = torch.randperm(n, generator=gen), []
+        for b in range(steps):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x, m = augment(train["x"][idx], train[mask_key][idx], gen, cfg.scale, cfg.flip)
+            mine = slice(rank, None, world)
+            row = train_step(model, opt, arm, x[mine], m[mine], train["y"][idx][mine], len(idx), cfg,
+                             spec.relevance, amp)
+            st["nonfinite"] += row["skipped"]
+            st["consecutive"] = st["consecutive"] + 1 if row["skipped"] else 0
+            if st["consecutive"] >= cfg.max_nonfinite:
+                raise NonFiniteLoss(f"{folder}: {st['consecutive']} consecutive steps with a non-finite loss or "
+                                    f"gradient (epoch {epoch + 1}, step {len(st['history']) + 1}); lower finetune.lr "
+                                    f"or keep finetune.loss.squeeze > 0")
+            st["history"].append({"epoch": epoch + 1, "step": len(st["history"]) + 1, "lr": lr, **row})
+            if not row["skipped"]:
+                losses_.append(row["loss"])
+            bar.update()
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+        v = validate(model, arm, val, cfg, spec.relevance, amp)
+        best = v["val_loss"] <= st["best"][0]  # official: is_best = val_loss <= best_loss
+        if best:
+            st["best"] = (v["val_loss"], epoch + 1)
+        st["epochs"].append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses_)) if losses_ else math.nan,
+                             **v, "best": int(best)})
+        st["epoch"] = epoch + 1
+        if rank == 0:
+            if best:
+                _save_weights(folder / "best.pt", model, build, {"run": asdict(spec), "epoch": epoch + 1})
+            with atomic_path(state_path) as tmp:
+                torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "generator": gen.get_state(), "state": st}, tmp)
+    bar.close()
+    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"], "epochs": epochs, "steps": len(st["history"]),
+               "best_epoch": st["best"][1], "best_val_loss": st["best"][0] if epochs else st["epochs"][0]["val_loss"],
+               "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
+               "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
+    if rank == 0:
+        _save_weights(folder / "last.pt", model, build, {"run": asdict(spec), "epoch": epochs})
+        if not epochs:
+            _save_weights(folder / "best.pt", model, build, {"run": asdict(spec), "epoch": 0})
+        write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
+        write_csv(folder / "epochs.csv", pd.DataFrame(st["epochs"], columns=list(EPOCH_COLUMNS)))
+        write_json(done, summary)
+        state_path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def cnn_base(cfg: config.FinetuneCNN, data_dir: str | Path, num_classes: int, img_size: int, seed: int,
+             path: str | Path, progress: bool = False) -> tuple[torch.nn.Module, dict, list[dict]]:
+    """The CNN's base model, trained from scratch on the world's biased `train` split like the ViT's
+    (`pretrain.train`), cached at `path` with the hash of its parameters. Returns (model, build, history)."""
+    from . import pretrain, world
+
+    key = hashlib.sha256(json.dumps([config.as_dict(cfg.pretrain), num_classes, img_size, seed],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(path)
+    if path.is_file():
+        model, build = models.load_checkpoint(path)
+        if build.get("key") == key:
+            return model, build, build["history"]
+    model, build, history = pretrain.train(cfg.pretrain, world.load_split(data_dir, "train"),
+                                           world.load_split(data_dir, "val"), num_classes, img_size, seed, progress)
+    build = {**build, "key": key, "history": history}
+    if _world()[0] == 0:
+        models.save_checkpoint(path, model, build)
+    return model, build, history
+
+
+def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
+            progress: bool = False) -> pd.DataFrame:
+    """Fit every run (bases: model role → (model, build)); folders of runs no longer planned are removed.
+    Returns one row per run: model, arm, seed, best_epoch, best_val_loss, last val metrics, skipped steps."""
+    out_dir = Path(out_dir)
+    keep = {r.folder(out_dir) for r in runs}
+    if _world()[0] == 0:
+        for stale in sorted(out_dir.glob("*/*/seed*")):
+            if stale not in keep:
+                shutil.rmtree(stale)
+    rows = []
+    for spec in tqdm(runs, desc="runs", disable=not progress or _world()[0] != 0):
+        s = fit(spec, *bases[spec.model], data, cfg, out_dir, progress)
+        rows.append({"model": spec.model, "arm": spec.arm, "seed": spec.seed, "best_epoch": s["best_epoch"],
+                     "best_val_loss": s["best_val_loss"], **{f"last_{k}": v for k, v in s["last"].items()
+                                                             if k.startswith("val_")},
+                     "nonfinite_steps": s["nonfinite_steps"], "saturated_steps": s["saturated_steps"]})
+    return pd.DataFrame(rows)
+
+
+def collect(runs: list[RunSpec], out_dir: str | Path, name: str) -> pd.DataFrame:
+    """`history.csv` or `epochs.csv` of every run, stacked, with model, arm and seed columns."""
+    frames = [pd.read_csv(r.folder(out_dir) / name).assign(model=r.model, arm=r.arm, seed=r.seed) for r in runs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_run(spec: RunSpec, out_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict]:
+    """A run's `best` or `last` model (eval mode) and its checkpoint config."""
+    return models.load_checkpoint(spec.folder(out_dir) / f"{which}.pt")
+
+
+def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_path: str | Path,
+          out_dir: str | Path, concepts_dir: str | Path = "data/concepts",
+          progress: bool = False) -> tuple[list[RunSpec], dict, dict]:
+    """Everything the runs need, checked before any training: (runs, data, bases). The CNN's base model is
+    trained here when the plan has CNN runs (it lives in `<out_dir>/cnn/base.pt`)."""
+    from . import concepts
+
+    runs = plan(P.finetune, P.base.seed)
+    base, build = models.load_checkpoint(base_path)
+    bank = concepts.load(concepts_dir) if P.concepts.dataset != "world" else None  # class names for GroundingSAM
+    pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
+    names = [c["name"] for c in bank["classes"]] if bank else [""] * build["num_classes"]
+    needs_fg = any(ARMS[r.arm].mask == "foreground" for r in runs)
+    data = load_data(masks_dir, pool, P.finetune.k, build["img_size"],
+                     foreground_masks(P.masks, names) if needs_fg else None)
+    bases = {"vit": (base, build)}
+    if any(r.model == "cnn" for r in runs):
+        if P.concepts.dataset != "world":
+            raise FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.arms: [] "
+                                "for an image folder")
+        cnn, cbuild, _ = cnn_base(P.finetune.cnn, data_dir, build["num_classes"], build["img_size"], P.base.seed,
+                                  Path(out_dir) / "cnn" / "base.pt", progress)
+        bases["cnn"] = (cnn, {k: v for k, v in cbuild.items() if k in ("name", "num_classes", "img_size", "kwargs")})
+    return runs, data, bases
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cftlib.finetune", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--masks", default="data/masks")
+    ap.add_argument("--data", default="data/world")
+    ap.add_argument("--base", default="models/base/model.pt")
+    ap.add_argument("--out", default="models/finetune")
+    ap.add_argument("--concepts", default="data/concepts")
+    ap.add_argument("--model", action="append", choices=("vit", "cnn"), help="only these models (repeatable)")
+    ap.add_argument("--arm", action="append", help="only these arms (repeatable)")
+    ap.add_argument("--seed", action="append", type=int, help="only these seeds (repeatable)")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    P = config.load(args.params)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.init_process_group("nccl" if _device(P.finetune).type == "cuda" else "gloo")
+    torch.set_num_threads(P.base.threads)
+    try:
+        for a in args.arm or []:
+            get_arm(a)
+        runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, args.progress)
+        runs = [r for r in runs if (not args.model or r.model in args.model) and (not args.arm or r.arm in args.arm)
+                and (not args.seed or r.seed in args.seed)]
+        for spec in runs:
+            fit(spec, *bases[spec.model], data, P.finetune, args.out, args.progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
