@@ -26,7 +26,8 @@ OUTPUTS = ("patch", "pixel", "input")
 
 @dataclass(frozen=True)
 class Method:
-    """A relevance method and what it promises.
+    """A relevance method and what it promises. `fn(model, x, target, *, kind, level, create_graph)`
+    returns (raw map at `level`, logits of the same forward).
 
     differentiable: with `create_graph=True` the map carries a gradient to the weights (usable in
         CFT's loss). exact_gradient: that gradient is the true derivative of the map (checked against
@@ -93,6 +94,8 @@ def explain(model, x, method="attnlrp", target=None, *, create_graph=False, outp
     bilinearly (the official pipeline's map); "input" (B, 1, H, W), relevance of each input pixel
     (summed over channels). normalize: per-sample min-max (see `minmax`); False gives the raw, signed
     map. create_graph: keep the map differentiable in the weights; otherwise it is detached.
+    All samples are explained by one backward of sum_b z_b[t_b], so a layer that mixes samples
+    (BatchNorm in train mode) mixes their maps: put such models in eval mode.
     """
     m = get(method)
     kind = model_kind(model)
