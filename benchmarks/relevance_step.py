@@ -21,6 +21,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from cftlib import losses
+from cftlib.config import Loss
 from cftlib.relevance import explain
 from cftlib.relevance.rollout import gae_rollout_official
 
@@ -33,16 +35,12 @@ METHODS = ("attnlrp", "cplrp", "gae_rollout", "grad_x_input")
 OFFICIAL = "official GAE (grad per block, 2nd fwd, frozen fwd)"
 
 
-def cft_loss(r, mask, logits):
-    """The official loss (cft_facts §3.5) with 1 - M as the context mask; R is squeezed to
-    [1e-3, 1 - 1e-3] so that BCE(1, 0) cannot blow up (cft_facts §5, pitfall 3)."""
-    r = r.clamp(1e-3, 1 - 1e-3)
-    align = 1.2 * F.binary_cross_entropy(r * (1 - mask), torch.zeros_like(r)) + \
-        0.5 * F.binary_cross_entropy(r * mask, mask)
-    return 0.8 * align + 0.2 * F.cross_entropy(logits, logits.detach().argmax(1))
-
-
 def step_fns(model, frozen, x, y, mask):
+    cfg = Loss()  # the official CFT weights, BCE, map squeezed into [1e-3, 1 - 1e-3]
+
+    def cft_loss(r, logits):
+        return losses.objective(r, mask, logits, y, "bce", cfg)["loss"]
+
     opt = torch.optim.AdamW(model.parameters(), lr=3e-6, weight_decay=1e-4)
 
     def run(loss_fn):
@@ -55,14 +53,14 @@ def step_fns(model, frozen, x, y, mask):
     def cft(method):
         def loss():
             r, logits = explain(model, x, method, y, create_graph=True)
-            return cft_loss(r, mask, logits)
+            return cft_loss(r, logits)
         return loss
 
     def official():
         r, logits = gae_rollout_official(model, x, y)
         with torch.no_grad():
             frozen(x)
-        return cft_loss(r, mask, logits)
+        return cft_loss(r, logits)
 
     fns = {"CE only": run(lambda: F.cross_entropy(model(x), y))}
     fns.update({f"CFT, {m}": run(cft(m)) for m in METHODS})
