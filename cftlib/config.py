@@ -351,10 +351,13 @@ class Evaluate:
     benchmarks: dict = field(default_factory=dict)  # paper scale: name (cftlib.benchmarks.LOADERS) -> root
     protocols: list = field(default_factory=lambda: ["chefer", "standard"])
     segmentation: str = ""  # paper scale: path of gtsegs_ijcv.mat (ImageNet-Segmentation)
+    tolerance: float = 0.01  # claims: in-distribution accuracy is kept if CFT − base stays above −tolerance
 
     def check(self, err):
         if not 0 < self.level < 1:
             err("level", "in (0, 1)")
+        if not 0 <= self.tolerance < 1:
+            err("tolerance", "in [0, 1)")
         for s in self.alignment_splits:
             if s not in SPLITS:
                 err("alignment_splits", f"unknown split {s!r}; known: {', '.join(SPLITS)}")

@@ -163,3 +163,80 @@ def part_masks(parts: np.ndarray, labels: np.ndarray, class_parts: list[list[str
         for name in class_parts[int(y)]:
             out[i] |= p > 0 if name == "all" else p == PARTS.index(name) + 1
     return out
+
+
+# ----------------------------------------------------------------------------- runs and seeds
+
+def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarray, batch_size: int = 500) -> list[dict]:
+    """One row per split and class group (all, seen, unseen): top-1 and top-5 of one model."""
+    rows = []
+    for split, a in arrays.items():
+        logits = predict(model, a["images"], batch_size)
+        rows += [{"split": split, "group": g, **acc} for g, acc in split_report(logits, a["label"], seen).items()]
+    return rows
+
+
+def relevance_maps(model: torch.nn.Module, images: np.ndarray, method: str, batch_size: int = 100) -> np.ndarray:
+    """(N, H, W) min-max normalised relevance of each image's predicted class at pixel level (the
+    RobustViT segmentation test explains the prediction, cft_facts §4.2)."""
+    from .models import to_tensor
+    from .relevance import explain
+
+    model.eval()
+    return np.concatenate([explain(model, to_tensor(images[i:i + batch_size]), method, output="pixel")[0][:, 0].numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
+def run_alignment(model: torch.nn.Module, arrays: dict[str, dict], class_parts: list[list[str]], method: str,
+                  n: int) -> list[dict]:
+    """One row per split: segmentation scores against the bird's silhouette (pixAcc, mIoU, mAP) and concept
+    alignment against the exact parts of the image's class's concepts, on the first `n` images."""
+    rows = []
+    for split, a in arrays.items():
+        parts, labels = a["parts"][:n], a["label"][:n]
+        r = relevance_maps(model, a["images"][:n], method)
+        fg = parts > 0
+        seg = segmentation_scores(segmentation_counts(r, fg))
+        ca = concept_alignment(r, part_masks(parts, labels, class_parts), fg)
+        rows.append({"split": split, "method": method, **seg, **{k: float(v.mean()) for k, v in ca.items()}})
+    return rows
+
+
+def summarise(frame, by: list[str], metrics: list[str], level: float = 0.95):
+    """Mean and CI half-width over seeds of each metric, per group of `by` (columns `<metric>`,
+    `<metric>_ci`, and `n` runs)."""
+    import pandas as pd
+
+    rows = []
+    for key, g in frame.groupby(by, sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for m in metrics:
+            s = mean_ci(g[m].to_numpy(), level)
+            row[m], row[f"{m}_ci"], row["n"] = s["mean"], s["ci"], s["n"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_difference(frame, metric: str, arm: str, versus: str, level: float = 0.95, **where) -> dict | None:
+    """Mean and CI of (arm − versus) in `metric`, paired by seed, over the rows matching `where`
+    (column = value); None when either arm has no rows there."""
+    sel = frame
+    for col, value in where.items():
+        sel = sel[sel[col] == value]
+    a = sel[sel["arm"] == arm].set_index("seed")[metric]
+    b = sel[sel["arm"] == versus].set_index("seed")[metric]
+    common = a.index.intersection(b.index)
+    if len(common) == 0:
+        return None
+    return mean_ci((a[common] - b[common]).to_numpy(), level)
+
+
+def gaps_frame(acc):
+    """Per run, the shortcut gap (test − split) in top-1 over all images, as rows of `acc`'s shape."""
+    import pandas as pd
+
+    allimg = acc[acc["group"] == "all"]
+    test = allimg[allimg["split"] == "test"].set_index(["model", "arm", "seed"])["top1"]
+    ood = allimg[allimg["split"].isin(OOD)].copy()
+    ood["gap"] = test.loc[list(zip(ood["model"], ood["arm"], ood["seed"]))].to_numpy() - ood["top1"].to_numpy()
+    return pd.DataFrame(ood[["model", "arm", "seed", "split", "gap"]]).reset_index(drop=True)
