@@ -407,8 +407,8 @@ def cnn_base(cfg: config.FinetuneCNN, data_dir: str | Path, num_classes: int, im
         model, build = models.load_checkpoint(path)
         if build.get("key") == key:
             return model, build, build["history"]
-    model, build, history = pretrain.train(cfg.pretrain, world.load_split(data_dir, "train"),
-                                           world.load_split(data_dir, "val"), num_classes, img_size, seed, progress)
+    model, build, history = pretrain.train(cfg.pretrain, world.load_split(data_dir, "train"),  # CNNs take no img_size
+                                           world.load_split(data_dir, "val"), num_classes, None, seed, progress)
     build = {**build, "key": key, "history": history}
     if _world()[0] == 0:
         models.save_checkpoint(path, model, build)
@@ -447,13 +447,14 @@ def load_run(spec: RunSpec, out_dir: str | Path, which: str = "best") -> tuple[t
 
 
 def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_path: str | Path,
-          out_dir: str | Path, concepts_dir: str | Path = "data/concepts",
+          out_dir: str | Path, concepts_dir: str | Path = "data/concepts", select=None,
           progress: bool = False) -> tuple[list[RunSpec], dict, dict]:
-    """Everything the runs need, checked before any training: (runs, data, bases). The CNN's base model is
-    trained here when the plan has CNN runs (it lives in `<out_dir>/cnn/base.pt`)."""
+    """Everything the runs need, checked before any training: (runs, data, bases), the runs filtered by
+    `select(spec) -> bool` if given. The CNN's base model is trained here when a CNN run is planned (it
+    lives in `<out_dir>/cnn/base.pt`)."""
     from . import concepts
 
-    runs = plan(P.finetune, P.base.seed)
+    runs = [r for r in plan(P.finetune, P.base.seed) if select is None or select(r)]
     base, build = models.load_checkpoint(base_path)
     bank = concepts.load(concepts_dir) if P.concepts.dataset != "world" else None  # class names for GroundingSAM
     pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
@@ -492,9 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for a in args.arm or []:
             get_arm(a)
-        runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, args.progress)
-        runs = [r for r in runs if (not args.model or r.model in args.model) and (not args.arm or r.arm in args.arm)
-                and (not args.seed or r.seed in args.seed)]
+
+        def select(r: RunSpec) -> bool:
+            return all(not want or got in want for want, got in ((args.model, r.model), (args.arm, r.arm),
+                                                                  (args.seed, r.seed)))
+
+        runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, select, args.progress)
         for spec in runs:
             fit(spec, *bases[spec.model], data, P.finetune, args.out, args.progress)
     finally:

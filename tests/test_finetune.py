@@ -1,0 +1,303 @@
+"""Fine-tuning keeps the paper's promises on tiny models: the alignment loss falls under one step, the `ce` arm is
+plain cross-entropy, a killed run resumes to the same result, two processes take the steps one takes, and a
+wrong setup fails before any work, naming what is wrong."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cftlib import concepts, config, fewshot, finetune, grounding, models, world
+from cftlib.grounding import GroundingError
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, small_world, smoke_params):
+    """The smoke profile's concepts and masks stages on the small world, and a random tiny base ViT."""
+    P, (_, seed, world_dir) = smoke_params, small_world
+    root = tmp_path_factory.mktemp("ft")
+    bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(world_dir)), seed)
+    concepts.save(bank, root / "data" / "concepts")
+    pool = fewshot.Pool("world", world_dir)
+    sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, seed)
+    grounding.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed), {})
+    torch.manual_seed(0)
+    build = dict(name=P.pretrain.model, num_classes=P.world.n_species, img_size=P.world.image_size,
+                 kwargs=dict(P.pretrain.model_kwargs))
+    models.save_checkpoint(root / "base.pt", models.build_model(build["name"], build["num_classes"],
+                                                               build["img_size"], **build["kwargs"]), build)
+    shutil.copy(ROOT / "profiles" / "smoke.yaml", root / "params.yaml")
+    shutil.copytree(world_dir, root / "data" / "world")
+    return root
+
+
+def _params(root, **kw):
+    P = config.load(root / "params.yaml")
+    return dataclasses.replace(P, finetune=dataclasses.replace(P.finetune, **kw))
+
+
+def _setup(root, **kw):
+    P = _params(root, **kw)
+    runs, data, bases = finetune.setup(P, root / "data" / "masks", root / "data" / "world", root / "base.pt",
+                                       root / "runs", root / "data" / "concepts")
+    return P, runs, data, bases
+
+
+def _batch(data, n=4):
+    t = data["train"]
+    return t["x"][:n], t["concept"][:n], t["y"][:n]
+
+
+def _vit(root):
+    return models.load_checkpoint(root / "base.pt")[0]
+
+
+# ----------------------------------------------------------------------------- one step
+
+@pytest.mark.parametrize("method", ["attnlrp", "cplrp", "gae_rollout", "grad_x_input"])
+def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
+    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=dataclasses.replace(config.FinetuneCNN(), arms=[]))
+    cfg = dataclasses.replace(P.finetune, relevance=method)
+    model, (x, m, y) = _vit(project), _batch(data)
+    arm = finetune.ARMS["cft"]
+    before = finetune.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    row = finetune.train_step(model, opt, arm, x, m, y, len(y), cfg, method, torch.autocast("cpu", enabled=False))
+    after = finetune.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
+    assert not row["skipped"] and after < before
+
+
+def test_one_step_lowers_the_alignment_loss_of_the_cnn_on_gradcam(project):
+    P, _, data, bases = _setup(project, arms=[], seeds=1)
+    model, (x, m, y), arm = bases["cnn"][0], _batch(data), finetune.ARMS["cft"]
+    cfg = P.finetune
+    before = finetune.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
+    finetune.train_step(model, opt, arm, x, m, y, len(y), cfg, "gradcam", torch.autocast("cpu", enabled=False))
+    assert finetune.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item() < before
+
+
+def test_ce_arm_step_is_plain_cross_entropy(project):
+    P, _, data, _ = _setup(project, arms=["ce"], seeds=1)
+    (x, m, y), a, b = _batch(data), _vit(project), _vit(project)
+    finetune.train_step(a, torch.optim.SGD(a.parameters(), lr=1.0), finetune.ARMS["ce"], x, m, y, len(y), P.finetune,
+                        "attnlrp", torch.autocast("cpu", enabled=False))
+    F.cross_entropy(b(x), y).backward()
+    torch.optim.SGD(b.parameters(), lr=1.0).step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_augmentation_moves_image_and_mask_together():
+    gen = torch.Generator().manual_seed(0)
+    m = (torch.rand(6, 1, 16, 16) > 0.5).float()
+    x = m.expand(-1, 3, -1, -1).clone()  # the mask drawn into the image
+    xa, ma = finetune.augment(x, m, gen, 8 / 7, True)
+    assert xa.shape == x.shape and torch.allclose(xa[:, :1], ma) and not torch.equal(ma, m)
+
+
+def test_lr_decays_by_the_official_step():
+    cfg = config.Finetune()
+    assert [finetune.lr_at(e, 1.0, cfg) for e in range(5)] == [1.0, 1.0, 0.85, 0.85, 0.85 ** 2]
+
+
+# ----------------------------------------------------------------------------- runs
+
+def _fit(root, spec, out, **kw):
+    P, _, data, bases = _setup(root, **kw)
+    return finetune.fit(spec, *bases[spec.model], data, P.finetune, out), data
+
+
+SPEC = finetune.RunSpec("vit", "cft", 0, "attnlrp", 1e-4)
+
+
+def test_run_folder_layout_and_reuse(project, tmp_path):
+    s, _ = _fit(project, SPEC, tmp_path, epochs=3)
+    folder = SPEC.folder(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "epochs.csv", "history.csv", "last.pt", "run.json"]
+    hist, ep = pd.read_csv(folder / "history.csv"), pd.read_csv(folder / "epochs.csv")
+    assert list(hist.columns) == list(finetune.STEP_COLUMNS) and list(ep.columns) == list(finetune.EPOCH_COLUMNS)
+    assert ep["epoch"].tolist() == [0, 1, 2, 3] and len(hist) == 3 * 2 == s["steps"]  # 6 images, batch 4
+    trained = ep[ep["epoch"] > 0]  # selection: lowest val loss, later epochs winning ties (official <=)
+    assert s["best_epoch"] == trained["epoch"][trained["val_loss"] == trained["val_loss"].min()].max()
+    model, cfg = models.load_checkpoint(folder / "best.pt")
+    assert cfg["run"]["arm"] == "cft" and cfg["epoch"] == s["best_epoch"]
+    assert json.loads((folder / "run.json").read_text())["counts"]["train"]["images"] == 6
+    stamp = (folder / "run.json").stat().st_mtime_ns
+    _fit(project, SPEC, tmp_path, epochs=3)  # same config: reused, not re-run
+    assert (folder / "run.json").stat().st_mtime_ns == stamp
+    s2, _ = _fit(project, SPEC, tmp_path, epochs=2)  # another config: run again
+    assert s2["config"]["hash"] != s["config"]["hash"] and len(pd.read_csv(folder / "epochs.csv")) == 3
+
+
+def test_none_arm_is_the_base_model(project, tmp_path):
+    spec = finetune.RunSpec("vit", "none", 0, "attnlrp", 1e-4)
+    s, _ = _fit(project, spec, tmp_path)
+    base = _vit(project).state_dict()
+    best = models.load_checkpoint(spec.folder(tmp_path) / "best.pt")[0].state_dict()
+    assert s["steps"] == 0 and all(torch.equal(base[k], best[k]) for k in base)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypatch):
+    whole, _ = _fit(project, SPEC, tmp_path / "whole", epochs=3)
+    real, calls = finetune.train_step, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # in the third epoch (two steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(project, SPEC, tmp_path / "killed", epochs=3)
+    folder = SPEC.folder(tmp_path / "killed")
+    assert (folder / "state.pt").is_file() and not (folder / "run.json").exists()
+    monkeypatch.setattr(finetune, "train_step", real)
+    resumed, _ = _fit(project, SPEC, tmp_path / "killed", epochs=3)
+    for name in ("history.csv", "epochs.csv"):
+        assert (SPEC.folder(tmp_path / "whole") / name).read_text() == (folder / name).read_text(), name
+    for name in ("best.pt", "last.pt"):
+        a = models.load_checkpoint(SPEC.folder(tmp_path / "whole") / name)[0].state_dict()
+        b = models.load_checkpoint(folder / name)[0].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert not (folder / "state.pt").exists() and resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project, tmp_path, monkeypatch):
+    real, calls = finetune.objective, []
+
+    def nan_once(*args, **kwargs):
+        terms, logits = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the first training step (call 1 is no step: validation does not use objective)
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms, logits
+
+    monkeypatch.setattr(finetune, "objective", nan_once)
+    s, _ = _fit(project, SPEC, tmp_path / "once", epochs=2)
+    hist = pd.read_csv(SPEC.folder(tmp_path / "once") / "history.csv")
+    assert s["nonfinite_steps"] == 1 and hist["skipped"].sum() == 1
+
+    def always_nan(*args, **kwargs):
+        terms, logits = real(*args, **kwargs)
+        terms["loss"] = terms["loss"] * float("nan")
+        return terms, logits
+
+    monkeypatch.setattr(finetune, "objective", always_nan)
+    with pytest.raises(finetune.NonFiniteLoss, match="3 consecutive"):
+        _fit(project, SPEC, tmp_path / "always", epochs=3, max_nonfinite=3)
+
+
+# ----------------------------------------------------------------------------- data and errors
+
+def test_fewshot_data_respects_the_stores_policy_and_counts_it(project, tmp_path):
+    store = tmp_path / "masks"
+    shutil.copytree(project / "data" / "masks", store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    first = next(r for r in manifest["items"] if r["split"] == "train")
+    first.update(flag="empty", action="dropped")
+    (store / "train" / f"{first['id']}.npz").unlink()
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    pool = fewshot.Pool("world", project / "data" / "world")
+    data = finetune.load_data(store, pool, 3, 32)
+    assert data["counts"]["train"]["actions"]["dropped"] == 1 and data["counts"]["train"]["flags"]["empty"] == 1
+    assert data["counts"]["train"]["images"] == 5 and first["id"] not in data["train"]["ids"]
+    fewer = finetune.load_data(store, pool, 1, 32)
+    assert fewer["counts"]["train"]["images"] + fewer["counts"]["train"]["actions"]["dropped"] == 2
+
+
+def test_foreground_masks_are_the_silhouette(project):
+    _, _, data, _ = _setup(project)
+    fg, concept = data["train"]["foreground"], data["train"]["concept"]
+    assert fg.shape == concept.shape and fg.sum() > 0 and not torch.equal(fg, concept)
+
+
+def test_missing_masks_are_clear_errors(project, tmp_path):
+    pool = fewshot.Pool("world", project / "data" / "world")
+    with pytest.raises(GroundingError, match="no mask store; run the masks stage"):
+        finetune.load_data(tmp_path / "nowhere", pool, 3, 32)
+    store = tmp_path / "masks"
+    shutil.copytree(project / "data" / "masks", store)
+    next((store / "train").glob("*.npz")).unlink()
+    with pytest.raises(GroundingError, match="missing"):
+        finetune.load_data(store, pool, 3, 32)
+
+
+def test_k_larger_than_the_images_of_a_class_is_a_clear_error(project, tmp_path):
+    pool = fewshot.Pool("world", project / "data" / "world")
+    with pytest.raises(finetune.FinetuneError, match="finetune.k=4.*fewer images of class"):
+        finetune.load_data(project / "data" / "masks", pool, 4, 32)
+    (tmp_path / "p.yaml").write_text("finetune: {k: 5}\n")
+    with pytest.raises(config.ConfigError, match="finetune.k 5 is larger than masks.k 3"):
+        config.load(tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"finetune": {"arms": ["cft", "cft2"]}}, "finetune.arms"),
+    ({"finetune": {"relevance": "lrp"}}, "finetune.relevance"),
+    ({"finetune": {"cnn": {"arms": ["robust"]}}}, "finetune.cnn.arms"),
+    ({"finetune": {"loss": {"squeeze": 0.5}}}, "finetune.loss.squeeze"),
+    ({"finetune": {"loss": {"reverse_mask": "1-M"}}}, "finetune.loss.reverse_mask"),
+    ({"finetune": {"arms": "cft"}}, "finetune.arms"),
+])
+def test_wrong_arm_or_relevance_name_fails_naming_the_key(tmp_path, data, key):
+    import yaml
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(tmp_path / "p.yaml")
+
+
+def test_wrong_names_fail_in_the_library_too():
+    with pytest.raises(finetune.FinetuneError, match="unknown arm 'cft2'"):
+        finetune.get_arm("cft2")
+    with pytest.raises(finetune.FinetuneError, match="gradcam.*not a vit"):
+        finetune.plan(config.Finetune(relevance="gradcam"), 0)
+    with pytest.raises(KeyError, match="unknown relevance method 'lrp'"):
+        finetune.plan(config.Finetune(relevance="lrp"), 0)
+
+
+def test_plan_is_every_model_arm_seed():
+    runs = finetune.plan(config.Finetune(), 7)
+    assert len(runs) == 5 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9}
+    assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
+
+
+# ----------------------------------------------------------------------------- processes
+
+def _cli(root, out, *extra, nproc=1):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["--params", "params.yaml", "--masks", "data/masks", "--data", "data/world", "--base", "base.pt",
+            "--out", str(out), "--model", "vit", "--arm", "cft", "--seed", "0", *extra]
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+           if nproc > 1 else [sys.executable]) + ["-m", "cftlib.finetune", *args]
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_steps_of_one(project, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the batch is sharded, gradients summed with shard weights, rank 0
+    writes; the history and weights equal a single process's within float tolerance."""
+    _cli(project, tmp_path / "one")
+    _cli(project, tmp_path / "two", nproc=2)
+    one, two = (SPEC.folder(tmp_path / d) for d in ("one", "two"))
+    for name in ("history.csv", "epochs.csv"):
+        a, b = pd.read_csv(one / name), pd.read_csv(two / name)
+        assert np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-4, atol=1e-6, equal_nan=True), name
+    a, b = (models.load_checkpoint(f / "last.pt")[0].state_dict() for f in (one, two))
+    for k in a:
+        if k.endswith("attn.qkv.bias"):  # the key bias: zero gradient in exact arithmetic (softmax is shift
+            a[k], b[k] = a[k].view(3, -1)[0::2], b[k].view(3, -1)[0::2]  # invariant); Adam scales its noise
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert json.loads((two / "run.json").read_text())["processes"] == 2
