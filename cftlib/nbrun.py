@@ -48,9 +48,9 @@ def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             if out is not None:
                 outputs.append(out)
         cell.outputs = outputs
-    for cell in nb.cells:  # papermill's error banner cell gets a random id too
+    for i, cell in enumerate(nb.cells):  # papermill's error banner cells get random ids too
         if cell.cell_type == "markdown" and "papermill-error-cell-tag" in cell.metadata.get("tags", []):
-            cell["id"] = "papermill-error"
+            cell["id"] = f"papermill-error-{i}"
     return nb
 
 
