@@ -286,3 +286,36 @@ def segmentation(path: str | Path, size: int = 224) -> Iterator[tuple[np.ndarray
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
             gt = np.asarray(Image.fromarray(gt.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0
             yield img, gt
+
+
+# ----------------------------------------------------------------------------- a model on every benchmark
+
+def segmentation_eval(model: torch.nn.Module, path: str | Path, method: str, batch_size: int = 16) -> dict[str, float]:
+    """pixAcc, mIoU and mAP of `model`'s relevance (predicted class) on ImageNet-Segmentation (§4.2)."""
+    from .evaluate import relevance_maps, segmentation_counts, segmentation_scores
+
+    counts, imgs, gts = [], [], []
+    for img, gt in segmentation(path):
+        imgs.append(img)
+        gts.append(gt)
+        if len(imgs) == batch_size:
+            counts.append(segmentation_counts(relevance_maps(model, np.stack(imgs), method), np.stack(gts)))
+            imgs, gts = [], []
+    if imgs:
+        counts.append(segmentation_counts(relevance_maps(model, np.stack(imgs), method), np.stack(gts)))
+    return segmentation_scores({k: np.concatenate([c[k] for c in counts]) for k in counts[0]})
+
+
+def evaluate_model(model: torch.nn.Module, cfg, method: str) -> list[dict]:
+    """Rows {benchmark, protocol, top1, top5} for each benchmark of `cfg.benchmarks` under each of
+    `cfg.protocols`, and {benchmark: imagenet_segmentation, pixAcc, mIoU, mAP} when `cfg.segmentation` is set."""
+    rows = []
+    for name, root in cfg.benchmarks.items():
+        b = load(name, root)
+        for protocol in cfg.protocols:
+            logits = predict(model, b, protocol, batch_size=cfg.batch_size)
+            rows.append({"benchmark": name, "protocol": protocol, "images": len(b), **b.score(logits, protocol)})
+    if cfg.segmentation:
+        rows.append({"benchmark": "imagenet_segmentation", "protocol": "chefer",
+                     **segmentation_eval(model, cfg.segmentation, method)})
+    return rows

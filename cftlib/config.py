@@ -343,6 +343,9 @@ PROTOCOLS = ("chefer", "standard")
 class Evaluate:
     """What the evaluate stage measures (CFT §5): top-1/top-5 on every world split per run, intervals over
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.benchmarks."""
+    splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "color_conflict", "pose", "rendition",
+                                                  "bg_random"])
+    max_images: int = 500  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
     alignment_images: int = 200  # the first N images of each alignment split
@@ -358,9 +361,17 @@ class Evaluate:
             err("level", "in (0, 1)")
         if not 0 <= self.tolerance < 1:
             err("tolerance", "in [0, 1)")
+        for key in ("splits", "alignment_splits"):
+            for s in getattr(self, key):
+                if s not in SPLITS:
+                    err(key, f"unknown split {s!r}; known: {', '.join(SPLITS)}")
         for s in self.alignment_splits:
-            if s not in SPLITS:
-                err("alignment_splits", f"unknown split {s!r}; known: {', '.join(SPLITS)}")
+            if s not in self.splits:
+                err("alignment_splits", f"{s!r} is not among evaluate.splits")
+        if "test" not in self.splits:
+            err("splits", "must include test (the in-distribution reference of the gaps and claims)")
+        if self.max_images < 0:
+            err("max_images", "must be >= 0 (0: all)")
         for key in ("alignment_images", "batch_size"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")

@@ -240,3 +240,51 @@ def gaps_frame(acc):
     ood = allimg[allimg["split"].isin(OOD)].copy()
     ood["gap"] = test.loc[list(zip(ood["model"], ood["arm"], ood["seed"]))].to_numpy() - ood["top1"].to_numpy()
     return pd.DataFrame(ood[["model", "arm", "seed", "split", "gap"]]).reset_index(drop=True)
+
+
+def seen_classes(store_dir: str | Path) -> np.ndarray:
+    """The classes fine-tuned on: labels of the mask store's training items (the few-shot choice)."""
+    from .grounding import load_store
+
+    return np.array(sorted({r["label"] for r in load_store(store_dir)["items"] if r["split"] == "train"}))
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: np.ndarray,
+                  class_parts: list[list[str]], cfg, progress: bool = False):
+    """Accuracy and alignment rows (model, arm, seed, …) of every fine-tuning run's selected (best)
+    checkpoint. Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
+    Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import relevance
+    from .finetune import load_run
+
+    align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
+    acc, align, done = [], [], {}
+    for spec in tqdm(runs, desc="evaluate", disable=not progress, leave=False):
+        model, _ = load_run(spec, finetune_dir)
+        key = _weights_digest(model)
+        if key not in done:
+            method = cfg.relevance if relevance.model_kind(model) in relevance.get(cfg.relevance).model_kinds \
+                else spec.relevance
+            done[key] = (run_accuracy(model, arrays, seen, cfg.batch_size),
+                         run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images))
+        ids = {"model": spec.model, "arm": spec.arm, "seed": spec.seed}
+        acc += [{**ids, **r} for r in done[key][0]]
+        align += [{**ids, **r} for r in done[key][1]]
+    return pd.DataFrame(acc), pd.DataFrame(align)
+
+
+def head(arrays: dict, n: int) -> dict:
+    """The first n items of every array of a split (n = 0: all)."""
+    return arrays if n == 0 else {k: v[:n] for k, v in arrays.items()}

@@ -81,3 +81,110 @@ def accuracy_bars(acc: pd.DataFrame, chance: float, hue: str | None = None) -> p
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- evaluation figures
+
+ARM_ORDER = ("none", "ce", "robustvit", "cft_fgmask", "cft")
+"""Arms left to right: base, plain fine-tuning, RobustViT, CFT on foreground masks, CFT."""
+ARM_COLORS = dict(zip(ARM_ORDER, sns.color_palette("deep", len(ARM_ORDER))))
+"""One colour per arm in every figure."""
+
+
+def _bars(ax, summary: pd.DataFrame, x: str, metric: str, order: list, arms: list) -> None:
+    """Grouped bars of `summary[metric]` (x × arm) with `<metric>_ci` whiskers."""
+    sns.barplot(data=summary, x=x, y=metric, hue="arm", order=order, hue_order=arms, errorbar=None, ax=ax,
+                palette=ARM_COLORS)
+    for arm, bars in zip(arms, ax.containers):
+        mine = summary[summary["arm"] == arm].set_index(x)
+        for key, bar in zip(order, bars):
+            if key in mine.index and np.isfinite(mine.loc[key, f"{metric}_ci"]):
+                ax.errorbar(bar.get_x() + bar.get_width() / 2, mine.loc[key, metric], yerr=mine.loc[key, f"{metric}_ci"],
+                            color="black", lw=0.8, capsize=2)
+
+
+def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95, x: str = "split",
+             chance: float | None = None, title: str = "", arms: list | None = None, panel: str = "model") -> plt.Figure:
+    """Per-run rows (`panel`, arm, seed, `x`, `metric`) → one panel per value of `panel` (the model), bars of
+    the mean over seeds per `x` and arm, whiskers the Student-t interval (cftlib.evaluate.mean_ci)."""
+    from .evaluate import summarise
+
+    arms = [a for a in (arms or ARM_ORDER) if a in set(frame["arm"])]
+    order = [o for o in order if o in set(frame[x])]
+    panels = list(dict.fromkeys(frame[panel]))
+    width = 1.3 + 0.9 * len(order) * max(1, len(arms)) / 4
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 2.9 * len(panels)), squeeze=False)
+    for ax, p in zip(axes[:, 0], panels):
+        mine = frame[(frame[panel] == p) & frame["arm"].isin(arms)]
+        here = [a for a in arms if a in set(mine["arm"])]
+        _bars(ax, summarise(mine, ["arm", x], [metric], level), x, metric, order, here)
+        if chance is not None:
+            ax.axhline(chance, ls="--", c="gray", lw=1)
+        ax.set_title(f"{p}: {title}" if title else str(p), fontsize=9)
+        ax.legend(fontsize=7, ncols=len(here), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        ax.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    return fig
+
+
+def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95) -> plt.Figure:
+    """One panel per alignment split: each metric's mean per arm with intervals; the concept parts' share
+    of the image (`concept_area`, what a uniform map puts there) dotted."""
+    from .evaluate import summarise
+
+    splits = list(dict.fromkeys(frame["split"]))
+    arms = [a for a in ARM_ORDER if a in set(frame["arm"])]
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.2), squeeze=False, sharey=True)
+    for ax, split in zip(axes[0], splits):
+        long = frame[frame["split"] == split].melt(id_vars=["arm", "seed"], value_vars=metrics, var_name="metric")
+        _bars(ax, summarise(long, ["arm", "metric"], ["value"], level), "metric", "value", metrics, arms)
+        ax.axhline(frame.loc[frame["split"] == split, "concept_area"].mean(), ls=":", c="gray", lw=1)
+        ax.set_title(split, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend().remove()
+        ax.tick_params(axis="x", rotation=20)
+    axes[0, -1].legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def pick_corrected(base, cft, arrays: dict, n: int) -> list[tuple[int, bool]]:
+    """Up to n image indices for the qualitative figure: first those the base model gets wrong and CFT right
+    (flag True), then those both get right (False)."""
+    from .models import predict
+
+    y = arrays["label"]
+    b, c = predict(base, arrays["images"]).argmax(1) == y, predict(cft, arrays["images"]).argmax(1) == y
+    fixed = np.flatnonzero(~b & c)[:n]
+    both = np.flatnonzero(b & c)[:n - len(fixed)]
+    return [(int(i), True) for i in fixed] + [(int(i), False) for i in both]
+
+
+def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, bool]], class_parts: list[list[str]],
+                   names: list[str], method: str) -> plt.Figure:
+    """The paper's qualitative figure: rows of image | concept mask | base relevance | CFT relevance, each
+    map of the model's own prediction, titled with it (✓/✗); rows CFT corrected are marked."""
+    from .evaluate import part_masks, relevance_maps
+    from .models import predict
+
+    idx = [i for i, _ in picks]
+    images, labels = arrays["images"][idx], arrays["label"][idx]
+    concept = part_masks(arrays["parts"][idx], labels, class_parts)
+    maps = {k: (relevance_maps(m, images, method), predict(m, images).argmax(1)) for k, m in (("base", base), ("CFT", cft))}
+    fig, axes = plt.subplots(len(idx), 4, figsize=(6.4, 1.7 * len(idx)), squeeze=False)
+    for r, (i, fixed) in enumerate(picks):
+        axes[r, 0].imshow(images[r])
+        axes[r, 0].set_title(f"{names[labels[r]]}{' (corrected)' if fixed else ''}", fontsize=6)
+        axes[r, 1].imshow(images[r])
+        axes[r, 1].imshow(np.ma.masked_where(~concept[r], concept[r]), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+        axes[r, 1].set_title("concept parts", fontsize=6)
+        for c, (key, (rel, pred)) in enumerate(maps.items(), start=2):
+            axes[r, c].imshow(images[r])
+            axes[r, c].imshow(rel[r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            mark = "✓" if pred[r] == labels[r] else "✗"
+            axes[r, c].set_title(f"{key}: {names[pred[r]]} {mark}", fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    return fig

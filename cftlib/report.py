@@ -55,6 +55,55 @@ def write_table(frame: pd.DataFrame, path: str | Path, title: str) -> None:
     write_csv(path.with_suffix(".csv"), frame.reset_index())
 
 
+PAPER_NAMES = {"test": "IN val", "v2": "IN-v2", "bg_conflict": "IN-A", "pose": "ObjectNet / SI-Score", "rendition": "IN-R"}
+"""The paper's column each world split stands in for (README's split table)."""
+
+
+def table(summary: pd.DataFrame, metrics: list[str], columns: list[str], order: list | None = None) -> pd.DataFrame:
+    """Rows "model / arm", one column per value of `columns` (joined by " · ") and metric, cells "mean ± ci"
+    in % of a `summarise` frame; `order` sorts the first column key."""
+    s = summary.assign(run=summary["model"] + " / " + summary["arm"])
+    key = s[columns].astype(str).agg(" · ".join, axis=1)
+    parts = []
+    for m in metrics:
+        col = key + (f" · {m}" if len(metrics) > 1 else "")
+        parts.append(pivot(s.assign(column=col), "run", "column", m))
+    out = pd.concat(parts, axis=1)
+    if order is not None:
+        rank = {v: i for i, v in enumerate(order)}
+        out = out[sorted(out.columns, key=lambda c: (rank.get(c.split(" · ")[0], len(rank)), list(out.columns).index(c)))]
+    out.index.name = "model / arm"
+    return out
+
+
+def main_table(summary: pd.DataFrame, splits: list[str], metric: str = "top1") -> pd.DataFrame:
+    """The paper's main table on the world: (model, arm) × split over all images, columns titled
+    "split (paper benchmark)"."""
+    t = table(summary[summary["group"] == "all"], [metric], ["split"], splits)
+    t.columns = [f"{c} ({PAPER_NAMES[c]})" if c in PAPER_NAMES else c for c in t.columns]
+    return t
+
+
+def _clean(v):
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def metrics(summary: pd.DataFrame, gaps: pd.DataFrame, align: pd.DataFrame) -> dict:
+    """DVC metrics: {model: {arm: {accuracy: {split: {group: {top1, top1_ci, top5, top5_ci}}}, gap: {split:
+    {mean, ci}}, alignment: {split: {metric: mean, metric_ci}}}}}; NaN (one seed: no interval) → null."""
+    out: dict = {}
+    for r in summary.to_dict("records"):
+        arm = out.setdefault(r["model"], {}).setdefault(r["arm"], {})
+        arm.setdefault("accuracy", {}).setdefault(r["split"], {})[r["group"]] = {
+            k: _clean(r[k]) for k in ("top1", "top1_ci", "top5", "top5_ci")}
+    for r in gaps.to_dict("records"):
+        out[r["model"]][r["arm"]].setdefault("gap", {})[r["split"]] = {"mean": r["gap"], "ci": _clean(r["gap_ci"])}
+    for r in align.to_dict("records"):
+        out[r["model"]][r["arm"]].setdefault("alignment", {})[r["split"]] = {
+            k: _clean(v) for k, v in r.items() if k not in ("model", "arm", "split", "n", "method")}
+    return out
+
+
 # ----------------------------------------------------------------------------- claims
 
 def _evidence(d: dict | None, what: str, unit: str = "points") -> str:

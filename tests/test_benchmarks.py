@@ -175,3 +175,17 @@ def test_missing_dataset_names_it_where_to_get_it_and_the_layout(tmp_path):
         next(benchmarks.segmentation(tmp_path / "gtsegs_ijcv.mat"))
     with pytest.raises(KeyError, match="imagenet_a"):
         benchmarks.load("imagenet-a", tmp_path)
+
+
+def test_evaluate_model_scores_each_benchmark_under_each_protocol(tmp_path):
+    from cftlib import config
+
+    syn, sub = benchmarks.imagenet_synsets(), benchmarks.subset_indices("r")
+    r = int(sub[0])
+    _png(tmp_path / "r" / syn[r] / "10.png", (10,) * 3)
+    _png(tmp_path / "v2" / "3" / "20.png", (20,) * 3)
+    model = Lookup({10: _logits(0, r), 20: _logits(3)})
+    cfg = config.parse({"evaluate": {"benchmarks": {"imagenet_r": str(tmp_path / "r"), "imagenet_v2": str(tmp_path / "v2")}}}).evaluate
+    rows = {(x["benchmark"], x["protocol"]): x["top1"] for x in benchmarks.evaluate_model(model, cfg, "attnlrp")}
+    assert rows == {("imagenet_r", "chefer"): 0.0, ("imagenet_r", "standard"): 1.0,
+                    ("imagenet_v2", "chefer"): 1.0, ("imagenet_v2", "standard"): 1.0}
