@@ -42,7 +42,7 @@ class World:
     rho_color: float = 0.9
     noise: float = 0.03
     splits: dict = field(default_factory=lambda: dict(
-        train=6000, val=1000, test=2000, v2=1000, bg_conflict=2000, color_conflict=1000,
+        train=5000, val=1000, test=1000, v2=1000, bg_conflict=1000, color_conflict=1000,
         pose=1000, rendition=1000, bg_random=1000))
     chunk: int = 500
 
@@ -75,8 +75,8 @@ class Pretrain:
     model: str = "vit_tiny_patch16_224"
     model_kwargs: dict = field(default_factory=lambda: dict(
         patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0))
-    epochs: int = 15
-    batch_size: int = 128
+    epochs: int = 12
+    batch_size: int = 64
     lr: float = 0.001
     weight_decay: float = 0.05
     warmup: float = 0.05
@@ -271,6 +271,7 @@ class CNNPretrain(Pretrain):
     model_kwargs: dict = field(default_factory=lambda: dict(
         channels=[16, 32, 64, 128], stem_width=16, output_stride=8))
     epochs: int = 8
+    batch_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -345,10 +346,10 @@ class Evaluate:
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.benchmarks."""
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "color_conflict", "pose", "rendition",
                                                   "bg_random"])
-    max_images: int = 500  # per split, the first N (a split's images are in random order); 0 = all
+    max_images: int = 300  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
-    alignment_images: int = 200  # the first N images of each alignment split
+    alignment_images: int = 64  # the first N images of each alignment split
     relevance: str = "attnlrp"  # one method explains every arm, so their maps compare (cftlib.relevance)
     batch_size: int = 500
     benchmarks: dict = field(default_factory=dict)  # paper scale: name (cftlib.benchmarks.LOADERS) -> root
