@@ -6,7 +6,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 
-.PHONY: setup repro test test-fast clean-notebooks
+.PHONY: setup repro test test-fast test-gpu clean-notebooks
 
 setup: $(VENV)/.installed
 
@@ -21,10 +21,13 @@ repro: setup
 	. $(VENV)/bin/activate && dvc repro
 
 test: setup
-	. $(VENV)/bin/activate && pytest -m "slow or not slow"
+	. $(VENV)/bin/activate && pytest -m "not gpu"
 
 test-fast: setup
 	. $(VENV)/bin/activate && pytest
+
+test-gpu: setup
+	. $(VENV)/bin/activate && pytest -m gpu
 
 clean-notebooks: setup
 	$(PY) -m cftlib.nbrun --strip notebooks/*.ipynb

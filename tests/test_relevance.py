@@ -174,7 +174,6 @@ def lxt_relevance(model, x, target, rule):
 @pytest.mark.parametrize("method,rule", [("attnlrp", "attnlrp"), ("cplrp", "cp")])
 @pytest.mark.parametrize("model_name", list(VITS))
 def test_agrees_with_lxt(method, rule, model_name):
-    pytest.importorskip("lxt.efficient.rules")
     model = make(model_name)
     x = images(model)
     target = torch.tensor([0, 3, 4])
@@ -362,7 +361,7 @@ def test_alignment_gradient_is_zero_only_where_the_map_cannot_depend(method, out
     assert zero == {"norm.bias", "head.bias"}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("method", ["attnlrp", "gae_rollout"])
 def test_cuda_matches_cpu(method):
     model = make()
