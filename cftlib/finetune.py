@@ -429,8 +429,8 @@ def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, 
     for spec in tqdm(runs, desc="runs", disable=not progress or _world()[0] != 0):
         s = fit(spec, *bases[spec.model], data, cfg, out_dir, progress)
         rows.append({"model": spec.model, "arm": spec.arm, "seed": spec.seed, "best_epoch": s["best_epoch"],
-                     "best_val_loss": s["best_val_loss"], **{f"last_{k}": v for k, v in s["last"].items()
-                                                             if k.startswith("val_")},
+                     "best_val_loss": s["best_val_loss"],
+                     **{f"last_{k}": s["last"][k] for k in EPOCH_COLUMNS if k.startswith("val_")},
                      "nonfinite_steps": s["nonfinite_steps"], "saturated_steps": s["saturated_steps"]})
     return pd.DataFrame(rows)
 
@@ -439,6 +439,22 @@ def collect(runs: list[RunSpec], out_dir: str | Path, name: str) -> pd.DataFrame
     """`history.csv` or `epochs.csv` of every run, stacked, with model, arm and seed columns."""
     frames = [pd.read_csv(r.folder(out_dir) / name).assign(model=r.model, arm=r.arm, seed=r.seed) for r in runs]
     return pd.concat(frames, ignore_index=True)
+
+
+def curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Wide table for `dvc plots`: epoch × `<model>_<arm>`, the mean of `metric` over seeds."""
+    wide = epochs.assign(run=epochs["model"] + "_" + epochs["arm"]).pivot_table(
+        index="epoch", columns="run", values=metric, aggfunc="mean", sort=False)
+    return wide.reset_index().rename_axis(columns=None)
+
+
+def metrics(table: pd.DataFrame, counts: dict) -> dict:
+    """The stage's metrics: per run `<model>/<arm>/seed<seed>` its `run_all` row (NaN → null), and the
+    few-shot image counts."""
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return {"runs": {f"{r['model']}/{r['arm']}/seed{r['seed']}": {k: v for k, v in r.items()
+                                                                   if k not in ("model", "arm", "seed")} for r in rows},
+            "data": counts}
 
 
 def load_run(spec: RunSpec, out_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict]:

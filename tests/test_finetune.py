@@ -301,3 +301,33 @@ def test_two_processes_take_the_steps_of_one(project, tmp_path):
             a[k], b[k] = a[k].view(3, -1)[0::2], b[k].view(3, -1)[0::2]  # invariant); Adam scales its noise
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
     assert json.loads((two / "run.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
+def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_world):
+    """Notebooks 01-03 on the smoke world (00's outputs made by the fixture): runs, plots, metrics, figures, and
+    a byte-identical executed notebook when re-run (finished runs are reused, their files unchanged)."""
+    from cftlib import nbrun
+
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "notebooks", proj / "notebooks")
+    shutil.copy(ROOT / "profiles" / "smoke.yaml", proj / "params.yaml")
+    shutil.copytree(small_world[2], proj / "data" / "world")
+    P = config.load(proj / "params.yaml")
+    torch.manual_seed(0)
+    build = dict(name=P.pretrain.model, num_classes=P.world.n_species, img_size=P.world.image_size,
+                 kwargs=dict(P.pretrain.model_kwargs))
+    models.save_checkpoint(proj / "models" / "base" / "model.pt", models.build_model(
+        build["name"], build["num_classes"], build["img_size"], **build["kwargs"]), build)
+    out = []
+    for name in ("01_concepts", "02_masks", "03_finetune", "03_finetune"):
+        nbrun.run(proj / "notebooks" / f"{name}.ipynb", proj / "executed" / f"{name}.ipynb", {"progress": False},
+                  cwd=proj)
+        out.append((proj / "executed" / f"{name}.ipynb").read_bytes())
+    assert out[2] == out[3], "executed notebook must be byte-identical for identical inputs"
+    m = json.loads((proj / "metrics" / "finetune.json").read_text())
+    assert len(m["runs"]) == len(finetune.plan(P.finetune, P.base.seed))
+    for f in ("plots/finetune_steps.csv", "plots/finetune_epochs.csv", "plots/finetune_val_align.csv",
+              "figures/finetune_curves.png", "figures/relevance_methods.png", "figures/relevance_cnn.png",
+              "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt", "models/finetune/cnn/base.pt"):
+        assert (proj / f).is_file(), f
