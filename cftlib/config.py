@@ -269,8 +269,8 @@ class CNNPretrain(Pretrain):
     with output stride 8, so Grad-CAM has a 6×6 map at 48 px."""
     model: str = "resnet10t"
     model_kwargs: dict = field(default_factory=lambda: dict(
-        channels=[16, 32, 64, 128], stem_width=16, output_stride=8))
-    epochs: int = 8
+        channels=[8, 16, 32, 64], stem_width=8, output_stride=8))
+    epochs: int = 3
     batch_size: int = 128
 
 

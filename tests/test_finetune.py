@@ -331,3 +331,30 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
               "figures/finetune_curves.png", "figures/relevance_methods.png", "figures/relevance_cnn.png",
               "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt", "models/finetune/cnn/base.pt"):
         assert (proj / f).is_file(), f
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path):
+    """A real kill -9 of the CLI mid-run: the atomic per-epoch state survives, and the re-run resumes from it
+    to the same files as a run never interrupted."""
+    import time
+
+    smoke = (project / "params.yaml").read_text()
+    (project / "long.yaml").write_text(smoke.replace("  epochs: 2\n  batch_size: 4", "  epochs: 8\n  batch_size: 4"))
+    assert (project / "long.yaml").read_text() != smoke
+    _cli(project, tmp_path / "whole", "--params", "long.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cftlib.finetune", "--params", "long.yaml", "--masks", "data/masks", "--data",
+           "data/world", "--base", "base.pt", "--out", str(tmp_path / "killed"), "--model", "vit", "--arm", "cft",
+           "--seed", "0"]
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = SPEC.folder(tmp_path / "killed") / "state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert state.exists() and not (SPEC.folder(tmp_path / "killed") / "run.json").exists(), "killed too late"
+    _cli(project, tmp_path / "killed", "--params", "long.yaml")
+    for name in ("history.csv", "epochs.csv"):
+        assert (SPEC.folder(tmp_path / "whole") / name).read_text() == (SPEC.folder(tmp_path / "killed") / name).read_text()
