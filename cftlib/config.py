@@ -389,6 +389,26 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Ablations:
+    """The paper's ablations on the world (cftlib.ablations): CFT runs varying one setting of the main run."""
+    k: list = field(default_factory=lambda: [1, 2, 3])  # images per class (<= masks.k)
+    noise: list = field(default_factory=lambda: [0.0, 1.0, 2.0])  # the world grounder's noise, × masks.world
+    relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout", "grad_x_input"])  # ViT methods
+    seeds: int = 2
+
+    def check(self, err):
+        if any(type(k) is not int or k < 1 for k in self.k):
+            err("k", "positive integers")
+        if any(type(s) not in (int, float) or s < 0 for s in self.noise):
+            err("noise", "non-negative scales")
+        for m in self.relevance:
+            if m not in RELEVANCE or m == "gradcam":
+                err("relevance", f"{m!r}: choose ViT methods from {', '.join(r for r in RELEVANCE if r != 'gradcam')}")
+        if self.seeds < 1:
+            err("seeds", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Figures:
     dpi: int = 110
     grid_images: int = 8  # rows of the image | concept mask | base | CFT relevance grid
@@ -408,6 +428,7 @@ class Params:
     masks: Masks = field(default_factory=Masks)
     finetune: Finetune = field(default_factory=Finetune)
     evaluate: Evaluate = field(default_factory=Evaluate)
+    ablations: Ablations = field(default_factory=Ablations)
     figures: Figures = field(default_factory=Figures)
 
 

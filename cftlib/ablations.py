@@ -1,0 +1,138 @@
+"""Ablations of CFT (the paper's ablation studies, cft_facts §5.1): CFT runs that differ from the main run
+in one setting — k images per class, the world grounder's mask noise (a VLM's quality), the relevance
+method trained on — fine-tuned with `cftlib.finetune` and scored with `cftlib.evaluate`.
+
+A variant is (k, noise scale, method); the main run's setting appears in every ablation, so its runs are
+trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config, evaluate, fewshot, finetune, grounding
+
+
+def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
+    """The world grounder's noise times `scale`: boundary px rounded, miss and spurious rates capped at 1."""
+    return dataclasses.replace(noise, boundary=int(round(noise.boundary * scale)),
+                               p_miss=min(1.0, noise.p_miss * scale), q_spurious=min(1.0, noise.q_spurious * scale))
+
+
+def variants(P: config.Params) -> list[dict]:
+    """One row per (ablation, value): {ablation, value, k, noise, method}; the other two settings are the
+    main run's (finetune.k, noise × 1, finetune.relevance)."""
+    A, main = P.ablations, dict(k=P.finetune.k, noise=1.0, method=P.finetune.relevance)
+    rows = [dict(main, ablation="k", value=str(k), k=k) for k in A.k]
+    rows += [dict(main, ablation="mask noise", value=f"×{s:g}", noise=s) for s in A.noise]
+    rows += [dict(main, ablation="relevance", value=m, method=m) for m in A.relevance]
+    return rows
+
+
+def _key(v: dict) -> str:
+    return f"k{v['k']}_noise{v['noise']:g}_{v['method']}"
+
+
+def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, out_dir: Path, main_dir: str | Path) -> Path:
+    """The mask store at noise × `scale`: the masks stage's own at × 1, else grounded again (same few-shot
+    choice and seed) into `out_dir/masks_noise<scale>`."""
+    if scale == 1.0:
+        return Path(main_dir)
+    store = out_dir / f"masks_noise{scale:g}"
+    if not (store / "manifest.json").is_file():
+        cfg = dataclasses.replace(P.masks, world=scaled_noise(P.masks.world, scale))
+        selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
+        grounding.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed),
+                              {"noise_scale": scale, "params": config.as_dict(cfg)})
+    return store
+
+
+def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
+        out_dir: str | Path, arrays: dict[str, dict], progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every variant × `ablations.seeds` (CFT arm, ViT) and score it: accuracy rows and alignment rows
+    with columns ablation, value, seed (see `evaluate.run_accuracy`, `evaluate.run_alignment`)."""
+    from .models import load_checkpoint
+
+    if P.concepts.dataset != "world" or P.masks.grounder != "world":
+        raise finetune.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
+    out_dir = Path(out_dir)
+    base, build = load_checkpoint(base_path)
+    pool = fewshot.Pool("world", data_dir)
+    seen = evaluate.seen_classes(masks_dir)
+    class_parts = evaluate.concept_parts(bank)
+    align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
+    acc, align, data, scored = [], [], {}, {}
+    for v in variants(P):
+        if (v["k"], v["noise"]) not in data:
+            store = masks_for(P, v["noise"], bank, pool, out_dir, masks_dir)
+            data[v["k"], v["noise"]] = finetune.load_data(store, pool, v["k"], build["img_size"])
+        cfg = dataclasses.replace(P.finetune, k=v["k"], relevance=v["method"])
+        for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
+            spec = finetune.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr)
+            folder = out_dir / _key(v)
+            if (folder, seed) not in scored:
+                finetune.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
+                model, _ = finetune.load_run(spec, folder)
+                scored[folder, seed] = (
+                    evaluate.run_accuracy(model, arrays, seen, P.evaluate.batch_size),
+                    evaluate.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
+                                           P.evaluate.alignment_images))
+            ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}
+            acc += [{**ids, **r} for r in scored[folder, seed][0]]
+            align += [{**ids, **r} for r in scored[folder, seed][1]]
+    return pd.DataFrame(acc), pd.DataFrame(align)
+
+
+def summary(acc: pd.DataFrame, align: pd.DataFrame, splits: list[str], level: float) -> pd.DataFrame:
+    """Per ablation and value: top-1 on each split (all images) and concept mass per alignment split, mean and
+    CI over seeds, in the variants' order."""
+    a = acc[acc["group"] == "all"].pivot_table(index=["ablation", "value", "seed"], columns="split", values="top1",
+                                               sort=False)
+    a = a[[s for s in splits if s in a.columns]]
+    m = align.pivot_table(index=["ablation", "value", "seed"], columns="split", values="concept_mass", sort=False)
+    m.columns = [f"concept_mass {c}" for c in m.columns]
+    wide = a.join(m).reset_index()
+    return evaluate.summarise(wide, ["ablation", "value"], [c for c in wide.columns if c not in
+                                                            ("ablation", "value", "seed")], level)
+
+
+def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
+    """One panel per ablation: `split` top-1 and concept mass on it per value, mean ± CI over seeds."""
+    import matplotlib.pyplot as plt
+
+    ablations = list(dict.fromkeys(acc["ablation"]))
+    fig, axes = plt.subplots(1, len(ablations), figsize=(3.2 * len(ablations), 2.8), squeeze=False, sharey=True)
+    a = acc[(acc["group"] == "all") & (acc["split"] == split)].rename(columns={"top1": "value_"})
+    m = align[align["split"] == split].rename(columns={"concept_mass": "value_"})
+    for ax, name in zip(axes[0], ablations):
+        for frame, label, marker in ((a, f"top-1 on {split}", "o"), (m, "concept mass", "s")):
+            s = evaluate.summarise(frame[frame["ablation"] == name], ["value"], ["value_"], level)
+            ci = np.nan_to_num(s["value__ci"].to_numpy())
+            ax.errorbar(s["value"], s["value_"], yerr=ci, marker=marker, capsize=3, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def table(s: pd.DataFrame) -> pd.DataFrame:
+    """Rows "ablation: value", one column per metric of `summary`, cells "mean ± ci" in %."""
+    from .report import fmt
+
+    metrics = [c for c in s.columns if c not in ("ablation", "value", "n") and not c.endswith("_ci")]
+    out = pd.DataFrame({m: [fmt(a, b) for a, b in zip(s[m], s[f"{m}_ci"])] for m in metrics},
+                       index=pd.Index(s["ablation"] + ": " + s["value"], name="ablation: value"))
+    return out
+
+
+def metrics(s: pd.DataFrame) -> dict:
+    """DVC metrics {ablation: {value: {metric: mean, metric_ci: ci}}} (no interval → null)."""
+    from .report import _clean
+
+    return {a: {v: {k: _clean(x) for k, x in r.items() if k != "ablation"}
+                for v, r in g.set_index("value").to_dict("index").items()}
+            for a, g in s.groupby("ablation", sort=False)}

@@ -1,0 +1,31 @@
+"""Ablation variants vary exactly one setting of the main run, and the noise scale scales the world
+grounder's noise model (0: exact masks)."""
+
+from cftlib import ablations, config
+
+
+def test_each_variant_changes_one_setting_of_the_main_run():
+    P = config.parse({"ablations": {"k": [1, 3], "noise": [0.0, 2.0], "relevance": ["gae_rollout"]}})
+    main = {"k": P.finetune.k, "noise": 1.0, "method": P.finetune.relevance}
+    rows = ablations.variants(P)
+    assert [(r["ablation"], r["value"]) for r in rows] == [("k", "1"), ("k", "3"), ("mask noise", "×0"),
+                                                           ("mask noise", "×2"), ("relevance", "gae_rollout")]
+    for r in rows:
+        changed = {key for key in main if r[key] != main[key]}
+        assert changed <= {"k" if r["ablation"] == "k" else "noise" if r["ablation"] == "mask noise" else "method"}
+
+
+def test_scaled_noise():
+    noise = config.WorldNoise(boundary=1, p_miss=0.1, q_spurious=0.4)
+    assert ablations.scaled_noise(noise, 0.0) == config.WorldNoise(0, 0.0, 0.0, noise.blob_radius)
+    doubled = ablations.scaled_noise(noise, 3.0)
+    assert (doubled.boundary, doubled.p_miss, doubled.q_spurious) == (3, 0.1 * 3.0, 1.0)  # a rate caps at 1
+
+
+def test_ablation_params_are_checked():
+    import pytest
+
+    with pytest.raises(config.ConfigError, match="ablations.relevance"):
+        config.parse({"ablations": {"relevance": ["gradcam"]}})
+    with pytest.raises(config.ConfigError, match="ablations.noise"):
+        config.parse({"ablations": {"noise": [-1.0]}})
