@@ -131,8 +131,8 @@ def table(s: pd.DataFrame) -> pd.DataFrame:
 
 def metrics(s: pd.DataFrame) -> dict:
     """DVC metrics {ablation: {value: {metric: mean, metric_ci: ci}}} (no interval → null)."""
-    from .report import _clean
+    from .report import nan_to_none
 
-    return {a: {v: {k: _clean(x) for k, x in r.items() if k != "ablation"}
+    return {a: {v: {k: nan_to_none(x) for k, x in r.items() if k != "ablation"}
                 for v, r in g.set_index("value").to_dict("index").items()}
             for a, g in s.groupby("ablation", sort=False)}

@@ -84,7 +84,8 @@ def main_table(summary: pd.DataFrame, splits: list[str], metric: str = "top1") -
     return t
 
 
-def _clean(v):
+def nan_to_none(v):
+    """NaN (one seed: no interval) → None, so metrics JSON stays valid JSON."""
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
@@ -95,12 +96,12 @@ def metrics(summary: pd.DataFrame, gaps: pd.DataFrame, align: pd.DataFrame) -> d
     for r in summary.to_dict("records"):
         arm = out.setdefault(r["model"], {}).setdefault(r["arm"], {})
         arm.setdefault("accuracy", {}).setdefault(r["split"], {})[r["group"]] = {
-            k: _clean(r[k]) for k in ("top1", "top1_ci", "top5", "top5_ci")}
+            k: nan_to_none(r[k]) for k in ("top1", "top1_ci", "top5", "top5_ci")}
     for r in gaps.to_dict("records"):
-        out[r["model"]][r["arm"]].setdefault("gap", {})[r["split"]] = {"mean": r["gap"], "ci": _clean(r["gap_ci"])}
+        out[r["model"]][r["arm"]].setdefault("gap", {})[r["split"]] = {"mean": r["gap"], "ci": nan_to_none(r["gap_ci"])}
     for r in align.to_dict("records"):
         out[r["model"]][r["arm"]].setdefault("alignment", {})[r["split"]] = {
-            k: _clean(v) for k, v in r.items() if k not in ("model", "arm", "split", "n", "method")}
+            k: nan_to_none(v) for k, v in r.items() if k not in ("model", "arm", "split", "n", "method")}
     return out
 
 

@@ -86,3 +86,17 @@ def test_tables_and_report_text(tmp_path):
     text = (tmp_path / "claims.md").read_text()
     assert f"**{sum(r['verdict'] == report.HOLDS for r in rows)} hold," in text
     assert "lr 0.0005" in text and "## Deviations from the official code" in text
+
+
+def test_metrics_json_has_means_intervals_and_null_for_one_seed():
+    import json
+
+    acc = _acc()
+    one = acc[acc["seed"] == 0]
+    s = evaluate.summarise(one, ["model", "arm", "split", "group"], ["top1", "top5"])
+    g = evaluate.summarise(evaluate.gaps_frame(one), ["model", "arm", "split"], ["gap"])
+    a = evaluate.summarise(_align()[lambda f: f["seed"] == 0], ["model", "arm", "split"], ["concept_mass"])
+    m = json.loads(json.dumps(report.metrics(s, g, a), allow_nan=False))
+    assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.7, "top1_ci": None, "top5": 1.0, "top5_ci": None}
+    assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(GAIN["test"][0] - GAIN["bg_conflict"][0])
+    assert m["vit"]["cft"]["alignment"]["test"]["concept_mass"] == pytest.approx(0.4)
