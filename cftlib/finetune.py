@@ -192,13 +192,13 @@ def augment(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator, scale: float
 
 # ----------------------------------------------------------------------------- one step
 
-def objective(model, arm: Arm, x, m, y, cfg: config.Finetune, method: str, create_graph: bool = True):
+def objective(model, arm: Arm, x, m, y, cfg: config.Finetune, method: str):
     """The arm's loss terms on a batch ({loss, context, concept, confidence, saturated}; `ce`: {loss}) and
     the logits of the same forward (explain returns both, so one forward serves relevance and confidence)."""
     if arm.loss == "ce":
         logits = model(x)
         return {"loss": F.cross_entropy(logits.float(), y)}, logits
-    r, logits = relevance.explain(model, x, method, target=y, create_graph=create_graph, output="pixel")
+    r, logits = relevance.explain(model, x, method, target=y, create_graph=True, output="pixel")
     return losses.objective(r, m, logits, y, arm.loss, cfg.loss), logits
 
 
@@ -284,8 +284,10 @@ def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data:
     Its hash decides whether a finished run is reused and whether a saved state may be resumed."""
     arm = ARMS[spec.arm]
     split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
-                               *([data[s]["foreground"]] if arm.mask == "foreground" else [])) for s in ("train", "val")}
-    params = {k: v for k, v in config.as_dict(cfg).items() if k not in ("arms", "seeds", "relevance", "lr", "cnn", "device")}
+                               *([data[s]["foreground"]] if arm.mask == "foreground" else []))
+                    for s in ("train", "val")}
+    other_runs = ("arms", "seeds", "relevance", "lr", "cnn", "device")  # in the spec, or not the result's
+    params = {k: v for k, v in config.as_dict(cfg).items() if k not in other_runs}
     conf = {"spec": asdict(spec), "params": params, "base": _digest(*base.state_dict().values()), "data": split_digest}
     conf["hash"] = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
     return conf
@@ -295,10 +297,6 @@ def _device(cfg: config.Finetune) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
-
-
-def _save_weights(path: Path, model, build: dict, extra: dict) -> None:
-    models.save_checkpoint(path, model, {**build, **extra})
 
 
 def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
@@ -313,7 +311,8 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
     if done.is_file() and json.loads(done.read_text())["config"]["hash"] == conf["hash"]:
         return json.loads(done.read_text())
     device = _device(cfg)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp else contextlib.nullcontext()
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
+           else contextlib.nullcontext())
     model = copy.deepcopy(base).to(device).eval()  # eval: no dropout, frozen BatchNorm statistics
     for p in model.parameters():
         p.requires_grad_(True)
@@ -365,24 +364,25 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
         best = v["val_loss"] <= st["best"][0]  # official: is_best = val_loss <= best_loss
         if best:
             st["best"] = (v["val_loss"], epoch + 1)
-        st["epochs"].append({"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses_)) if losses_ else math.nan,
-                             **v, "best": int(best)})
+        st["epochs"].append({"epoch": epoch + 1, "lr": lr,
+                             "train_loss": float(np.mean(losses_)) if losses_ else math.nan, **v, "best": int(best)})
         st["epoch"] = epoch + 1
         if rank == 0:
             if best:
-                _save_weights(folder / "best.pt", model, build, {"run": asdict(spec), "epoch": epoch + 1})
+                models.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": epoch + 1})
             with atomic_path(state_path) as tmp:
                 torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "state": st}, tmp)
     bar.close()
-    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"], "epochs": epochs, "steps": len(st["history"]),
+    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"], "epochs": epochs,
+               "steps": len(st["history"]),
                "best_epoch": st["best"][1], "best_val_loss": st["best"][0] if epochs else st["epochs"][0]["val_loss"],
                "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
                "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
     if rank == 0:
-        _save_weights(folder / "last.pt", model, build, {"run": asdict(spec), "epoch": epochs})
+        models.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
         if not epochs:
-            _save_weights(folder / "best.pt", model, build, {"run": asdict(spec), "epoch": 0})
+            models.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": 0})
         write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
         write_csv(folder / "epochs.csv", pd.DataFrame(st["epochs"], columns=list(EPOCH_COLUMNS)))
         write_json(done, summary)

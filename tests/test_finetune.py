@@ -356,5 +356,6 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
     proc.wait()
     assert state.exists() and not (SPEC.folder(tmp_path / "killed") / "run.json").exists(), "killed too late"
     _cli(project, tmp_path / "killed", "--params", "long.yaml")
+    whole, killed = SPEC.folder(tmp_path / "whole"), SPEC.folder(tmp_path / "killed")
     for name in ("history.csv", "epochs.csv"):
-        assert (SPEC.folder(tmp_path / "whole") / name).read_text() == (SPEC.folder(tmp_path / "killed") / name).read_text()
+        assert (whole / name).read_text() == (killed / name).read_text(), name
