@@ -8,6 +8,7 @@ trained once (folders are keyed by the variant) and `finetune.fit` reuses a fini
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,19 @@ def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, ou
     return store
 
 
+def _finished(spec: finetune.RunSpec, cfg: config.Finetune, base, data: dict, folder: Path) -> bool:
+    """`folder` holds this exact run, complete (the same config hash as `finetune.fit` would compute)."""
+    done = spec.folder(folder) / "run.json"
+    return done.is_file() and json.loads(done.read_text())["config"]["hash"] == \
+        finetune.run_config(spec, cfg, base, data)["hash"]
+
+
 def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
-        out_dir: str | Path, arrays: dict[str, dict], progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+        out_dir: str | Path, arrays: dict[str, dict], finetune_dir: str | Path = "models/finetune",
+        progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train every variant × `ablations.seeds` (CFT arm, ViT) and score it: accuracy rows and alignment rows
-    with columns ablation, value, seed (see `evaluate.run_accuracy`, `evaluate.run_alignment`)."""
+    with columns ablation, value, seed (see `evaluate.run_accuracy`, `evaluate.run_alignment`). A variant
+    identical to a finished run of the fine-tuning stage (the main setting) is read from there, not retrained."""
     from .models import load_checkpoint
 
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
@@ -73,8 +83,11 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
         for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
             spec = finetune.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr)
             folder = out_dir / _key(v)
+            if _finished(spec, cfg, base, data[v["k"], v["noise"]], Path(finetune_dir)):
+                folder = Path(finetune_dir)
             if (folder, seed) not in scored:
-                finetune.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
+                if folder != Path(finetune_dir):
+                    finetune.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
                 model, _ = finetune.load_run(spec, folder)
                 scored[folder, seed] = (
                     evaluate.run_accuracy(model, arrays, seen, P.evaluate.batch_size),
