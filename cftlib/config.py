@@ -38,7 +38,7 @@ class World:
     image_size: int = 48
     supersample: int = 2
     n_species: int = 10
-    rho_bg: float = 0.9
+    rho_bg: float = 0.92
     rho_color: float = 0.9
     noise: float = 0.03
     splits: dict = field(default_factory=lambda: dict(
