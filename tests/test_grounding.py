@@ -228,7 +228,8 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
                                    "llm": {"model": str(llm), "cache_dir": str(tmp_path / "cache"), "device": "cpu"}},
                       "masks": {"grounder": "groundingsam", "k": 1, "policy": "drop",
                                 "groundingsam": {"detector": str(dino), "segmenter": str(sam), "device": "cpu",
-                                                 "box_threshold": 0.0, "text_threshold": 0.0}}})
+                                                 "box_threshold": 0.0, "text_threshold": 0.0}},
+                      "finetune": {"k": 1}})
     pool = fewshot.Pool(P.concepts.dataset, image_dir=P.concepts.image_dir)
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_folder(pool.class_dirs), seed=0)
     path = concepts.save(bank, tmp_path / "concepts")

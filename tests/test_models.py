@@ -18,7 +18,7 @@ def test_factory_builds_explicit_attention_vit():
 
 def test_factory_builds_a_cnn():
     m = models.build_model("resnet18", 4)
-    assert m(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
 
 
 def test_checkpoint_roundtrip_is_weights_only(tmp_path):
