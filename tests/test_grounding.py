@@ -310,7 +310,8 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
                            "class_names": str(tmp_path / "names.json"),
                            "llm": {"model": str(llm), "cache_dir": str(tmp_path / "cache"), "device": "cpu"}},
               "masks": {"grounder": "groundingsam", "k": 2, "groundingsam": {
-                  "detector": str(dino), "segmenter": str(sam), "device": "cpu"}}}
+                  "detector": str(dino), "segmenter": str(sam), "device": "cpu"}},
+              "finetune": {"k": 2}}
     proj = _project(tmp_path, yaml.safe_dump(params))
     _run(proj, "01_concepts", "02_masks")
     m = json.loads((proj / "metrics" / "masks.json").read_text())
