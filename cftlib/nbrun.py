@@ -24,10 +24,12 @@ _KERNEL_TMP = re.compile(r"/tmp/ipykernel_\d+/")
 
 
 def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop timestamps, random cell ids and kernel PIDs; order stream outputs stdout-first."""
+    """Drop timestamps, random cell ids, kernel PIDs and the Python patch version; order stream
+    outputs stdout-first."""
     meta = nb.metadata.get("papermill", {})
     for key in _VOLATILE_NB:
         meta.pop(key, None)
+    nb.metadata.get("language_info", {}).pop("version", None)  # the interpreter's patch release
     for i, cell in enumerate(nb.cells):
         cell.metadata.pop("execution", None)
         pm = cell.metadata.get("papermill", {})

@@ -10,6 +10,7 @@ rendered at `supersample`× and box-downsampled; the part-label map is downsampl
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import zipfile
@@ -421,11 +422,12 @@ def measure(arrays: dict, species: list[Species]) -> dict[str, float]:
 def save_npz(path: Path, arrays: dict) -> None:
     """Compressed .npz with fixed zip timestamps, so identical arrays give identical bytes."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-        for key in sorted(arrays):
+        for key in sorted(arrays):  # whole members via writestr: headers do not vary across Python releases
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
 
 
 def generate(cfg: World, seed: int, out_dir: str | Path, progress: bool = False) -> dict:

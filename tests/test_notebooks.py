@@ -27,6 +27,7 @@ def test_source_notebook_is_clean(path):
 def test_scrub_removes_volatile_fields():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
     nb.metadata["papermill"] = {"start_time": "t0", "duration": 1.0, "parameters": {"a": 1}}
+    nb.metadata["language_info"] = {"name": "python", "version": "3.11.7"}
     cell = nb.cells[0]
     cell.metadata["execution"] = {"iopub.execute_input": "t"}
     cell.metadata["papermill"] = {"start_time": "t", "status": "completed"}
@@ -34,6 +35,7 @@ def test_scrub_removes_volatile_fields():
                     nbformat.v4.new_output("stream", name="stdout", text="1\n")]
     out = nbrun.scrub(nb)
     assert out.metadata["papermill"] == {"parameters": {"a": 1}}
+    assert out.metadata["language_info"] == {"name": "python"}
     assert "execution" not in cell.metadata and cell.metadata["papermill"] == {"status": "completed"}
     assert [o.name for o in cell.outputs] == ["stdout", "stderr"]
     assert "/tmp/ipykernel/" in cell.outputs[1].text
