@@ -24,8 +24,8 @@ _KERNEL_TMP = re.compile(r"/tmp/ipykernel_\d+/")
 
 
 def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop timestamps, random cell ids, kernel PIDs and the Python patch version; order stream
-    outputs stdout-first."""
+    """Drop timestamps, random cell ids, kernel PIDs, the venv's path (warnings print it) and the Python
+    patch version; order stream outputs stdout-first."""
     meta = nb.metadata.get("papermill", {})
     for key in _VOLATILE_NB:
         meta.pop(key, None)
@@ -42,7 +42,7 @@ def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         outputs, run = [], []
         for out in cell.outputs + [None]:
             if out is not None and out.output_type == "stream":
-                out.text = _KERNEL_TMP.sub("/tmp/ipykernel/", out.text)
+                out.text = _KERNEL_TMP.sub("/tmp/ipykernel/", out.text).replace(sys.prefix, "<venv>")
                 run.append(out)
                 continue
             outputs += sorted(run, key=lambda o: o.name != "stdout")

@@ -3,6 +3,7 @@ profile (slow: marked, run by `make test` and CI)."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -31,14 +32,14 @@ def test_scrub_removes_volatile_fields():
     cell = nb.cells[0]
     cell.metadata["execution"] = {"iopub.execute_input": "t"}
     cell.metadata["papermill"] = {"start_time": "t", "status": "completed"}
-    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="w /tmp/ipykernel_123/1.py"),
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=f"w /tmp/ipykernel_123/1.py {sys.prefix}/x.py"),
                     nbformat.v4.new_output("stream", name="stdout", text="1\n")]
     out = nbrun.scrub(nb)
     assert out.metadata["papermill"] == {"parameters": {"a": 1}}
     assert out.metadata["language_info"] == {"name": "python"}
     assert "execution" not in cell.metadata and cell.metadata["papermill"] == {"status": "completed"}
     assert [o.name for o in cell.outputs] == ["stdout", "stderr"]
-    assert "/tmp/ipykernel/" in cell.outputs[1].text
+    assert "/tmp/ipykernel/" in cell.outputs[1].text and "<venv>/x.py" in cell.outputs[1].text
 
 
 def _smoke_project(tmp_path: Path) -> Path:
