@@ -82,8 +82,12 @@ class Pretrain:
     warmup: float = 0.05
     label_smoothing: float = 0.1
     flip: bool = True
+    zoo: str = ""  # paper scale: a pretrained model of cftlib.zoo instead of training one (the fields above unused)
+    weights: str = ""  # its weights: a local file; empty = the hub / timm cache
 
     def check(self, err):
+        if self.weights and not self.zoo:
+            err("weights", "set zoo too (the model these weights belong to)")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
@@ -97,7 +101,7 @@ class Pretrain:
 
 PROPOSERS = ("fieldguide", "llm", "wordnet", "bank")
 GROUNDERS = ("world", "groundingsam", "foreground")
-DATASETS = ("world", "folder")
+DATASETS = ("world", "folder", "imagenet")
 MASK_POLICIES = ("keep", "drop", "foreground")
 
 
@@ -144,7 +148,7 @@ class BankProposer:
 @dataclass(frozen=True)
 class Concepts:
     proposer: str = "fieldguide"
-    dataset: str = "world"  # world: data/world's field guide; folder: <image_dir>/<class>/<image>
+    dataset: str = "world"  # world: data/world; folder: <image_dir>/<class>/<image>; imagenet: wnid folders
     image_dir: str = ""
     class_names: str = ""  # folder dataset: optional JSON {folder: "name, synonym, ..."}
     max_chars: int = 30  # Label-free CBM filters
@@ -159,8 +163,8 @@ class Concepts:
             err("proposer", f"unknown proposer {self.proposer!r}; choose {', '.join(PROPOSERS)}")
         if self.dataset not in DATASETS:
             err("dataset", f"unknown dataset {self.dataset!r}; choose {', '.join(DATASETS)}")
-        if self.dataset == "folder" and not self.image_dir:
-            err("image_dir", "required when dataset is folder")
+        if self.dataset != "world" and not self.image_dir:
+            err("image_dir", f"required when dataset is {self.dataset}")
         if self.proposer == "fieldguide" and self.dataset != "world":
             err("proposer", "fieldguide reads the world's field guide; use llm, wordnet or bank for a folder")
         if self.proposer == "llm" and not self.llm.model:
@@ -197,8 +201,11 @@ class GroundingSAM:
     text_threshold: float = 0.65
     device: str = "auto"
     fp16: bool = True  # autocast on CUDA, as the official script
+    batch_size: int = 8  # images per GroundingDINO forward
 
     def check(self, err):
+        if self.batch_size < 1:
+            err("batch_size", "must be >= 1")
         for key in ("box_threshold", "text_threshold"):
             if not 0 <= getattr(self, key) <= 1:
                 err(key, f"{getattr(self, key)} outside [0, 1]")
@@ -213,6 +220,7 @@ class Masks:
     min_fraction: float = 0.001  # below: flagged too_small (0: empty)
     max_fraction: float = 0.98  # above: flagged too_large
     unknown_concept: str = "error"  # world grounder, a concept naming no part: error, or empty (not found)
+    processes: int = 1  # > 1: the stage runs its grounding under torchrun, images sharded over processes
     world: WorldNoise = field(default_factory=WorldNoise)
     groundingsam: GroundingSAM = field(default_factory=GroundingSAM)
 
@@ -223,8 +231,9 @@ class Masks:
             err("policy", f"unknown policy {self.policy!r}; choose {', '.join(MASK_POLICIES)}")
         if self.unknown_concept not in ("error", "empty"):
             err("unknown_concept", "choose error or empty")
-        if self.k < 1:
-            err("k", "must be >= 1")
+        for key in ("k", "processes"):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
         if not 0 < self.class_fraction < 1:
             err("class_fraction", "in (0, 1): some classes train, the others validate")
         if not 0 <= self.min_fraction < self.max_fraction <= 1:
@@ -281,8 +290,12 @@ class FinetuneCNN:
     relevance: str = "gradcam"
     lr: float = 0.0003
     pretrain: CNNPretrain = field(default_factory=CNNPretrain)
+    zoo: str = ""  # paper scale: a pretrained CNN of cftlib.zoo (pretrain above unused)
+    weights: str = ""  # its weights: a local file; empty = the hub / timm cache
 
     def check(self, err):
+        if self.weights and not self.zoo:
+            err("weights", "set zoo too (the model these weights belong to)")
         for a in self.arms:
             if a not in ARMS:
                 err("arms", f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
@@ -311,6 +324,7 @@ class Finetune:
     max_nonfinite: int = 20  # this many consecutive non-finite steps stop a run
     device: str = "auto"  # auto: cuda when present
     amp: bool = True  # bfloat16 autocast on CUDA (CPU runs in float32)
+    processes: int = 1  # > 1: the stage runs each run under torchrun with this many processes (one per GPU)
     loss: Loss = field(default_factory=Loss)
     cnn: FinetuneCNN = field(default_factory=FinetuneCNN)
 
@@ -320,7 +334,7 @@ class Finetune:
                 err("arms", f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
         if self.relevance not in RELEVANCE:
             err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
-        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite"):
+        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite", "processes"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
         if self.lr <= 0:
@@ -356,8 +370,19 @@ class Evaluate:
     protocols: list = field(default_factory=lambda: ["chefer", "standard"])
     segmentation: str = ""  # paper scale: path of gtsegs_ijcv.mat (ImageNet-Segmentation)
     tolerance: float = 0.01  # claims: in-distribution accuracy is kept if CFT − base stays above −tolerance
+    benchmark_images: int = 0  # per benchmark, a seeded sample of this many images (0 = all)
+    device: str = "auto"  # auto: cuda when present
+    amp: bool = True  # bfloat16 autocast on CUDA for predictions and maps
+    processes: int = 1  # > 1: benchmarks are scored under torchrun, images sharded over processes
 
     def check(self, err):
+        if self.device not in ("auto", "cpu", "cuda"):
+            err("device", "choose auto, cpu or cuda")
+        for key in ("processes",):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
+        if self.benchmark_images < 0:
+            err("benchmark_images", "must be >= 0 (0: all)")
         if not 0 < self.level < 1:
             err("level", "in (0, 1)")
         if not 0 <= self.tolerance < 1:
@@ -369,7 +394,7 @@ class Evaluate:
         for s in self.alignment_splits:
             if s not in self.splits:
                 err("alignment_splits", f"{s!r} is not among evaluate.splits")
-        if "test" not in self.splits:
+        if self.splits and "test" not in self.splits:
             err("splits", "must include test (the in-distribution reference of the gaps and claims)")
         if self.max_images < 0:
             err("max_images", "must be >= 0 (0: all)")
@@ -469,6 +494,27 @@ def _build(cls: type, data: Any, where: str, prefix: str):
 
 
 def _cross_check(p: Params, where: str) -> None:
+    if p.concepts.dataset == "world":
+        if not p.evaluate.splits:
+            raise ConfigError(f"{where}: evaluate.splits: empty; the world's evaluation needs at least test")
+    else:
+        # no world: the base models come from the zoo, the evaluation from the benchmarks
+        needs = [("pretrain.zoo", p.pretrain.zoo, "a pretrained model of cftlib.zoo (there is no world to train on)")]
+        if p.finetune.cnn.arms:
+            needs.append(("finetune.cnn.zoo", p.finetune.cnn.zoo, "a pretrained CNN, or set finetune.cnn.arms: []"))
+        for key, value, what in needs:
+            if not value:
+                raise ConfigError(f"{where}: {key}: required when concepts.dataset is {p.concepts.dataset}: {what}")
+        if p.evaluate.splits:
+            raise ConfigError(f"{where}: evaluate.splits: {p.evaluate.splits} are world splits; set [] when "
+                              f"concepts.dataset is {p.concepts.dataset} (benchmarks replace them)")
+        if "imagenet_val" not in p.evaluate.benchmarks:
+            raise ConfigError(f"{where}: evaluate.benchmarks: needs imagenet_val (the in-distribution reference of the "
+                              f"gaps and claims) when concepts.dataset is {p.concepts.dataset}")
+        if p.ablations.k or p.ablations.noise or p.ablations.relevance:
+            raise ConfigError(f"{where}: ablations: the ablations run on the world; set k, noise and relevance to [] "
+                              f"when concepts.dataset is {p.concepts.dataset}")
+        return
     patch = p.pretrain.model_kwargs.get("patch_size")
     if isinstance(patch, int) and p.world.image_size % patch:
         raise ConfigError(f"{where}: world.image_size {p.world.image_size} is not divisible by "
