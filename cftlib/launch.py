@@ -1,0 +1,33 @@
+"""Run a stage's heavy step in this process or, with several processes, under torchrun (one process per GPU):
+the notebooks call `launch.run(module, args, processes)` so the same DVC stage scales from a laptop to a node."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+
+class LaunchError(RuntimeError):
+    """A torchrun job that failed; the message carries the end of its output."""
+
+
+def command(module: str, args: list[str], processes: int) -> list[str]:
+    """The torchrun command line of `python -m <module> <args>` on `processes` local processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", module, *args]
+
+
+def run(module: str, args: list[str], processes: int = 1) -> None:
+    """`<module>.main(args)` in this process when `processes` is 1, else under torchrun; a failure raises
+    naming the command and showing the end of its output."""
+    if processes == 1:
+        code = importlib.import_module(module).main(args)
+        if code:
+            raise LaunchError(f"python -m {module} {' '.join(args)} exited with {code}")
+        return
+    cmd = command(module, args, processes)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        tail = (done.stdout + done.stderr)[-4000:]
+        raise LaunchError(f"{' '.join(cmd)} exited with {done.returncode}:\n{tail}")
