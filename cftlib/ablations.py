@@ -66,6 +66,9 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     identical to a finished run of the fine-tuning stage (the main setting) is read from there, not retrained."""
     from .models import load_checkpoint
 
+    if not variants(P):  # a profile without ablations (the paper profile): empty tables, the stage still completes
+        return (pd.DataFrame(columns=["ablation", "value", "seed", "split", "group", "top1", "top5"]),
+                pd.DataFrame(columns=["ablation", "value", "seed", "split", "concept_mass"]))
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
         raise finetune.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
     out_dir = Path(out_dir)
@@ -101,7 +104,9 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
 
 def summary(acc: pd.DataFrame, align: pd.DataFrame, splits: list[str], level: float) -> pd.DataFrame:
     """Per ablation and value: top-1 on each split (all images) and concept mass per alignment split, mean and
-    CI over seeds, in the variants' order."""
+    CI over seeds, in the variants' order (no rows: an empty frame)."""
+    if acc.empty:
+        return pd.DataFrame(columns=["ablation", "value", "n"])
     a = acc[acc["group"] == "all"].pivot_table(index=["ablation", "value", "seed"], columns="split", values="top1",
                                                sort=False)
     a = a[[s for s in splits if s in a.columns]]
@@ -117,6 +122,12 @@ def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
     import matplotlib.pyplot as plt
 
     ablations = list(dict.fromkeys(acc["ablation"]))
+    if not ablations:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.text(0.5, 0.5, "no ablations in this profile (ablations.k, .noise, .relevance are empty)", ha="center",
+                va="center", fontsize=8)
+        ax.set_axis_off()
+        return fig
     fig, axes = plt.subplots(1, len(ablations), figsize=(3.2 * len(ablations), 2.8), squeeze=False, sharey=True)
     a = acc[(acc["group"] == "all") & (acc["split"] == split)].rename(columns={"top1": "value_"})
     m = align[align["split"] == split].rename(columns={"concept_mass": "value_"})

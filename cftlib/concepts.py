@@ -60,6 +60,20 @@ def classes_from_folder(class_dirs: list[str], names_file: str | Path | None = N
             for i, d in enumerate(class_dirs)]
 
 
+def classes_from_imagenet(class_dirs: list[str]) -> list[ClassInfo]:
+    """Classes of ImageNet's wnid folders, named by their WordNet lemmas and described by their glosses
+    (the lists timm ships), so a proposer sees "tench, Tinca tinca" and not n01440764."""
+    from importlib import resources
+
+    info = resources.files("timm") / "data" / "_info"
+    lemma, gloss = ({w: t.strip() for w, t in (line.split("\t", 1) for line in (info / f).read_text().splitlines())}
+                    for f in ("imagenet_synset_to_lemma.txt", "imagenet_synset_to_definition.txt"))
+    unknown = [d for d in class_dirs if d not in lemma]
+    if unknown:
+        raise ConceptError(f"concepts.image_dir: {', '.join(unknown[:5])} are not WordNet ids of ImageNet classes")
+    return [ClassInfo(i, lemma[d], gloss.get(d, ""), wnid=d) for i, d in enumerate(class_dirs)]
+
+
 # ----------------------------------------------------------------------------- bank schema
 
 def _err(where: str, msg: str):

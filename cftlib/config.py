@@ -282,6 +282,11 @@ class CNNPretrain(Pretrain):
     epochs: int = 3
     batch_size: int = 128
 
+    def check(self, err):
+        if self.zoo or self.weights:
+            err("zoo", "a pretrained CNN is finetune.cnn.zoo / finetune.cnn.weights")
+        super().check(err)
+
 
 @dataclass(frozen=True)
 class FinetuneCNN:

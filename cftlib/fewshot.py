@@ -61,9 +61,24 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def imagenet_index(class_dirs: list[str], root: str | Path = "") -> np.ndarray:
+    """The ImageNet-1k output index of each wnid class folder; a folder that is not an ImageNet-1k class is
+    an error naming it."""
+    from .benchmarks import imagenet_synsets
+
+    index = {w: i for i, w in enumerate(imagenet_synsets())}
+    unknown = [d for d in class_dirs if d not in index]
+    if unknown:
+        raise FileNotFoundError(f"{root}: folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+                                "are not ImageNet-1k wnids (concepts.dataset: imagenet expects <wnid>/<image>)")
+    return np.array([index[d] for d in class_dirs])
+
+
 class Pool:
-    """The images the few-shot choice is drawn from: the world's `train` split, or an image folder.
-    `labels` index both; `item(i, split)` is what the grounders get."""
+    """The images the few-shot choice is drawn from: the world's `train` split, or an image folder (any
+    `<class>/<image>` tree, or ImageNet's wnid folders). `labels` number the classes 0..n-1 (the concept
+    bank's order); `class_index[label]` is the model's output for that class (ImageNet-1k index for
+    `imagenet`, else the label itself). `item(i, split)` is what the grounders get."""
 
     def __init__(self, dataset: str, data_dir: str | Path = "data/world", image_dir: str | Path = ""):
         self.dataset = dataset
@@ -72,9 +87,12 @@ class Pool:
 
             self.arrays = load_split(data_dir, "train")
             self.labels = self.arrays["label"].astype(int)
+            self.class_index = np.arange(self.labels.max() + 1)
         else:
             self.root = Path(image_dir)
             self.paths, self.labels, self.class_dirs = list_folder(image_dir)
+            self.class_index = (imagenet_index(self.class_dirs, image_dir) if dataset == "imagenet"
+                                else np.arange(len(self.class_dirs)))
 
     def item(self, i: int, split: str) -> dict:
         """{split, id, label, source, image, parts (world only, else None), key}."""

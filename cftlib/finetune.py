@@ -139,7 +139,8 @@ def foreground_masks(masks_cfg: config.Masks, names: list[str]):
 
 def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, foreground=None) -> dict:
     """The few-shot data of the masks stage: the first k training images of each class (the store holds
-    masks.k, in sorted order) and every validation image, as tensors {x, y, concept, foreground, ids} per
+    masks.k, in sorted order) and every validation image, as tensors {x, y (the model's output index of the
+    class, `pool.class_index`), concept, foreground, ids} per
     split, plus `counts`: images, quality flags and policy actions of the chosen images (dropped ones are
     skipped and counted). A missing store, a class with fewer than k images, or no image left are errors."""
     items = grounding.load_store(masks_dir)["items"]
@@ -166,7 +167,7 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
         if foreground is not None:
             fg = _tensors([d["images"][i] for i in keep],
                           [foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
-        data[split] = {"x": x, "y": torch.tensor([d["labels"][i] for i in keep]), "concept": concept,
+        data[split] = {"x": x, "y": torch.tensor([int(pool.class_index[d["labels"][i]]) for i in keep]), "concept": concept,
                        "foreground": fg, "ids": [d["ids"][i] for i in keep]}
         counts[split] = {"images": len(keep), "flags": {f: sum(r["flag"] == f for r in recs) for f in grounding.FLAGS},
                          "actions": {a: sum(r["action"] == a for r in recs) for a in ("kept", "dropped", "foreground")}}
@@ -286,7 +287,7 @@ def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data:
     split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
                                *([data[s]["foreground"]] if arm.mask == "foreground" else []))
                     for s in ("train", "val")}
-    other_runs = ("arms", "seeds", "relevance", "lr", "cnn", "device")  # in the spec, or not the result's
+    other_runs = ("arms", "seeds", "relevance", "lr", "cnn", "device", "processes")  # in the spec, or not the result's
     params = {k: v for k, v in config.as_dict(cfg).items() if k not in other_runs}
     conf = {"spec": asdict(spec), "params": params, "base": _digest(*base.state_dict().values()), "data": split_digest}
     conf["hash"] = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
@@ -480,12 +481,20 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_pa
                      foreground_masks(P.masks, names) if needs_fg else None)
     bases = {"vit": (base, build)}
     if any(r.model == "cnn" for r in runs):
-        if P.concepts.dataset != "world":
-            raise FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.arms: [] "
-                                "for an image folder")
-        cnn, cbuild, _ = cnn_base(P.finetune.cnn, data_dir, build["num_classes"], build["img_size"], P.base.seed,
-                                  Path(out_dir) / "cnn" / "base.pt", progress)
-        bases["cnn"] = (cnn, {k: v for k, v in cbuild.items() if k in ("name", "num_classes", "img_size", "kwargs")})
+        C = P.finetune.cnn
+        if C.zoo:  # paper scale: a pretrained CNN
+            from . import zoo
+
+            kwargs = C.pretrain.model_kwargs
+            cnn = zoo.build(C.zoo, C.weights, build["num_classes"], what="finetune.cnn.weights", **kwargs)
+            bases["cnn"] = (cnn, zoo.build_config(C.zoo, build["num_classes"], kwargs))
+        elif P.concepts.dataset != "world":
+            raise FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.zoo (a pretrained "
+                                "CNN) or finetune.cnn.arms: [] for an image folder")
+        else:
+            cnn, cbuild, _ = cnn_base(C, data_dir, build["num_classes"], build["img_size"], P.base.seed,
+                                      Path(out_dir) / "cnn" / "base.pt", progress)
+            bases["cnn"] = (cnn, {k: v for k, v in cbuild.items() if k in ("name", "num_classes", "img_size", "kwargs")})
     return runs, data, bases
 
 

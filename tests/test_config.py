@@ -49,3 +49,36 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("world: [unclosed")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(tmp_path / "bad.yaml")
+
+
+def test_paper_profile_is_valid_and_has_the_official_hyper_parameters():
+    p = config.load(ROOT / "profiles" / "paper.yaml")
+    assert (p.concepts.dataset, p.pretrain.zoo, p.finetune.cnn.zoo) == ("imagenet", "vit_b", "resnet50")
+    assert (p.masks.k, p.masks.class_fraction, p.finetune.epochs, p.finetune.batch_size) == (3, 0.5, 50, 8)
+    assert (p.finetune.lr, p.finetune.weight_decay, p.finetune.lr_decay, p.finetune.lr_decay_every) == (3e-6, 1e-4, 0.85, 2)
+    L = p.finetune.loss
+    assert (L.lambda_align, L.lambda_acc, L.lambda_ctx, L.lambda_concept) == (0.8, 0.2, 1.2, 0.5)
+    assert "imagenet_val" in p.evaluate.benchmarks and not p.evaluate.splits
+
+
+def _set(data, dotted, value):
+    *path, last = dotted.split(".")
+    for k in path:
+        data = data.setdefault(k, {})
+    data[last] = value
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("pretrain.zoo", "", "pretrain.zoo"),
+    ("finetune.cnn.zoo", "", "finetune.cnn.zoo"),
+    ("evaluate.splits", ["test"], "evaluate.splits"),
+    ("evaluate.benchmarks", {"imagenet_a": "/x"}, "evaluate.benchmarks"),
+    ("ablations.k", [1], "ablations"),
+    ("finetune.cnn.pretrain.zoo", "resnet50", "finetune.cnn.pretrain.zoo"),
+    ("masks.processes", 0, "masks.processes"),
+])
+def test_paper_scale_cross_checks_name_the_key(key, value, named):
+    data = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
+    _set(data, key, value)
+    with pytest.raises(config.ConfigError, match=re.escape(named)):
+        config.parse(data, "paper.yaml")
