@@ -1,12 +1,10 @@
 # Two entry points for a new user (README): `make repro` and `make test`.
 VENV   := .venv
 PY     := $(VENV)/bin/python
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 
-.PHONY: setup repro test test-fast test-gpu clean-notebooks
+.PHONY: setup repro preflight test test-fast test-gpu clean-notebooks
 
 setup: $(VENV)/.installed
 
@@ -17,8 +15,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# `make repro PROFILE=paper` switches the profile first (profiles/<name>.yaml over params.yaml), checks that
+# everything the profile needs is on disk (cftlib.preflight), then runs the pipeline.
 repro: setup
+ifdef PROFILE
+	cp profiles/$(PROFILE).yaml params.yaml
+endif
+	$(PY) -m cftlib.preflight
 	. $(VENV)/bin/activate && dvc repro
+
+preflight: setup
+	$(PY) -m cftlib.preflight
+
+# Tests never reach the hub (every hub call would otherwise hang for minutes without network).
+test test-fast test-gpu: export HF_HUB_OFFLINE := 1
+test test-fast test-gpu: export TRANSFORMERS_OFFLINE := 1
 
 test: setup
 	. $(VENV)/bin/activate && pytest -m "not gpu"
