@@ -54,3 +54,26 @@ def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
                if only_local else f" and loading it from the hub failed ({e})")
             + f". Fetch it once where there is network (`huggingface-cli download {name}`) or set {what} to a "
               "folder saved with save_pretrained.") from e
+
+
+def missing(name: str, what: str, reachable: bool = False) -> str | None:
+    """None when `load` gets `name` without a download: a folder holding config.json, or a hub id whose
+    config.json is in the Hugging Face cache (with `reachable`, the hub answers: any hub id). Otherwise what to
+    fetch, from where, and which params key (`what`) to set. Reads the cache only, never the network."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        return f"{what}: folder {path} holds no config.json; save the model there with save_pretrained"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return f"{what}: {name!r}: no such folder (and not a Hugging Face hub id)"
+    if reachable or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None
+    return (f"{what}: {name!r} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}). "
+            f"Fetch it once where there is network (`huggingface-cli download {name}`, then copy that cache here "
+            f"or point HF_HOME at it), or set {what} to a folder saved with save_pretrained")
