@@ -240,8 +240,11 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
     out = []
     if stage == "world" and P.pretrain.zoo:
         out.append(_zoo_model(stage, "pretrain.zoo", P.pretrain.zoo, P.pretrain.weights, "pretrain.weights"))
-    if stage in ("concepts", "masks", "finetune") and real:
+    if stage in ("world", "concepts", "masks", "finetune") and real:
         out.append(_image_dir(stage, P.concepts))
+    if stage == "world" and real:  # 00_imagenet scores the base model on the benchmarks
+        out += [_benchmark(name, root) for name, root in P.evaluate.benchmarks.items()]
+        out.append(_device(stage, "evaluate.device", P.evaluate.device, real))
     if stage == "concepts":
         if P.concepts.proposer == "llm":
             out += [_hub_model(stage, "concepts.llm.model", P.concepts.llm.model),

@@ -90,7 +90,7 @@ def test_paper_profile_on_a_bare_machine_lists_every_missing_piece(tmp_path, bar
     dev = by_name(found)["finetune.device"]
     assert dev.ok and dev.warning and "CPU" in dev.detail
     # each piece once, under the first stage that needs it
-    assert [c.stage for c in found if c.name == "concepts.image_dir"] == ["concepts"]
+    assert [c.stage for c in found if c.name == "concepts.image_dir"] == ["world"]  # 00_imagenet lists it first
     assert by_name(found)["masks.groundingsam.detector"].stage == "masks"
 
 
