@@ -18,7 +18,11 @@ def build_model(name: str, num_classes: int, img_size: int | None = None, **kwar
     """A randomly initialised timm model; ViT attention switched to the explicit path."""
     if img_size is not None:
         kwargs["img_size"] = img_size
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    return explicit_attention(timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs))
+
+
+def explicit_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch every timm attention module to the explicit path (relevance reads the attention map)."""
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
@@ -38,13 +42,19 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> N
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a checkpoint written by `save_checkpoint`."""
+    """Rebuild the model from a checkpoint written by `save_checkpoint` (a zoo model's config, with its
+    `zoo` key, through `zoo.rebuild`; no weights are downloaded)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; run the stage that trains it (`dvc repro`)")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     cfg = ckpt["config"]
-    model = build_model(cfg["name"], cfg["num_classes"], cfg.get("img_size"), **cfg.get("kwargs", {}))
+    if "zoo" in cfg:
+        from . import zoo  # zoo imports this module
+
+        model = zoo.rebuild(cfg)
+    else:
+        model = build_model(cfg["name"], cfg["num_classes"], cfg.get("img_size"), **cfg.get("kwargs", {}))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), cfg
 

@@ -1,0 +1,225 @@
+"""Model zoo: every entry, as a tiny version of its architecture, loads a "released" weights file through
+timm, gives the saved model's outputs, explains with relevance, round-trips through checkpoints, and
+says exactly what to download when its weights are missing."""
+
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from cftlib import models, relevance, zoo
+
+TINY = {"vit": dict(embed_dim=32, depth=2, num_heads=2),
+        "cnn": dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)}
+NAMES = sorted(zoo.ZOO)
+
+
+@pytest.fixture(autouse=True)
+def no_hub(tmp_path, monkeypatch):
+    """Offline, with empty Hugging Face and torch.hub caches (whatever this machine has cached)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch"))
+
+
+def tiny(name):
+    return TINY[zoo.ZOO[name].kind]
+
+
+def reference(name, seed=0):
+    """A tiny timm model of the entry's architecture with every weight random (no zero-init that could
+    hide a failed load), and for DINOv2 Meta's head (weight, bias) kept apart: (model, head)."""
+    e = zoo.ZOO[name]
+    size = {"img_size": 224} if e.kind == "vit" else {}
+    model = timm.create_model(e.timm_id, pretrained=False, num_classes=0 if e.head_file else 1000,
+                              **size, **tiny(name)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if k.endswith("running_var")
+                        else torch.randn(t.shape, generator=g) * 0.1)
+    if not e.head_file:
+        return model, None
+    return model, (torch.randn(1000, 2 * model.embed_dim, generator=g) * 0.1, torch.randn(1000, generator=g) * 0.1)
+
+
+def reference_logits(model, head, x):
+    """Logits of the reference; DINOv2's written out as Meta's linear classifier does it."""
+    if head is None:
+        return model(x)
+    t = model.forward_features(x)
+    return torch.cat([t[:, 0], t[:, model.num_prefix_tokens:].mean(1)], 1) @ head[0].T + head[1]
+
+
+def to_meta_dinov2(sd):
+    """timm's DINOv2-reg state dict in Meta's released layout (the inverse of timm's conversion)."""
+    sd = dict(sd)
+    p0 = torch.randn(1, 1, sd["pos_embed"].shape[-1])
+    sd["register_tokens"] = sd.pop("reg_token")
+    sd["pos_embed"] = torch.cat([p0, sd["pos_embed"]], 1)
+    sd["cls_token"] = sd["cls_token"] - p0
+    sd["mask_token"] = torch.zeros(1, sd["pos_embed"].shape[-1])
+    return sd
+
+
+def write_weights(name, folder, fmt="pth"):
+    """A fake pretrained file as released: a state dict (.pth / .safetensors), DeiT's {"model": ...},
+    DINOv2's Meta layout with the linear head saved next to it. Returns (path, model, head)."""
+    model, head = reference(name)
+    sd = model.state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.{fmt}"
+    if fmt == "safetensors":
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    elif name.startswith("deit"):
+        torch.save({"model": sd}, path)
+    elif name == "dinov2_b_reg":
+        torch.save(to_meta_dinov2(sd), path)
+    else:
+        torch.save(sd, path)
+    if head is not None:
+        torch.save({"weight": head[0], "bias": head[1]}, path.parent / zoo.ZOO[name].head_file)
+    return path, model, head
+
+
+def x(batch=2):
+    return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
+def test_registry_matches_timm_and_robustvit():
+    """Entries name real timm checkpoints, their normalisation, released file and RobustViT's table."""
+    for e in zoo.ZOO.values():
+        cfg = timm.models.get_pretrained_cfg(e.timm_id).to_dict()
+        assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (e.mean, e.std), e.name
+        assert cfg["url"] == e.url and e.url.endswith("/" + e.file), e.name
+        assert cfg["hf_hub_id"] == e.hub_id, e.name
+    assert {n: zoo.ZOO[n].lr for n in ("vit_b", "vit_b_augreg", "deit_s", "deit_b")} == dict(
+        vit_b=3e-6, vit_b_augreg=6e-7, deit_s=1e-6, deit_b=8e-7)
+    assert {n: e.temperature for n, e in zoo.ZOO.items() if e.temperature != 1.0} == dict(deit_b=0.65, deit_s=0.55)
+    assert zoo.ZOO["dinov2_b_reg"].head_url.endswith("/" + zoo.ZOO["dinov2_b_reg"].head_file)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_build_loads_released_file(name, tmp_path):
+    path, ref, head = write_weights(name, tmp_path / "w")
+    assert zoo.missing(name, str(path)) is None
+    model = zoo.build(name, str(path), **tiny(name))
+    e = zoo.ZOO[name]
+    assert not model.training
+    assert (model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) == (e.mean, e.std)
+    assert all(not m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x()), reference_logits(ref, head, x()), rtol=1e-5, atol=1e-5)  # fused
+    assert relevance.model_kind(model) == e.kind
+
+
+def test_safetensors_file_loads(tmp_path):
+    path, ref, _ = write_weights("vit_b_augreg", tmp_path, "safetensors")
+    model = zoo.build("vit_b_augreg", str(path), **tiny("vit_b_augreg"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x()), ref(x()), rtol=1e-5, atol=1e-5)  # ref: fused attention
+
+
+@pytest.mark.parametrize("name", ["vit_b", "dinov2_b_reg"])
+def test_other_class_count_keeps_backbone_new_head(name, tmp_path):
+    path, ref, _ = write_weights(name, tmp_path)
+    model = zoo.build(name, str(path), num_classes=10, **tiny(name))
+    assert model(x(1)).shape == (1, 10)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, ref.blocks[1].mlp.fc2.weight)
+
+
+@pytest.mark.parametrize("name", ["vit_b", "dinov2_b_reg"])
+def test_build_from_hub_cache_offline(name, tmp_path):
+    """weights == "": timm's file from the (here fake) Hugging Face cache, DINOv2's head from torch.hub's."""
+    e = zoo.ZOO[name]
+    ref, head = reference(name)
+    assert zoo.missing(name) is not None
+    snap = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--timm--{e.timm_id}"
+    (snap / "refs").mkdir(parents=True)
+    (snap / "refs" / "main").write_text("0" * 40)
+    (snap / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    safetensors.torch.save_file(ref.state_dict(), snap / "snapshots" / ("0" * 40) / "model.safetensors")
+    if head is not None:
+        assert "head" in zoo.missing(name) and e.head_url in zoo.missing(name)
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        folder.mkdir(parents=True)
+        torch.save({"weight": head[0], "bias": head[1]}, folder / e.head_file)
+    assert zoo.missing(name) is None
+    model = zoo.build(name, **tiny(name))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x()), reference_logits(ref, head, x()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_relevance_is_differentiable(name, tmp_path):
+    """The zoo model is something cftlib.relevance explains, with a finite, non-zero weight gradient."""
+    path, _, _ = write_weights(name, tmp_path)
+    model = zoo.build(name, str(path), **tiny(name))
+    weight = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(2))
+    methods = ["attnlrp", "gae_rollout"] if zoo.ZOO[name].kind == "vit" else ["gradcam"]
+    for method in methods:
+        model.zero_grad()
+        r, logits = relevance.explain(model, x(), method, create_graph=True, output="pixel")
+        assert r.shape == (2, 1, 224, 224) and torch.isfinite(r).all() and logits.shape == (2, 1000), method
+        (r * weight).mean().backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), method
+        assert sum(g.abs().sum() for g in grads) > 0, method
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip_needs_no_download(name, tmp_path):
+    path, _, _ = write_weights(name, tmp_path / "w")
+    model = zoo.build(name, str(path), **tiny(name))
+    cfg = zoo.build_config(name, 1000, tiny(name))
+    assert cfg["img_size"] == 224 and cfg["name"] == zoo.ZOO[name].timm_id
+    models.save_checkpoint(tmp_path / "ck.pt", model, {**cfg, "epoch": 3})
+    path.unlink()  # nothing to load weights from but the checkpoint (and the hub is offline, its cache empty)
+    loaded, cfg2 = models.load_checkpoint(tmp_path / "ck.pt")
+    assert cfg2 == {**cfg, "epoch": 3}
+    assert loaded.pretrained_cfg["mean"] == zoo.ZOO[name].mean
+    assert all(not m.fused_attn for m in loaded.modules() if hasattr(m, "fused_attn"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x()), model(x()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_weights_say_what_to_download(name, tmp_path):
+    e = zoo.ZOO[name]
+    msg = zoo.missing(name, what="finetune.cnn.weights")
+    for part in ("finetune.cnn.weights", name, e.url, e.hub_id, "HF_HUB_OFFLINE"):
+        assert part in msg, part
+    with pytest.raises(zoo.WeightsMissing, match=e.hub_id) as err:
+        zoo.build(name, **tiny(name))
+    assert isinstance(err.value, FileNotFoundError) and "pretrain.weights" in str(err.value)
+    gone = tmp_path / "nowhere" / e.file
+    with pytest.raises(FileNotFoundError) as err:
+        zoo.build(name, str(gone), what="finetune.cnn.weights", **tiny(name))
+    for part in (str(gone), e.url, "finetune.cnn.weights"):
+        assert part in str(err.value), part
+
+
+def test_dinov2_without_its_head_file_names_it(tmp_path):
+    path, _, _ = write_weights("dinov2_b_reg", tmp_path)
+    (tmp_path / zoo.ZOO["dinov2_b_reg"].head_file).unlink()
+    msg = zoo.missing("dinov2_b_reg", str(path))
+    assert str(tmp_path / zoo.ZOO["dinov2_b_reg"].head_file) in msg and zoo.ZOO["dinov2_b_reg"].head_url in msg
+    assert str(path) + "," not in msg  # the backbone file is there
+
+
+def test_unknown_name_lists_the_zoo():
+    for call in (lambda: zoo.missing("vit_h"), lambda: zoo.build("vit_h"), lambda: zoo.build_config("vit_h", 9, {})):
+        with pytest.raises(KeyError, match="vit_h.*" + ".*".join(NAMES)):
+            call()
+
+
+def test_table_prints_status(capsys):
+    zoo.main()
+    out = capsys.readouterr().out
+    for e in zoo.ZOO.values():
+        line = next(ln for ln in out.splitlines() if ln.split()[0] == e.name)
+        assert e.timm_id in line and e.url in line and f"{e.lr:g}" in line
