@@ -319,6 +319,7 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
         p.requires_grad_(True)
     train = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["train"].items()}
     val = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["val"].items()}
+    train["x"], val["x"] = models.renormalise(train["x"], build), models.renormalise(val["x"], build)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)
     st = {"epoch": 0, "history": [], "epochs": [], "best": (math.inf, 0), "nonfinite": 0, "consecutive": 0}

@@ -35,6 +35,26 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
+def normalisation(build: dict) -> tuple[tuple, tuple]:
+    """(mean, std) a model expects: a zoo model's own (ImageNet statistics for DeiT, DINOv2, ResNet; the
+    official code fed 0.5 to all of them, cft_facts §3.1), else the 0.5 of `to_tensor` it was trained with."""
+    if "zoo" in build:
+        from .zoo import get
+
+        e = get(build["zoo"])
+        return tuple(e.mean), tuple(e.std)
+    return (MEAN,) * 3, (STD,) * 3
+
+
+def renormalise(x: torch.Tensor, build: dict) -> torch.Tensor:
+    """`to_tensor`'s output, normalised for the model of `build` instead (the identity for 0.5 models)."""
+    mean, std = normalisation(build)
+    if mean == (MEAN,) * 3 and std == (STD,) * 3:
+        return x
+    m, s = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    return (x * STD + MEAN - m) / s
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> None:
     """Weights and the build config only (loadable with `weights_only=True`), written atomically."""
     with atomic_path(path) as tmp:

@@ -65,3 +65,16 @@ def test_training_learns_and_is_seeded(small_world, smoke_params):
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert max(h["train_acc"] for h in hist) > 1.5 / cfg.n_species
     assert build["kwargs"] == p.model_kwargs
+
+
+def test_renormalise_gives_a_zoo_model_its_own_statistics_and_leaves_world_models_alone():
+    from cftlib import zoo
+
+    img = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)
+    x = models.to_tensor(img)
+    assert models.renormalise(x, {"name": "vit_tiny_patch16_224"}) is x
+    e = zoo.get("deit_s")
+    want = (torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255 - torch.tensor(e.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(e.std).view(1, 3, 1, 1)
+    assert torch.allclose(models.renormalise(x, zoo.build_config("deit_s", 1000, {})), want, atol=1e-5)
+    assert models.normalisation(zoo.build_config("vit_b", 1000, {})) == ((0.5,) * 3, (0.5,) * 3)
