@@ -2,19 +2,26 @@
 a binary mask m_c; the image's training target is their union M = 1[max_c m_c > 0], and the official
 weighted map W = max_c w_c·m_c is kept too. Grounders sit in a registry: `world` (exact part masks degraded
 by a VLM-like noise model), `groundingsam` (GroundingDINO boxes → SAM masks) and `foreground` (the whole
-object). The mask store keeps per image the union, the weighted map, per-concept masks and a quality flag."""
+object). The mask store keeps per image the union, the weighted map, per-concept masks and a quality flag;
+`run_stage` / `python -m cftlib.grounding` write it resumably, sharded over torchrun processes."""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import os
+import shutil
+import sys
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import config, hub
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .world import PARTS, save_npz
 
 FLAGS = ("ok", "empty", "too_small", "too_large")
@@ -112,13 +119,23 @@ class WorldGrounder:
 class GroundingSAM:
     """GroundingDINO (one "concept." prompt per concept, the official box/text thresholds 0.35/0.65; every
     box over the box threshold is kept, as the official script does) → SAM or SAM 2, one box prompt per box,
-    `multimask_output=False`; a concept's boxes' masks are unioned; no box: an empty mask (cft_facts §2)."""
+    `multimask_output=False`; a concept's boxes' masks are unioned; no box: an empty mask (cft_facts §2).
+    `many` grounds several images at once: up to `batch_size` images (each with all its concepts) per
+    GroundingDINO forward and per SAM image-encoder forward."""
+
+    LOOKAHEAD = 8
+    """Images are batched only with images of the same resized shape (padding would change the detector's
+    features, so batched results would differ from unbatched ones); ground_items hands `many` this many
+    batches' worth of images at a time so that mixed-shape datasets (ImageNet) still fill batches."""
 
     def __init__(self, cfg: config.GroundingSAM):
         import torch
         import transformers as T
 
         self.cfg, self.device = cfg, hub.device(cfg.device)
+        if self.device == "cuda":  # under torchrun: this process's GPU
+            self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.window = self.LOOKAHEAD * cfg.batch_size
         det, seg = "masks.groundingsam.detector", "masks.groundingsam.segmenter"
         self.det_proc = hub.load(cfg.detector, det, T.AutoProcessor.from_pretrained)
         self.det = hub.load(cfg.detector, det, T.AutoModelForZeroShotObjectDetection.from_pretrained)
@@ -133,50 +150,75 @@ class GroundingSAM:
         fp16 = cfg.fp16 and self.device.startswith("cuda")
         self.autocast = lambda: torch.autocast("cuda", torch.float16, enabled=fp16)
 
-    def detect(self, image: np.ndarray, concepts: list[str]) -> list[np.ndarray]:
-        """Boxes (n, 4) xyxy in pixels per concept, clipped to the image, degenerate ones dropped."""
+    def detect(self, images: list[np.ndarray], concepts: list[list[str]]) -> list[list[np.ndarray]]:
+        """Per image, per concept: boxes (n, 4) xyxy in pixels, clipped to the image, degenerate ones dropped.
+        One forward per `batch_size` images of one resized shape, on all their (image, concept) pairs."""
         import torch
         from PIL import Image
 
-        pil, (h, w) = Image.fromarray(image), image.shape[:2]
-        prompts = [c.strip().rstrip(".") + "." for c in concepts]
-        inputs = self.det_proc(images=[pil] * len(prompts), text=prompts, padding="longest", return_tensors="pt")
-        with torch.inference_mode(), self.autocast():
-            out = self.det(**inputs.to(self.device))
-        results = self.det_proc.post_process_grounded_object_detection(
-            out, inputs["input_ids"], threshold=self.cfg.box_threshold, text_threshold=self.cfg.text_threshold,
-            target_sizes=[(h, w)] * len(prompts))
-        boxes = []
-        for r in results:
-            b = r["boxes"].float().cpu().numpy().reshape(-1, 4)
-            b = np.stack([b[:, 0].clip(0, w - 1), b[:, 1].clip(0, h - 1), b[:, 2].clip(0, w - 1),
-                          b[:, 3].clip(0, h - 1)], 1)
-            boxes.append(b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])])
+        pixels = [self.det_proc.image_processor(images=Image.fromarray(im), return_tensors="pt") for im in images]
+        shapes: dict[tuple, list[int]] = {}
+        for j, p in enumerate(pixels):
+            shapes.setdefault(tuple(p["pixel_values"].shape), []).append(j)
+        boxes: list[list[np.ndarray]] = [[] for _ in images]
+        for group in shapes.values():
+            for at in range(0, len(group), self.cfg.batch_size):
+                pairs = [(j, c.strip().rstrip(".") + ".") for j in group[at:at + self.cfg.batch_size]
+                         for c in concepts[j]]
+                if not pairs:
+                    continue
+                text = self.det_proc(text=[p for _, p in pairs], padding="longest", return_tensors="pt")
+                inputs = {**text, **{k: torch.cat([pixels[j][k] for j, _ in pairs]) for k in ("pixel_values", "pixel_mask")}}
+                with torch.inference_mode(), self.autocast():
+                    out = self.det(**{k: v.to(self.device) for k, v in inputs.items()})
+                results = self.det_proc.post_process_grounded_object_detection(
+                    out, text["input_ids"], threshold=self.cfg.box_threshold, text_threshold=self.cfg.text_threshold,
+                    target_sizes=[images[j].shape[:2] for j, _ in pairs])
+                for (j, _), r in zip(pairs, results):
+                    h, w = images[j].shape[:2]
+                    b = r["boxes"].float().cpu().numpy().reshape(-1, 4)
+                    b = np.stack([b[:, 0].clip(0, w - 1), b[:, 1].clip(0, h - 1), b[:, 2].clip(0, w - 1),
+                                  b[:, 3].clip(0, h - 1)], 1)
+                    boxes[j].append(b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])])
         return boxes
 
-    def segment(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """One binary mask (n, H, W) per box prompt, at the image's resolution."""
+    def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image, one binary mask (n, H, W) per box prompt at the image's resolution; the SAM image
+        encoder runs on `batch_size` images at a time (its processor gives every image the same input size)."""
         import torch
 
-        if len(boxes) == 0:
-            return np.zeros((0, *image.shape[:2]), bool)
-        inputs = self.seg_proc(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
-        with torch.inference_mode(), self.autocast():
-            out = self.seg(pixel_values=inputs["pixel_values"].to(self.device),
-                           input_boxes=inputs["input_boxes"].to(self.device), multimask_output=False)
-        sizes = {"reshaped_input_sizes": inputs["reshaped_input_sizes"]} if "reshaped_input_sizes" in inputs else {}
-        masks = self.seg_proc.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"], **sizes)[0]
-        return masks.reshape(len(boxes), *image.shape[:2]).numpy().astype(bool)
+        masks = [np.zeros((len(b), *im.shape[:2]), bool) for im, b in zip(images, boxes)]
+        todo = [j for j, b in enumerate(boxes) if len(b)]
+        for at in range(0, len(todo), self.cfg.batch_size):
+            chunk = todo[at:at + self.cfg.batch_size]
+            inputs = [self.seg_proc(images=images[j], input_boxes=[boxes[j].tolist()], return_tensors="pt")
+                      for j in chunk]
+            with torch.inference_mode(), self.autocast():
+                emb = self.seg.get_image_embeddings(torch.cat([x["pixel_values"] for x in inputs]).to(self.device))
+                for n, (j, x) in enumerate(zip(chunk, inputs)):
+                    mine = [e[n:n + 1] for e in emb] if isinstance(emb, (list, tuple)) else emb[n:n + 1]
+                    out = self.seg(image_embeddings=mine, input_boxes=x["input_boxes"].to(self.device),
+                                   multimask_output=False)
+                    sizes = {"reshaped_input_sizes": x["reshaped_input_sizes"]} if "reshaped_input_sizes" in x else {}
+                    m = self.seg_proc.post_process_masks(out.pred_masks.float().cpu(), x["original_sizes"], **sizes)[0]
+                    masks[j] = m.reshape(len(boxes[j]), *images[j].shape[:2]).numpy().astype(bool)
+        return masks
+
+    def many(self, jobs: list[dict]) -> list[np.ndarray]:
+        """(C, H, W) bool per job {image, concepts, ...}: a concept's mask is the union of its boxes' masks."""
+        images = [j["image"] for j in jobs]
+        boxes = self.detect(images, [list(j["concepts"]) for j in jobs])
+        flat = self.segment(images, [np.concatenate(b) if b else np.zeros((0, 4)) for b in boxes])
+        out = []
+        for im, per_concept, f in zip(images, boxes, flat):
+            m, at = np.zeros((len(per_concept), *im.shape[:2]), bool), 0
+            for i, b in enumerate(per_concept):
+                m[i], at = f[at:at + len(b)].any(0), at + len(b)
+            out.append(m)
+        return out
 
     def __call__(self, image, concepts, *, parts=None, key=0, name=""):
-        boxes = self.detect(image, list(concepts))
-        flat = self.segment(image, np.concatenate(boxes)) if any(len(b) for b in boxes) else None
-        out, at = np.zeros((len(concepts), *image.shape[:2]), bool), 0
-        for i, b in enumerate(boxes):
-            if len(b):
-                out[i] = flat[at:at + len(b)].any(0)
-            at += len(b)
-        return out
+        return self.many([{"image": image, "concepts": concepts}])[0]
 
 
 class Foreground:
@@ -235,38 +277,52 @@ def quality(mask: np.ndarray, min_fraction: float, max_fraction: float) -> tuple
 def ground_items(items, bank: dict, cfg: config.Masks, seed: int, grounder=None, fallback=None, truth=None,
                  progress: bool = False):
     """Ground each item {split, id, label, source, image, parts (or None), key} with its class's concepts.
-    Yields (record, arrays): record = {split, id, label, source, flag, fraction, action, concepts: [{text,
-    weight, fraction}], iou (with `truth`)}; arrays = {union, weighted, concepts} (None when dropped).
-    `masks.policy` decides what a non-ok mask becomes: kept, dropped, or replaced by `fallback`'s mask."""
+    Yields (record, arrays) in item order: record = {split, id, label, source, flag, fraction, action,
+    concepts: [{text, weight, fraction}], iou (with `truth`)}; arrays = {union, weighted, concepts} (None when
+    dropped). A grounder with `many(jobs)` and `window` gets `window` items at a time (GroundingSAM batches
+    them). `masks.policy` decides what a non-ok mask becomes: kept, dropped, or replaced by `fallback`'s mask."""
     from tqdm import tqdm
 
     spec = GROUNDERS[cfg.grounder]
-    grounder = grounder or spec.build(cfg, seed)
-    for it in tqdm(items, desc="masks", disable=not progress, leave=False):
-        cls = bank["classes"][it["label"]]
-        concepts = cls["concepts"] if spec.uses_concepts else [{"text": cls["name"], "weight": 1.0}]
-        texts, weights = [c["text"] for c in concepts], [c["weight"] for c in concepts]
-        masks = grounder(it["image"], texts, parts=it["parts"], key=it["key"], name=cls["name"])
-        if masks.shape != (len(texts), *it["image"].shape[:2]):
-            raise GroundingError(f"{cfg.grounder}: {it['id']}: masks {masks.shape}, expected "
-                                 f"{(len(texts), *it['image'].shape[:2])}")
-        union, weighted = combine(masks, weights)
-        flag, frac = quality(union, cfg.min_fraction, cfg.max_fraction)
-        action = "kept" if flag == "ok" or cfg.policy == "keep" else "dropped" if cfg.policy == "drop" else "foreground"
-        if action == "foreground":
-            fallback = fallback or Foreground(cfg.groundingsam)
-            union = fallback(it["image"], [], parts=it["parts"], key=it["key"], name=cls["name"])[0]
-            weighted = union.astype(np.float32)
-        record = {k: it[k] for k in ("split", "id", "label", "source")}
-        record.update(flag=flag, fraction=frac, action=action,
-                      concepts=[{"text": t, "weight": w, "fraction": float(m.mean())}
-                                for t, w, m in zip(texts, weights, masks)])
-        if truth is not None:
-            exact = combine(truth(it["image"], texts, parts=it["parts"], key=it["key"], name=cls["name"]), weights)[0]
-            record["iou"] = float((union & exact).sum() / max(1, (union | exact).sum()))
-        arrays = None if action == "dropped" else dict(
-            union=union.astype(np.uint8), weighted=weighted, concepts=masks.astype(np.uint8))
-        yield record, arrays
+    grounder, fallback = grounder or spec.build(cfg, seed), fallback or Foreground(cfg.groundingsam)
+    many = getattr(grounder, "many", None)
+    items = iter(tqdm(items, desc="masks", disable=not progress, leave=False))
+    while chunk := list(islice(items, getattr(grounder, "window", 1) if many else 1)):
+        jobs, weights = [], []
+        for it in chunk:
+            cls = bank["classes"][it["label"]]
+            concepts = cls["concepts"] if spec.uses_concepts else [{"text": cls["name"], "weight": 1.0}]
+            jobs.append(dict(image=it["image"], concepts=[c["text"] for c in concepts], parts=it["parts"],
+                             key=it["key"], name=cls["name"]))
+            weights.append([c["weight"] for c in concepts])
+        found = many(jobs) if many else [grounder(j["image"], j["concepts"], parts=j["parts"], key=j["key"],
+                                                  name=j["name"]) for j in jobs]
+        for it, job, w, masks in zip(chunk, jobs, weights, found):
+            yield _record(it, job, w, masks, cfg, fallback, truth)
+
+
+def _record(it: dict, job: dict, weights: list[float], masks: np.ndarray, cfg: config.Masks, fallback, truth):
+    """(record, arrays) of one grounded item (see ground_items)."""
+    texts = job["concepts"]
+    if masks.shape != (len(texts), *it["image"].shape[:2]):
+        raise GroundingError(f"{cfg.grounder}: {it['id']}: masks {masks.shape}, expected "
+                             f"{(len(texts), *it['image'].shape[:2])}")
+    union, weighted = combine(masks, weights)
+    flag, frac = quality(union, cfg.min_fraction, cfg.max_fraction)
+    action = "kept" if flag == "ok" or cfg.policy == "keep" else "dropped" if cfg.policy == "drop" else "foreground"
+    if action == "foreground":
+        union = fallback(it["image"], [], parts=it["parts"], key=it["key"], name=job["name"])[0]
+        weighted = union.astype(np.float32)
+    record = {k: it[k] for k in ("split", "id", "label", "source")}
+    record.update(flag=flag, fraction=frac, action=action,
+                  concepts=[{"text": t, "weight": w, "fraction": float(m.mean())}
+                            for t, w, m in zip(texts, weights, masks)])
+    if truth is not None:
+        exact = combine(truth(it["image"], texts, parts=it["parts"], key=it["key"], name=job["name"]), weights)[0]
+        record["iou"] = float((union & exact).sum() / max(1, (union | exact).sum()))
+    arrays = None if action == "dropped" else dict(
+        union=union.astype(np.uint8), weighted=weighted, concepts=masks.astype(np.uint8))
+    return record, arrays
 
 
 # ----------------------------------------------------------------------------- the mask store
@@ -317,3 +373,129 @@ def summary(records: list[dict]) -> dict:
         mine = [r for r in records if r["label"] == label]
         out["per_class"][str(label)] = {f: sum(r["flag"] == f for r in mine) for f in FLAGS}
     return out
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def truth_for(P: config.Params) -> WorldGrounder | None:
+    """The exact masks the stage scores its masks against (record["iou"]): the world's noise-free part
+    masks; none on real images."""
+    return WorldGrounder(config.WorldNoise(0, 0.0, 0.0), P.base.seed) if P.concepts.dataset == "world" else None
+
+
+def store_header(P: config.Params, bank: dict, selection: dict) -> dict:
+    """The store's header: bank, grounder, the masks params that decide the masks (not `processes` or
+    `groundingsam.batch_size`, so the store is the same however it was run), seed and the class split."""
+    from .concepts import content_hash
+
+    params = config.as_dict(P.masks)
+    del params["processes"], params["groundingsam"]["batch_size"]
+    return {"bank": f"bank-{content_hash(bank)}.json", "grounder": P.masks.grounder, "params": params,
+            "seed": P.base.seed, "train_classes": selection["train_classes"].tolist(),
+            "val_classes": selection["val_classes"].tolist()}
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, out_dir: str | Path,
+              progress: bool = False, grounder=None) -> dict:
+    """The masks stage: the few-shot selection grounded with the bank into the store at `out_dir`; returns
+    its manifest. Each grounded item is written at once to `<out_dir>.partial/<split>/<index>.{npz,json}`, so
+    a rerun after an interruption grounds only the rest; a work folder left by other inputs (header, bank,
+    data) is discarded. Under torch.distributed, rank r grounds items r, r + world, ..., then rank 0
+    assembles the store in selection order. The store's bytes do not depend on processes, batch size or
+    interruptions (the world grounder's noise is drawn per item from (seed, item key))."""
+    from tqdm import tqdm
+
+    from . import concepts, fewshot
+
+    rank, world = _rank_world()
+    bank = concepts.load(concepts_dir)
+    pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
+    selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
+    header = store_header(P, bank, selection)
+    inputs = {"header": header, "bank": bank, "data": [str(data_dir), P.concepts.dataset, P.concepts.image_dir,
+                                                       config.as_dict(P.world)]}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    work = Path(f"{out_dir}.partial")
+    if rank == 0:
+        marker = work / "inputs.json"
+        if work.exists() and (not marker.is_file() or read_json(marker)["hash"] != digest):
+            shutil.rmtree(work)
+        if not marker.is_file():
+            write_json(marker, {"hash": digest})
+    _barrier(world)
+
+    order = [(split, int(i)) for split in ("train", "val") for i in selection[split]]
+    # shard first, then skip what is done: a rank only ever looks at its own items, which only it writes
+    mine = [(s, i) for s, i in order[rank::world] if not (work / s / f"{i}.json").is_file()]
+    results = ground_items((pool.item(i, s) for s, i in mine), bank, P.masks, P.base.seed, grounder=grounder,
+                           truth=truth_for(P))
+    for (s, i), (record, arrays) in tqdm(zip(mine, results), desc="masks", total=len(mine),
+                                         disable=not progress or rank > 0, leave=False):
+        if arrays is not None:
+            save_npz(work / s / f"{i}.npz", arrays)
+        write_json(work / s / f"{i}.json", record)  # last: the item is done
+    _barrier(world)
+
+    if rank == 0:
+        def done():
+            for s, i in order:
+                record = read_json(work / s / f"{i}.json")
+                npz = work / s / f"{i}.npz"
+                if npz.is_file():
+                    with np.load(npz, allow_pickle=False) as z:
+                        yield record, {k: z[k] for k in z.files}
+                else:
+                    yield record, None
+
+        write_store(out_dir, done(), header)
+        shutil.rmtree(work)
+    _barrier(world)
+    return load_store(out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cftlib.grounding`: the masks stage's grounding; under torchrun, one process per GPU."""
+    import torch
+    import torch.distributed as dist
+
+    ap = argparse.ArgumentParser(prog="python -m cftlib.grounding", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", default="data/world")
+    ap.add_argument("--concepts", default="data/concepts")
+    ap.add_argument("--out", default="data/masks")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    P = config.load(args.params)
+    torch.set_num_threads(P.base.threads)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        cuda = hub.device(P.masks.groundingsam.device).startswith("cuda") and torch.cuda.is_available()
+        if cuda:
+            rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if rank >= gpus:
+                raise GroundingError(f"masks.processes {os.environ['WORLD_SIZE']}: one process per GPU, and this "
+                                     f"machine has {gpus}; set masks.processes <= {gpus}")
+            torch.cuda.set_device(rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        run_stage(P, args.data, args.concepts, args.out, args.progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -182,21 +182,30 @@ def tiny_gsam(tmp_path_factory):
     return tiny_grounding_dino(d / "dino", ["bird", "beak", "long", "wings", "striped"]), tiny_sam(d / "sam")
 
 
+NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "ablations": {"k": [], "noise": [], "relevance": []},
+            "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "unused"}}}
+"""What params on an image folder need besides the stages under test: a zoo model, benchmarks not world splits."""
+
+
 def _gsam(tiny_gsam, box=0.0, text=0.0):
     dino, sam = tiny_gsam
     return grounding.GroundingSAM(config.GroundingSAM(detector=str(dino), segmenter=str(sam), box_threshold=box,
                                                       text_threshold=text, device="cpu"))
 
 
+def _image(h, w, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
 def test_groundingsam_end_to_end_shapes_thresholds_union(tiny_gsam):
     g = _gsam(tiny_gsam)
-    img = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
-    boxes = g.detect(img, ["long beak", "striped wings."])
+    img = _image(40, 56)
+    (boxes,) = g.detect([img], [["long beak", "striped wings."]])
     assert len(boxes) == 2 and all(b.shape[1] == 4 and len(b) > 0 for b in boxes)
     assert all((b[:, 2] > b[:, 0]).all() and (b[:, 2] <= 55).all() and (b[:, 3] <= 39).all() for b in boxes)
-    strict = _gsam(tiny_gsam, box=0.5).detect(img, ["long beak", "striped wings"])
+    (strict,) = _gsam(tiny_gsam, box=0.5).detect([img], [["long beak", "striped wings"]])
     assert all(len(s) <= len(b) for s, b in zip(strict, boxes))
-    per_box = g.segment(img, boxes[0])
+    (per_box,) = g.segment([img], [boxes[0]])
     assert per_box.shape == (len(boxes[0]), 40, 56) and per_box.dtype == bool
     masks = g(img, ["long beak", "striped wings"])
     assert masks.shape == (2, 40, 56) and (masks[0] == per_box.any(0)).all()
@@ -205,8 +214,51 @@ def test_groundingsam_end_to_end_shapes_thresholds_union(tiny_gsam):
 def test_groundingsam_no_detection_gives_an_empty_mask(tiny_gsam):
     img = np.zeros((30, 45, 3), np.uint8)
     g = _gsam(tiny_gsam, box=1.0)
-    assert [len(b) for b in g.detect(img, ["bird"])] == [0]
+    assert [len(b) for b in g.detect([img], [["bird"]])[0]] == [0]
     assert g(img, ["bird", "long beak"]).shape == (2, 30, 45) and not g(img, ["bird"]).any()
+
+
+def test_groundingsam_batched_equals_unbatched(tiny_gsam):
+    """Images of three shapes, each with its own concepts: batches of 3 give the boxes and masks of one image
+    at a time, in fewer detector forwards (only same-shape images share one)."""
+    dino, sam = tiny_gsam
+    images = [_image(*hw, seed=i) for i, hw in enumerate([(40, 56), (40, 56), (56, 40), (40, 56), (36, 60)])]
+    texts = [["long beak", "striped wings"], ["bird"], ["striped wings", "bird", "long beak"], ["bird wings"],
+             ["long beak"]]
+    one, three = (grounding.GroundingSAM(config.GroundingSAM(
+        detector=str(dino), segmenter=str(sam), box_threshold=0.0, text_threshold=0.0, device="cpu", batch_size=b))
+        for b in (1, 3))
+    forwards = {1: 0, 3: 0}
+    for b, g in ((1, one), (3, three)):
+        g.det.register_forward_hook(lambda *_, b=b: forwards.__setitem__(b, forwards[b] + 1))
+    boxes = [one.detect([im], [t])[0] for im, t in zip(images, texts)]
+    assert forwards[1] == 5
+    batched = three.detect(images, texts)
+    assert forwards[3] == 1 + 1 + 1  # (40, 56) ×3, (56, 40), (36, 60)
+    for b1, b3 in zip(boxes, batched):
+        assert [len(b) for b in b1] == [len(b) for b in b3] and all(np.allclose(x, y, atol=1e-4) for x, y in zip(b1, b3))
+    single = [one(im, t) for im, t in zip(images, texts)]
+    assert all((a == b).all() for a, b in zip(single, three.many([{"image": im, "concepts": t}
+                                                                  for im, t in zip(images, texts)])))
+    assert any(m.any() for m in single) and not all(m.all() for m in single)
+
+
+def test_ground_items_batched_groundingsam_keeps_item_order(tiny_gsam):
+    dino, sam = tiny_gsam
+    bank = {"classes": [{"label": 0, "name": "a", "concepts": [{"text": "long beak", "weight": 2.0}]},
+                        {"label": 1, "name": "b", "concepts": [{"text": "striped wings", "weight": 1.0},
+                                                               {"text": "bird", "weight": 1.0}]}]}
+    items = [dict(split="train", id=f"{i:06d}", label=i % 2, source=f"{i}.png", image=_image(*hw, seed=i),
+                  parts=None, key=i) for i, hw in enumerate([(40, 56), (56, 40), (40, 56), (40, 56)])]
+    runs = []
+    for b in (1, 3):
+        cfg = _masks(grounder="groundingsam", groundingsam={"detector": str(dino), "segmenter": str(sam),
+                                                            "box_threshold": 0.0, "text_threshold": 0.0,
+                                                            "device": "cpu", "batch_size": b})
+        runs.append(list(grounding.ground_items(items, bank, cfg, 0)))
+    assert [r["id"] for r, _ in runs[1]] == [it["id"] for it in items]
+    for (r1, a1), (r3, a3) in zip(*runs):
+        assert r1 == r3 and all((a1[k] == a3[k]).all() for k in a1)
 
 
 def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam):
@@ -229,7 +281,7 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
                       "masks": {"grounder": "groundingsam", "k": 1, "policy": "drop",
                                 "groundingsam": {"detector": str(dino), "segmenter": str(sam), "device": "cpu",
                                                  "box_threshold": 0.0, "text_threshold": 0.0}},
-                      "finetune": {"k": 1}})
+                      "finetune": {"k": 1, "cnn": {"arms": []}}, **NO_WORLD})
     pool = fewshot.Pool(P.concepts.dataset, image_dir=P.concepts.image_dir)
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_folder(pool.class_dirs), seed=0)
     path = concepts.save(bank, tmp_path / "concepts")
@@ -243,6 +295,102 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     data = fewshot.load(tmp_path / "masks", "train", pool)
     kept = [r for r in manifest["items"] if r["split"] == "train" and r["action"] == "kept"]
     assert len(data["masks"]) == len(kept) and all(m.shape == i.shape[:2] for m, i in zip(data["masks"], data["images"]))
+
+
+# ----------------------------------------------------------------------------- the stage: resumable, sharded
+
+@pytest.fixture(scope="module")
+def stage_inputs(tmp_path_factory, small_world, smoke_params):
+    """(params, world folder, concepts folder): the smoke world and its field-guide bank."""
+    from cftlib import world
+
+    P, data = smoke_params, small_world[2]
+    bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(data)), seed=P.base.seed)
+    out = tmp_path_factory.mktemp("stage") / "concepts"
+    concepts.save(bank, out)
+    return P, data, out
+
+
+def _files(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _Counting:
+    """The world grounder, counting its calls and failing (a power cut) once it has grounded `fail_after`."""
+
+    def __init__(self, P, fail_after=None):
+        self.inner, self.calls, self.fail_after = grounding.GROUNDERS["world"].build(P.masks, P.base.seed), 0, fail_after
+
+    def __call__(self, *args, **kwargs):
+        if self.calls == self.fail_after:
+            raise RuntimeError("power cut")
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def _with(P, **masks):
+    from dataclasses import replace
+
+    return replace(P, masks=replace(P.masks, **masks))
+
+
+def test_stage_store_is_the_notebooks_store(tmp_path, stage_inputs):
+    """run_stage writes what selecting, grounding item by item and write_store wrote before it."""
+    P, data, bank_dir = stage_inputs
+    manifest = grounding.run_stage(P, data, bank_dir, tmp_path / "masks")
+    bank, pool = concepts.load(bank_dir), fewshot.Pool("world", data)
+    sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
+    header = grounding.store_header(P, bank, sel)
+    grounding.write_store(tmp_path / "direct", grounding.ground_items(pool.items(sel), bank, P.masks, P.base.seed,
+                                                                      truth=grounding.truth_for(P)), header)
+    assert _files(tmp_path / "masks") == _files(tmp_path / "direct")
+    assert manifest == grounding.load_store(tmp_path / "masks") and len(manifest["items"]) == 8
+    assert "processes" not in manifest["header"]["params"] and "iou" in manifest["items"][0]
+    assert not (tmp_path / "masks.partial").exists()
+
+
+def test_interrupted_stage_resumes_to_the_same_store(tmp_path, stage_inputs):
+    P, data, bank_dir = stage_inputs
+    grounding.run_stage(P, data, bank_dir, tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="power cut"):
+        grounding.run_stage(P, data, bank_dir, tmp_path / "masks", grounder=_Counting(P, fail_after=3))
+    assert not (tmp_path / "masks").exists() and len(list((tmp_path / "masks.partial").rglob("*.json"))) == 1 + 3
+    again = _Counting(P)  # another batch size decides nothing: the work folder is kept
+    grounding.run_stage(_with(P, groundingsam=config.GroundingSAM(batch_size=5)), data, bank_dir, tmp_path / "masks",
+                        grounder=again)
+    assert again.calls == 8 - 3
+    assert _files(tmp_path / "masks") == _files(tmp_path / "whole") and not (tmp_path / "masks.partial").exists()
+
+
+def test_work_folder_of_other_inputs_is_discarded(tmp_path, stage_inputs):
+    P, data, bank_dir = stage_inputs
+    with pytest.raises(RuntimeError, match="power cut"):
+        grounding.run_stage(P, data, bank_dir, tmp_path / "masks", grounder=_Counting(P, fail_after=3))
+    other = _with(P, world=config.WorldNoise(boundary=0, p_miss=0.5, q_spurious=0.0))
+    fresh = _Counting(other)
+    grounding.run_stage(other, data, bank_dir, tmp_path / "masks", grounder=fresh)
+    assert fresh.calls == 8
+    grounding.run_stage(other, data, bank_dir, tmp_path / "clean")
+    assert _files(tmp_path / "masks") == _files(tmp_path / "clean")
+
+
+def test_stage_under_torchrun_writes_the_same_store(tmp_path, stage_inputs):
+    """`python -m cftlib.grounding` in-process, and as 2 torchrun processes (gloo) resuming a work folder an
+    interrupted single process left: the same store files."""
+    import yaml
+
+    from cftlib import launch
+
+    P, data, bank_dir = stage_inputs
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config.as_dict(_with(P, processes=2))))
+    assert _with(config.load(tmp_path / "params.yaml"), processes=1) == P  # so the work folder is resumed
+    args = ["--params", str(tmp_path / "params.yaml"), "--data", str(data), "--concepts", str(bank_dir)]
+    launch.run("cftlib.grounding", [*args, "--out", str(tmp_path / "one")], 1)
+    with pytest.raises(RuntimeError, match="power cut"):
+        grounding.run_stage(P, data, bank_dir, tmp_path / "two", grounder=_Counting(P, fail_after=3))
+    launch.run("cftlib.grounding", [*args, "--out", str(tmp_path / "two")], 2)
+    assert _files(tmp_path / "two") == _files(tmp_path / "one") and not (tmp_path / "two.partial").exists()
 
 
 # ----------------------------------------------------------------------------- the stage notebooks (slow)
@@ -311,7 +459,7 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
                            "llm": {"model": str(llm), "cache_dir": str(tmp_path / "cache"), "device": "cpu"}},
               "masks": {"grounder": "groundingsam", "k": 2, "groundingsam": {
                   "detector": str(dino), "segmenter": str(sam), "device": "cpu"}},
-              "finetune": {"k": 2}}
+              "finetune": {"k": 2, "cnn": {"arms": []}}, **NO_WORLD}
     proj = _project(tmp_path, yaml.safe_dump(params))
     _run(proj, "01_concepts", "02_masks")
     m = json.loads((proj / "metrics" / "masks.json").read_text())
