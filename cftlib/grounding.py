@@ -383,16 +383,20 @@ def truth_for(P: config.Params) -> WorldGrounder | None:
     return WorldGrounder(config.WorldNoise(0, 0.0, 0.0), P.base.seed) if P.concepts.dataset == "world" else None
 
 
-def store_header(P: config.Params, bank: dict, selection: dict) -> dict:
+def store_header(P: config.Params, bank: dict, selection: dict, class_index=None) -> dict:
     """The store's header: bank, grounder, the masks params that decide the masks (not `processes` or
-    `groundingsam.batch_size`, so the store is the same however it was run), seed and the class split."""
+    `groundingsam.batch_size`, so the store is the same however it was run), seed and the class split; with
+    `class_index` (`fewshot.Pool.class_index`, when it is not the identity) the model output of each label."""
     from .concepts import content_hash
 
     params = config.as_dict(P.masks)
     del params["processes"], params["groundingsam"]["batch_size"]
-    return {"bank": f"bank-{content_hash(bank)}.json", "grounder": P.masks.grounder, "params": params,
-            "seed": P.base.seed, "train_classes": selection["train_classes"].tolist(),
-            "val_classes": selection["val_classes"].tolist()}
+    header = {"bank": f"bank-{content_hash(bank)}.json", "grounder": P.masks.grounder, "params": params,
+              "seed": P.base.seed, "train_classes": selection["train_classes"].tolist(),
+              "val_classes": selection["val_classes"].tolist()}
+    if class_index is not None and not np.array_equal(class_index, np.arange(len(class_index))):
+        header["class_index"] = [int(i) for i in class_index]
+    return header
 
 
 def _rank_world() -> tuple[int, int]:
@@ -424,7 +428,7 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
     bank = concepts.load(concepts_dir)
     pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
     selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
-    header = store_header(P, bank, selection)
+    header = store_header(P, bank, selection, pool.class_index)
     inputs = {"header": header, "bank": bank, "data": [str(data_dir), P.concepts.dataset, P.concepts.image_dir,
                                                        config.as_dict(P.world)]}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
