@@ -28,3 +28,11 @@ def small_world(tmp_path_factory, smoke_params):
     out = tmp_path_factory.mktemp("world") / "world"
     world.generate(smoke_params.world, smoke_params.base.seed, out)
     return smoke_params.world, smoke_params.base.seed, out
+
+
+@pytest.fixture(scope="session")
+def paper_fakes(tmp_path_factory):
+    """The fake paper-scale world (tests/fakes.py) built once: {name: path}."""
+    from fakes import make_paper_fakes
+
+    return make_paper_fakes(tmp_path_factory.mktemp("paper_fakes"))

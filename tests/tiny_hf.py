@@ -25,8 +25,9 @@ def _bpe_tokenizer(corpus: list[str], vocab_size: int = 600):
 
 
 def tiny_llm(out: Path, chats: list[tuple[list[dict], str]], steps: int = 120) -> Path:
-    """A 2-layer Llama taught (a few seconds of Adam) to answer each chat with its canned text, saved to
-    `out` with its tokenizer. Random weights alone only babble; teaching it fixes what the proposer reads."""
+    """A 2-layer Llama taught (a few seconds of Adam, at most `steps`, stopping once the answers are learnt)
+    to answer each chat with its canned text, saved to `out` with its tokenizer. Random weights alone only
+    babble; teaching it fixes what the proposer reads."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -36,16 +37,21 @@ def tiny_llm(out: Path, chats: list[tuple[list[dict], str]], steps: int = 120) -
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
-    batch = []
-    for messages, answer in chats:
-        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = torch.tensor([prompt + tok(answer + "</s>", add_special_tokens=False)["input_ids"]])
-        labels = ids.clone()
-        labels[0, :len(prompt)] = -100
-        batch.append((ids, labels))
+    seqs = [(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True),
+             tok(answer + "</s>", add_special_tokens=False)["input_ids"]) for messages, answer in chats]
+    length = max(len(p) + len(a) for p, a in seqs)
+    ids = torch.full((len(seqs), length), tok.pad_token_id)  # one right-padded batch: a step is one forward
+    labels = torch.full((len(seqs), length), -100)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, (p, a) in enumerate(seqs):
+        ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+        labels[i, len(p):len(p) + len(a)] = torch.tensor(a)
+        mask[i, :len(p) + len(a)] = 1
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
-        loss = sum(model(input_ids=i, labels=y).loss for i, y in batch)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if loss.item() < 0.01:  # mean answer-token loss: greedy decoding reproduces every answer
+            break
         opt.zero_grad()
         loss.backward()
         opt.step()
