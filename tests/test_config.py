@@ -59,6 +59,7 @@ def test_paper_profile_is_valid_and_has_the_official_hyper_parameters():
     L = p.finetune.loss
     assert (L.lambda_align, L.lambda_acc, L.lambda_ctx, L.lambda_concept) == (0.8, 0.2, 1.2, 0.5)
     assert "imagenet_val" in p.evaluate.benchmarks and not p.evaluate.splits
+    assert p.pretrain.model_kwargs == {} and p.finetune.cnn.pretrain.model_kwargs == {}  # the zoo's own architectures
 
 
 def _set(data, dotted, value):
