@@ -1,0 +1,69 @@
+"""The paper profile end to end on fakes: `cftlib.preflight` then `dvc repro` of the committed pipeline with
+profiles/paper.yaml pointed at a fake ImageNet, every benchmark and tiny pretrained models (tests/fakes.py) —
+every stage a GPU user runs, here on CPU (slow: `make test` and CI)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from fakes import CLASSES, paper_params
+
+DVC = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+
+
+def _outputs(dataset: str) -> list[str]:
+    """Every out, metric and plot file dvc.yaml declares (the `${concepts.dataset}` template resolved)."""
+    found = []
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path = entry if isinstance(entry, str) else next(iter(entry))
+                found.append(path.replace("${concepts.dataset}", dataset))
+    return found
+
+
+@pytest.mark.slow
+def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes):
+    proj = tmp_path / "proj"
+    ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
+    for folder in ("notebooks", "cftlib"):
+        shutil.copytree(ROOT / folder, proj / folder, ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    (proj / "params.yaml").write_text(yaml.safe_dump(paper_params(paper_fakes), sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj)}
+
+    def run(*cmd):
+        return subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    assert run(DVC, "init", "--no-scm", "-q").returncode == 0
+    pre = run(sys.executable, "-m", "cftlib.preflight")
+    assert pre.returncode == 0 and pre.stdout.rstrip().endswith("0 missing"), pre.stdout + pre.stderr
+    done = run(DVC, "repro")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+
+    missing = [f for f in _outputs("imagenet") if not (proj / f).exists()]
+    assert not missing, missing
+    bench = set(paper_params(paper_fakes)["evaluate"]["benchmarks"])
+    base = json.loads((proj / "metrics" / "base.json").read_text())
+    assert base["model"] == "vit_b" and set(base["accuracy"]) == bench
+    bank = json.loads(next((proj / "data" / "concepts").glob("bank-*.json")).read_text())
+    assert bank["header"]["proposer"] == "llm" and len(bank["classes"]) == len(CLASSES)
+    masks = json.loads((proj / "metrics" / "masks.json").read_text())
+    assert masks["grounder"] == "groundingsam" and masks["images"] == 3 * 3 + 3  # k=3 × half the classes + 1 each
+    runs = json.loads((proj / "metrics" / "finetune.json").read_text())["runs"]
+    assert set(runs) == {f"vit/{a}/seed0" for a in ("none", "ce", "robustvit", "cft_fgmask", "cft")} | \
+        {f"cnn/{a}/seed0" for a in ("none", "ce", "cft")}
+    acc = pd.read_csv(proj / "plots" / "evaluate_accuracy.csv")
+    assert set(acc["split"]) == bench and set(acc["model"]) == {"vit", "cnn"}
+    assert "imagenet_a" in (proj / "reports" / "claims.md").read_text()
+    again = run(DVC, "status")
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout  # nothing half-written or dirty
