@@ -8,11 +8,18 @@ classes' logits with its 1-px border cropped, and the model's own mean/std.
     b = benchmarks.load("imagenet_a", "/data/imagenet-a")
     logits = benchmarks.predict(model, b, "standard")
     b.score(logits, "standard")            # {"top1": …, "top5": …}
+
+The evaluate stage runs every fine-tuning run on all of them through the CLI (rank 0 writes one CSV; under
+torchrun each process scores whole batches r, r + world, …):
+
+    python -m cftlib.benchmarks --params params.yaml --runs models/finetune --masks data/masks --out results.csv
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -67,6 +74,14 @@ def imagenet_synsets() -> list[str]:
     return _timm_info("imagenet_synsets.txt")
 
 
+def imagenet_names() -> list[str]:
+    """A short name of each ImageNet-1k class in index order (the first lemma of its synset, timm's list)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0] for i in range(1000)]
+
+
 def subset_indices(name: str) -> np.ndarray:
     """ImageNet-1k indices of the 200 classes of ImageNet-A ("a") or -R ("r"), from timm's index file."""
     return np.array([int(i) for i in _timm_info(f"imagenet_{name}_indices.txt")])
@@ -87,6 +102,23 @@ class Benchmark:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def take(self, rows) -> "Benchmark":
+        """The images at `rows` (in that order), with their labels."""
+        rows = np.asarray(rows, dtype=int)
+        return Benchmark(self.name, [self.paths[i] for i in rows], self.labels[rows],
+                         None if self.accepted is None else [self.accepted[i] for i in rows], self.subset, self.border)
+
+    def report(self, logits: np.ndarray, protocol: str, seen: np.ndarray) -> list[dict]:
+        """Rows {group, images, top1, top5} over all images and over those whose label is / is not a class
+        fine-tuned on (`seen`: ImageNet indices); an empty group is left out."""
+        mine = np.isin(self.labels, seen)
+        rows = []
+        for group, sel in (("all", np.ones(len(self), bool)), ("seen", mine), ("unseen", ~mine)):
+            if sel.any():
+                part = self.take(np.flatnonzero(sel))
+                rows.append({"group": group, "images": int(sel.sum()), **part.score(logits[sel], protocol)})
+        return rows
 
     def score(self, logits: np.ndarray, protocol: str) -> dict[str, float]:
         """Top-1/top-5 of (N, 1000) logits under `protocol` (see the module docstring)."""
@@ -222,6 +254,61 @@ def load(name: str, root: str | Path) -> Benchmark:
     return LOADERS[name](root)
 
 
+# ----------------------------------------------------------------------------- samples and shards
+
+def rng_for(seed: int, name: str) -> np.random.Generator:
+    """A generator per (seed, benchmark name): each benchmark's sample is independent of the others."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def choose(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of a seeded choice of `n` of `n_total` items (0 or n >= n_total: all)."""
+    if n == 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(rng.choice(n_total, n, replace=False))
+
+
+def sample(bench: Benchmark, n: int, seed: int) -> Benchmark:
+    """`evaluate.benchmark_images`: the paths sorted, then a seeded choice of `n` of them (0: all), kept in
+    sorted order."""
+    order = np.array(sorted(range(len(bench)), key=lambda i: str(bench.paths[i])), dtype=int)
+    return bench.take(order[choose(len(bench), n, rng_for(seed, bench.name))])
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed job, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def shard(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """This process's batches (start, stop) of n items: batch b goes to rank b mod world. Whole batches, so
+    every image is computed in the same batch whatever the number of processes (identical logits)."""
+    return [(a, min(a + batch_size, n)) for b, a in enumerate(range(0, n, batch_size)) if b % world == rank]
+
+
+def gather(rows: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Per-row arrays computed by each process for its `rows`, put together in row order on rank 0 (the
+    others get None); outside torch.distributed, `arrays` as given."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if world == 1:
+        return arrays
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object((np.asarray(rows, int), arrays), parts, dst=0)
+    if rank != 0:
+        return None
+    parts = [(r, a) for r, a in parts if len(r)]  # a process with no batch has no shapes to join
+    order = np.argsort(np.concatenate([r for r, _ in parts]), kind="stable")
+    return {k: np.concatenate([a[k] for _, a in parts])[order] for k in parts[0][1]}
+
+
+def _rows(batches: list[tuple[int, int]]) -> np.ndarray:
+    return np.concatenate([np.arange(a, b) for a, b in batches]) if batches else np.zeros(0, int)
+
+
 # ----------------------------------------------------------------------------- images and logits
 
 def load_image(path: str | Path, border: int = 0, resize: int = 256, crop: int = 224) -> np.ndarray:
@@ -249,38 +336,77 @@ def normalisation(model: torch.nn.Module, protocol: str) -> tuple[tuple, tuple]:
     return (0.5,) * 3, (0.5,) * 3
 
 
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, bench: Benchmark, protocol: str, batch_size: int = 64,
+def predict_protocols(model: torch.nn.Module, bench: Benchmark, protocols, batch_size: int = 64, amp: bool = False,
+                      batches: list[tuple[int, int]] | None = None, workers: int = 1, resize: int = 256,
+                      crop: int = 224) -> dict[str, np.ndarray]:
+    """{protocol: logits (rows, classes)} of `bench`'s images in `batches` (default: all), each image decoded
+    once per border the protocols need, preprocessed as each protocol says, on the model's device in eval
+    mode (`amp`: bfloat16 autocast on CUDA); `workers` threads decode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocol {p!r}: choose one of {PROTOCOLS}")
+    device = next(model.parameters(), torch.zeros(0)).device
+    norm = {p: [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(model, p)] for p in protocols}
+    borders = {p: bench.border if p == "standard" else 0 for p in protocols}
+    model.eval()
+    out = {p: [] for p in protocols}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for a, b in shard(len(bench), batch_size) if batches is None else batches:
+            x = {}
+            for border in sorted(set(borders.values())):
+                imgs = list(pool.map(lambda p: load_image(p, border, resize, crop), bench.paths[a:b]))
+                x[border] = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float().div_(255)
+            for p in protocols:
+                mean, std = norm[p]
+                with _autocast(device, amp):
+                    out[p].append(model((x[borders[p]] - mean) / std).float().cpu())
+    return {p: torch.cat(v).numpy() if v else np.zeros((0, 0), np.float32) for p, v in out.items()}
+
+
+def predict(model: torch.nn.Module, bench: Benchmark, protocol: str, batch_size: int = 64, amp: bool = False,
             resize: int = 256, crop: int = 224) -> np.ndarray:
     """(N, classes) logits of `bench`'s images, preprocessed as `protocol` says, in eval mode."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r}: choose one of {PROTOCOLS}")
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalisation(model, protocol))
-    border = bench.border if protocol == "standard" else 0
-    model.eval()
-    out = []
-    for a in range(0, len(bench), batch_size):
-        x = np.stack([load_image(p, border, resize, crop) for p in bench.paths[a:a + batch_size]])
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255)
-        out.append(model((x - mean) / std).float())
-    return torch.cat(out).numpy()
+    return predict_protocols(model, bench, [protocol], batch_size, amp, resize=resize, crop=crop)[protocol]
 
 
 # ----------------------------------------------------------------------------- ImageNet-Segmentation
 
-def segmentation(path: str | Path, size: int = 224) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(image uint8 size×size×3, mask bool size×size) pairs of `gtsegs_ijcv.mat`, read with h5py as
-    Chefer et al.'s loader does (/value/img and /value/gt hold object references; arrays are stored
-    transposed). Images are resized to size×size with no crop, masks by nearest neighbour (§4.2)."""
+SEGMENTATION = "imagenet_segmentation"
+"""The segmentation benchmark's name in result rows."""
+
+
+def segmentation_size(path: str | Path) -> int:
+    """Number of images in `gtsegs_ijcv.mat`."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise missing(SEGMENTATION, path, "no such file")
+    with h5py.File(path, "r") as f:
+        return len(f["/value/img"])
+
+
+def segmentation(path: str | Path, size: int = 224, indices=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image uint8 size×size×3, mask bool size×size) pairs of `gtsegs_ijcv.mat` (those at `indices`, default
+    all), read with h5py as Chefer et al.'s loader does (/value/img and /value/gt hold object references;
+    arrays are stored transposed). Images are resized to size×size with no crop, masks by nearest
+    neighbour (§4.2)."""
     import h5py
     from PIL import Image
 
     path = Path(path)
     if not path.is_file():
-        raise missing("imagenet_segmentation", path, "no such file")
+        raise missing(SEGMENTATION, path, "no such file")
     with h5py.File(path, "r") as f:
         imgs, gts = f["/value/img"], f["/value/gt"]
-        for i in range(len(imgs)):
+        for i in range(len(imgs)) if indices is None else indices:
             img = np.array(f[imgs[i, 0]]).transpose(2, 1, 0).astype(np.uint8)
             gt = np.array(f[f[gts[i, 0]][0, 0]]).transpose(1, 0)
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
@@ -288,34 +414,151 @@ def segmentation(path: str | Path, size: int = 224) -> Iterator[tuple[np.ndarray
             yield img, gt
 
 
-# ----------------------------------------------------------------------------- a model on every benchmark
-
-def segmentation_eval(model: torch.nn.Module, path: str | Path, method: str, batch_size: int = 16) -> dict[str, float]:
-    """pixAcc, mIoU and mAP of `model`'s relevance (predicted class) on ImageNet-Segmentation (§4.2)."""
+def segmentation_eval(model: torch.nn.Module, path: str | Path, method: str, batch_size: int = 16,
+                      indices=None, amp: bool = False, build: dict | None = None) -> dict[str, float] | None:
+    """pixAcc, mIoU and mAP of `model`'s relevance (predicted class) on ImageNet-Segmentation's images at
+    `indices` (default all; §4.2), normalised as the model was fine-tuned (`build`: its checkpoint config;
+    0.5, the official code's, for ViT-B). Under torch.distributed each process explains its share of the
+    batches and rank 0 gets the scores (the others None)."""
     from .evaluate import relevance_maps, segmentation_counts, segmentation_scores
 
-    counts, imgs, gts = [], [], []
-    for img, gt in segmentation(path):
-        imgs.append(img)
-        gts.append(gt)
-        if len(imgs) == batch_size:
-            counts.append(segmentation_counts(relevance_maps(model, np.stack(imgs), method), np.stack(gts)))
-            imgs, gts = [], []
-    if imgs:
-        counts.append(segmentation_counts(relevance_maps(model, np.stack(imgs), method), np.stack(gts)))
-    return segmentation_scores({k: np.concatenate([c[k] for c in counts]) for k in counts[0]})
+    indices = np.arange(segmentation_size(path)) if indices is None else np.asarray(indices, int)
+    batches = shard(len(indices), batch_size, *rank_world())
+    counts = []
+    for a, b in batches:
+        imgs, gts = zip(*segmentation(path, indices=indices[a:b]))
+        maps = relevance_maps(model, np.stack(imgs), method, batch_size, amp, build)
+        counts.append(segmentation_counts(maps, np.stack(gts)))
+    full = gather(_rows(batches), {k: np.concatenate([c[k] for c in counts]) for k in counts[0]} if counts else {})
+    return None if full is None else segmentation_scores(full)
 
 
-def evaluate_model(model: torch.nn.Module, cfg, method: str) -> list[dict]:
-    """Rows {benchmark, protocol, top1, top5} for each benchmark of `cfg.benchmarks` under each of
-    `cfg.protocols`, and {benchmark: imagenet_segmentation, pixAcc, mIoU, mAP} when `cfg.segmentation` is set."""
+# ----------------------------------------------------------------------------- every run on every benchmark
+
+RESULTS = ("model", "arm", "seed", "benchmark", "protocol", "group", "images", "top1", "top5", "method", "pixAcc",
+           "mIoU", "mAP")
+"""Columns of the results file (`main`): one row per run × benchmark × protocol × class group, and one per run
+on ImageNet-Segmentation (group all)."""
+
+
+def evaluate_model(model: torch.nn.Module, benches: dict[str, Benchmark], seen: np.ndarray, cfg, method: str,
+                   seg_indices=None, workers: int = 1, build: dict | None = None) -> list[dict]:
+    """Rows {benchmark, protocol, group, images, top1, top5} of each benchmark under each of `cfg.protocols`
+    (class groups all/seen/unseen), and {benchmark: imagenet_segmentation, method, pixAcc, mIoU, mAP} when
+    `cfg.segmentation` is set (its images at `seg_indices`, default all; `build`: the model's checkpoint
+    config, for the normalisation of its maps). Under torch.distributed each
+    process computes its share of the batches; rank 0 returns the rows, the others []."""
+    rank, world = rank_world()
     rows = []
-    for name, root in cfg.benchmarks.items():
-        b = load(name, root)
-        for protocol in cfg.protocols:
-            logits = predict(model, b, protocol, batch_size=cfg.batch_size)
-            rows.append({"benchmark": name, "protocol": protocol, "images": len(b), **b.score(logits, protocol)})
+    for name, bench in benches.items():
+        batches = shard(len(bench), cfg.batch_size, rank, world)
+        logits = gather(_rows(batches), predict_protocols(model, bench, cfg.protocols, cfg.batch_size, cfg.amp,
+                                                          batches, workers))
+        if logits is not None:
+            rows += [{"benchmark": name, "protocol": p, **r} for p in cfg.protocols
+                     for r in bench.report(logits[p], p, seen)]
     if cfg.segmentation:
-        rows.append({"benchmark": "imagenet_segmentation", "protocol": "chefer",
-                     **segmentation_eval(model, cfg.segmentation, method)})
+        seg = segmentation_eval(model, cfg.segmentation, method, cfg.batch_size, seg_indices, cfg.amp, build)
+        if seg is not None:
+            n = len(seg_indices) if seg_indices is not None else segmentation_size(cfg.segmentation)
+            rows.append({"benchmark": SEGMENTATION, "protocol": "chefer", "group": "all", "images": n,
+                         "method": method, **seg})
+    return rows if rank == 0 else []
+
+
+def device(cfg) -> torch.device:
+    """`evaluate.device` (auto: CUDA when present), this process's GPU under torchrun."""
+    import os
+
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("evaluate.device: cuda, but torch sees no CUDA device (use auto or cpu)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torch.device | str = "cpu",
+                  progress: bool = False) -> list[dict]:
+    """Result rows (RESULTS) of every fine-tuning run's selected checkpoint on every configured benchmark
+    (a seeded sample of `evaluate.benchmark_images` each) and on ImageNet-Segmentation. Maps use
+    `evaluate.relevance` where it explains the model, else the run's own method (the CNN's Grad-CAM); runs
+    with identical weights are computed once. Rank 0 gets the rows, other processes []."""
+    from tqdm import tqdm
+
+    from .evaluate import explainer, weights_digest
+    from .finetune import load_run
+
+    E = P.evaluate
+    benches = {name: sample(load(name, root), E.benchmark_images, P.base.seed) for name, root in E.benchmarks.items()}
+    seg = (choose(segmentation_size(E.segmentation), E.benchmark_images, rng_for(P.base.seed, SEGMENTATION))
+           if E.segmentation else None)
+    rows, done = [], {}
+    for spec in tqdm(runs, desc="benchmarks", disable=not progress or rank_world()[0] > 0, leave=False):
+        model, build = load_run(spec, finetune_dir)
+        key = weights_digest(model)
+        if key not in done:
+            done[key] = evaluate_model(model.to(dev), benches, seen, E, explainer(model, E.relevance, spec.relevance),
+                                       seg, P.base.threads, build)
+        rows += [{"model": spec.model, "arm": spec.arm, "seed": spec.seed, **r} for r in done[key]]
     return rows
+
+
+def frames(results, protocols: list[str]):
+    """The evaluate stage's long frames from the results file, shaped as the world's so the same tables,
+    gaps, claims and figures apply: (accuracy under the first protocol: model, arm, seed, split, group, top1,
+    top5; the same under the other protocols with a `protocol` column; alignment on ImageNet-Segmentation:
+    model, arm, seed, split, method and evaluate.ALIGNMENT, the concept metrics NaN — ImageNet has no part
+    masks)."""
+    from .evaluate import ALIGNMENT
+
+    r = results.rename(columns={"benchmark": "split"})
+    cls, seg = r[r["split"] != SEGMENTATION], r[r["split"] == SEGMENTATION]
+    keys = ["model", "arm", "seed", "split", "group", "top1", "top5"]
+    acc = cls.loc[cls["protocol"] == protocols[0], keys].reset_index(drop=True)
+    others = cls.loc[cls["protocol"] != protocols[0], [*keys[:3], "protocol", *keys[3:]]].reset_index(drop=True)
+    align = seg[["model", "arm", "seed", "split", "method", *ALIGNMENT[:3]]].reset_index(drop=True)
+    return acc, others, align.assign(**{m: np.nan for m in ALIGNMENT[3:]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cftlib.benchmarks`: every run on the paper's benchmarks; under torchrun the images are
+    sharded over the processes and rank 0 writes the results CSV."""
+    import argparse
+    import os
+
+    import pandas as pd
+    import torch.distributed as dist
+
+    from . import config
+    from .evaluate import seen_classes
+    from .finetune import plan
+    from .io import write_csv
+
+    ap = argparse.ArgumentParser(prog="python -m cftlib.benchmarks",
+                                 description="Score every fine-tuning run on evaluate.benchmarks and "
+                                             "evaluate.segmentation; one CSV row per run, benchmark, protocol, group.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--runs", default="models/finetune", help="the finetune stage's output folder")
+    ap.add_argument("--masks", default="data/masks", help="the mask store (its training classes are 'seen')")
+    ap.add_argument("--out", required=True, help="results CSV (written by rank 0, atomically)")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    P = config.load(args.params)
+    dev = device(P.evaluate)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    torch.set_num_threads(P.base.threads)
+    try:
+        rows = evaluate_runs(plan(P.finetune, P.base.seed), args.runs, seen_classes(args.masks), P, dev, args.progress)
+        if rank_world()[0] == 0:
+            write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

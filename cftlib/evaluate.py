@@ -7,6 +7,7 @@ RobustViT/Chefer segmentation alignment (map thresholded at its mean; pixel accu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,31 @@ from .models import predict
 from .world import load_split
 
 OOD = ("v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
+ALIGNMENT = ("pixAcc", "mIoU", "mAP", "concept_mass", "object_mass", "concept_area", "pointing")
+"""Alignment columns: RobustViT's segmentation scores, then the concept metrics (NaN at paper scale: no parts)."""
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which split plays which part in the tables, gaps, claims and figures: the world's splits, or at paper
+    scale the benchmarks. `focus`: the OOD split of the seen/unseen comparison, the few-shot and CNN claims
+    and the qualitative figure; `chance`: top-1 of guessing (None: not drawn)."""
+    splits: list
+    reference: str
+    ood: list
+    focus: str
+    chance: float | None
+
+
+def roles(P) -> Roles:
+    """The world's `test` against its OOD splits (focus `bg_conflict`, the world's ImageNet-A), or ImageNet
+    val against the other configured benchmarks (focus ImageNet-A when configured)."""
+    E = P.evaluate
+    if E.splits:
+        return Roles(list(E.splits), "test", [s for s in E.splits if s in OOD], "bg_conflict", 1 / P.world.n_species)
+    ood = [b for b in E.benchmarks if b != "imagenet_val"]
+    focus = "imagenet_a" if "imagenet_a" in ood else (ood[0] if ood else "imagenet_val")
+    return Roles(["imagenet_val", *ood], "imagenet_val", ood, focus, None)
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -176,15 +202,24 @@ def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarr
     return rows
 
 
-def relevance_maps(model: torch.nn.Module, images: np.ndarray, method: str, batch_size: int = 100) -> np.ndarray:
+def relevance_maps(model: torch.nn.Module, images: np.ndarray, method: str, batch_size: int = 100,
+                   amp: bool = False, build: dict | None = None) -> np.ndarray:
     """(N, H, W) min-max normalised relevance of each image's predicted class at pixel level (the
-    RobustViT segmentation test explains the prediction, cft_facts §4.2)."""
-    from .models import to_tensor
+    RobustViT segmentation test explains the prediction, cft_facts §4.2), computed on the model's device
+    (`amp`: under bfloat16 autocast there, CUDA only), the images normalised as the model of `build` (its
+    checkpoint config) was fine-tuned (default 0.5)."""
+    from .models import renormalise, to_tensor
     from .relevance import explain
 
     model.eval()
-    return np.concatenate([explain(model, to_tensor(images[i:i + batch_size]), method, output="pixel")[0][:, 0].numpy()
-                           for i in range(0, len(images), batch_size)])
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = renormalise(to_tensor(images[i:i + batch_size]), build or {}).to(device)
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+            r = explain(model, x, method, output="pixel")[0]
+        out.append(r[:, 0].float().cpu().numpy())
+    return np.concatenate(out)
 
 
 def run_alignment(model: torch.nn.Module, arrays: dict[str, dict], class_parts: list[list[str]], method: str,
@@ -231,25 +266,40 @@ def paired_difference(frame, metric: str, arm: str, versus: str, level: float = 
     return mean_ci((a[common] - b[common]).to_numpy(), level)
 
 
-def gaps_frame(acc):
-    """Per run, the shortcut gap (test − split) in top-1 over all images, as rows of `acc`'s shape."""
+def gaps_frame(acc, reference: str = "test", ood=OOD):
+    """Per run, the shortcut gap (`reference` − split) in top-1 over all images for each split of `ood`
+    (the world's OOD splits, or the OOD benchmarks against ImageNet val), as rows of `acc`'s shape."""
     import pandas as pd
 
     allimg = acc[acc["group"] == "all"]
-    test = allimg[allimg["split"] == "test"].set_index(["model", "arm", "seed"])["top1"]
-    ood = allimg[allimg["split"].isin(OOD)].copy()
+    test = allimg[allimg["split"] == reference].set_index(["model", "arm", "seed"])["top1"]
+    ood = allimg[allimg["split"].isin(list(ood))].copy()
     ood["gap"] = test.loc[list(zip(ood["model"], ood["arm"], ood["seed"]))].to_numpy() - ood["top1"].to_numpy()
     return pd.DataFrame(ood[["model", "arm", "seed", "split", "gap"]]).reset_index(drop=True)
 
 
 def seen_classes(store_dir: str | Path) -> np.ndarray:
-    """The classes fine-tuned on: labels of the mask store's training items (the few-shot choice)."""
+    """The classes fine-tuned on, as model outputs: labels of the mask store's training items (the few-shot
+    choice), mapped through the header's `class_index` (store label → model output, e.g. the ImageNet-1k
+    index; absent = the label itself)."""
     from .grounding import load_store
 
-    return np.array(sorted({r["label"] for r in load_store(store_dir)["items"] if r["split"] == "train"}))
+    store = load_store(store_dir)
+    index = store["header"].get("class_index")
+    labels = {r["label"] for r in store["items"] if r["split"] == "train"}
+    return np.array(sorted(labels if index is None else {int(index[y]) for y in labels}), dtype=int)
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
+def explainer(model: torch.nn.Module, preferred: str, fallback: str) -> str:
+    """`preferred` (evaluate.relevance) where it explains the model, else the run's own method (the CNN's
+    Grad-CAM)."""
+    from . import relevance
+
+    return preferred if relevance.model_kind(model) in relevance.get(preferred).model_kinds else fallback
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the weights: runs with identical weights (the `none` arm's seeds) are evaluated once."""
     import hashlib
 
     h = hashlib.sha256()
@@ -266,17 +316,15 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
     import pandas as pd
     from tqdm import tqdm
 
-    from . import relevance
     from .finetune import load_run
 
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
     acc, align, done = [], [], {}
     for spec in tqdm(runs, desc="evaluate", disable=not progress, leave=False):
         model, _ = load_run(spec, finetune_dir)
-        key = _weights_digest(model)
+        key = weights_digest(model)
         if key not in done:
-            method = cfg.relevance if relevance.model_kind(model) in relevance.get(cfg.relevance).model_kinds \
-                else spec.relevance
+            method = explainer(model, cfg.relevance, spec.relevance)
             done[key] = (run_accuracy(model, arrays, seen, cfg.batch_size),
                          run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images))
         ids = {"model": spec.model, "arm": spec.arm, "seed": spec.seed}

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 
 from .io import atomic_path
 
@@ -103,12 +104,23 @@ def _bars(ax, summary: pd.DataFrame, x: str, metric: str, order: list, arms: lis
                             color="black", lw=0.8, capsize=2)
 
 
+def note(text: str) -> plt.Figure:
+    """A small figure saying why there is nothing to draw (a declared output is still written)."""
+    fig, ax = plt.subplots(figsize=(4, 1))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, wrap=True)
+    ax.set_axis_off()
+    return fig
+
+
 def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95, x: str = "split",
              chance: float | None = None, title: str = "", arms: list | None = None, panel: str = "model") -> plt.Figure:
     """Per-run rows (`panel`, arm, seed, `x`, `metric`) → one panel per value of `panel` (the model), bars of
-    the mean over seeds per `x` and arm, whiskers the Student-t interval (cftlib.evaluate.mean_ci)."""
+    the mean over seeds per `x` and arm, whiskers the Student-t interval (cftlib.evaluate.mean_ci); no rows:
+    a note."""
     from .evaluate import summarise
 
+    if frame.empty:
+        return note(f"{title or metric}: nothing measured")
     arms = [a for a in (arms or ARM_ORDER) if a in set(frame["arm"])]
     order = [o for o in order if o in set(frame[x])]
     panels = list(dict.fromkeys(frame[panel]))
@@ -129,16 +141,20 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
 
 def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95) -> plt.Figure:
     """One panel per alignment split: each metric's mean per arm with intervals; the concept parts' share
-    of the image (`concept_area`, what a uniform map puts there) dotted."""
+    of the image (`concept_area`, what a uniform map puts there) dotted where known; no rows: a note."""
     from .evaluate import summarise
 
+    if frame.empty:
+        return note("relevance alignment: nothing measured (no alignment splits or segmentation benchmark)")
     splits = list(dict.fromkeys(frame["split"]))
     arms = [a for a in ARM_ORDER if a in set(frame["arm"])]
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.2), squeeze=False, sharey=True)
     for ax, split in zip(axes[0], splits):
         long = frame[frame["split"] == split].melt(id_vars=["arm", "seed"], value_vars=metrics, var_name="metric")
         _bars(ax, summarise(long, ["arm", "metric"], ["value"], level), "metric", "value", metrics, arms)
-        ax.axhline(frame.loc[frame["split"] == split, "concept_area"].mean(), ls=":", c="gray", lw=1)
+        area = frame.loc[frame["split"] == split, "concept_area"].mean()
+        if np.isfinite(area):
+            ax.axhline(area, ls=":", c="gray", lw=1)
         ax.set_title(split, fontsize=9)
         ax.set_ylim(0, 1)
         ax.legend().remove()
@@ -153,8 +169,14 @@ def pick_corrected(base, cft, arrays: dict, n: int) -> list[tuple[int, bool]]:
     (flag True), then those both get right (False)."""
     from .models import predict
 
-    y = arrays["label"]
-    b, c = predict(base, arrays["images"]).argmax(1) == y, predict(cft, arrays["images"]).argmax(1) == y
+    return corrected(predict(base, arrays["images"]).argmax(1), predict(cft, arrays["images"]).argmax(1),
+                     arrays["label"], n)
+
+
+def corrected(base_pred: np.ndarray, cft_pred: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[int, bool]]:
+    """Up to n indices: first where the base prediction is wrong and CFT's right (flag True), then where both
+    are right (False)."""
+    b, c = base_pred == labels, cft_pred == labels
     fixed = np.flatnonzero(~b & c)[:n]
     both = np.flatnonzero(b & c)[:n - len(fixed)]
     return [(int(i), True) for i in fixed] + [(int(i), False) for i in both]
@@ -171,14 +193,50 @@ def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, bool]], class
     images, labels = arrays["images"][idx], arrays["label"][idx]
     concept = part_masks(arrays["parts"][idx], labels, class_parts)
     maps = {k: (relevance_maps(m, images, method), predict(m, images).argmax(1)) for k, m in (("base", base), ("CFT", cft))}
-    fig, axes = plt.subplots(len(idx), 4, figsize=(6.4, 1.7 * len(idx)), squeeze=False)
-    for r, (i, fixed) in enumerate(picks):
+    return _grid(images, labels, [f for _, f in picks], concept, maps, names)
+
+
+def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, build: dict | None = None,
+                   batch_size: int = 64, amp: bool = False) -> plt.Figure:
+    """The qualitative figure on a benchmark (image | base relevance | CFT relevance; ImageNet has no concept
+    masks): among `bench`'s images (Resize 256, CenterCrop 224, normalised as the ViT of `build` was
+    fine-tuned), up to n the base model gets wrong and CFT right, then both right, on the models' device."""
+    from .benchmarks import load_image
+    from .evaluate import relevance_maps
+    from .models import renormalise, to_tensor
+
+    images = np.stack([load_image(p) for p in bench.paths])
+
+    @torch.no_grad()
+    def argmax(model):
+        device = next(model.parameters()).device
+        model.eval()
+        return np.concatenate([model(renormalise(to_tensor(images[i:i + batch_size]), build or {}).to(device))
+                               .argmax(1).cpu().numpy() for i in range(0, len(images), batch_size)])
+
+    preds = {"base": argmax(base), "CFT": argmax(cft)}
+    picks = corrected(preds["base"], preds["CFT"], bench.labels, n)
+    if not picks:
+        return note(f"{bench.name}: no image that both models, or CFT alone, get right")
+    idx = [i for i, _ in picks]
+    maps = {k: (relevance_maps(m, images[idx], method, batch_size, amp, build), preds[k][idx])
+            for k, m in (("base", base), ("CFT", cft))}
+    return _grid(images[idx], bench.labels[idx], [f for _, f in picks], None, maps, names)
+
+
+def _grid(images, labels, fixed_flags, concept, maps, names) -> plt.Figure:
+    """Rows of image | concept mask (when given) | one relevance overlay per model, titled with its prediction."""
+    first = 1 if concept is None else 2
+    fig, axes = plt.subplots(len(images), first + len(maps), figsize=(1.6 * (first + len(maps)), 1.7 * len(images)),
+                             squeeze=False)
+    for r, fixed in enumerate(fixed_flags):
         axes[r, 0].imshow(images[r])
         axes[r, 0].set_title(f"{names[labels[r]]}{' (corrected)' if fixed else ''}", fontsize=6)
-        axes[r, 1].imshow(images[r])
-        axes[r, 1].imshow(np.ma.masked_where(~concept[r], concept[r]), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
-        axes[r, 1].set_title("concept parts", fontsize=6)
-        for c, (key, (rel, pred)) in enumerate(maps.items(), start=2):
+        if concept is not None:
+            axes[r, 1].imshow(images[r])
+            axes[r, 1].imshow(np.ma.masked_where(~concept[r], concept[r]), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+            axes[r, 1].set_title("concept parts", fontsize=6)
+        for c, (key, (rel, pred)) in enumerate(maps.items(), start=first):
             axes[r, c].imshow(images[r])
             axes[r, c].imshow(rel[r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
             mark = "✓" if pred[r] == labels[r] else "✗"

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cftlib import benchmarks
+from conftest import ROOT
 
 
 def _png(path, rgb, size=(12, 10)):
@@ -177,15 +178,144 @@ def test_missing_dataset_names_it_where_to_get_it_and_the_layout(tmp_path):
         benchmarks.load("imagenet-a", tmp_path)
 
 
-def test_evaluate_model_scores_each_benchmark_under_each_protocol(tmp_path):
+def test_evaluate_model_scores_each_benchmark_protocol_and_class_group(tmp_path):
     from cftlib import config
 
     syn, sub = benchmarks.imagenet_synsets(), benchmarks.subset_indices("r")
-    r = int(sub[0])
+    r, r2 = int(sub[0]), int(sub[1])
     _png(tmp_path / "r" / syn[r] / "10.png", (10,) * 3)
+    _png(tmp_path / "r" / syn[r2] / "30.png", (30,) * 3)
     _png(tmp_path / "v2" / "3" / "20.png", (20,) * 3)
-    model = Lookup({10: _logits(0, r), 20: _logits(3)})
-    cfg = config.parse({"evaluate": {"benchmarks": {"imagenet_r": str(tmp_path / "r"), "imagenet_v2": str(tmp_path / "v2")}}}).evaluate
-    rows = {(x["benchmark"], x["protocol"]): x["top1"] for x in benchmarks.evaluate_model(model, cfg, "attnlrp")}
-    assert rows == {("imagenet_r", "chefer"): 0.0, ("imagenet_r", "standard"): 1.0,
-                    ("imagenet_v2", "chefer"): 1.0, ("imagenet_v2", "standard"): 1.0}
+    model = Lookup({10: _logits(0, r), 20: _logits(3), 30: _logits(r2)})
+    cfg = config.parse({"evaluate": {"benchmarks": {"imagenet_r": str(tmp_path / "r"),
+                                                    "imagenet_v2": str(tmp_path / "v2")}}}).evaluate
+    benches = {n: benchmarks.load(n, root) for n, root in cfg.benchmarks.items()}
+    rows = benchmarks.evaluate_model(model, benches, np.array([r, 3]), cfg, "attnlrp")
+    got = {(x["benchmark"], x["protocol"], x["group"]): (x["images"], x["top1"]) for x in rows}
+    assert got == {("imagenet_r", "chefer", "all"): (2, 0.5), ("imagenet_r", "chefer", "seen"): (1, 0.0),
+                   ("imagenet_r", "chefer", "unseen"): (1, 1.0),
+                   ("imagenet_r", "standard", "all"): (2, 1.0), ("imagenet_r", "standard", "seen"): (1, 1.0),
+                   ("imagenet_r", "standard", "unseen"): (1, 1.0),
+                   ("imagenet_v2", "chefer", "all"): (1, 1.0), ("imagenet_v2", "chefer", "seen"): (1, 1.0),
+                   ("imagenet_v2", "standard", "all"): (1, 1.0), ("imagenet_v2", "standard", "seen"): (1, 1.0)}
+
+
+def test_sample_is_a_seeded_choice_of_the_sorted_paths(tmp_path):
+    syn = benchmarks.imagenet_synsets()
+    for c in (5, 1):
+        for i in range(4):
+            _png(tmp_path / syn[c] / f"{i}.png", (i,) * 3)
+    bench = benchmarks.imagenet_val(tmp_path)
+    a, b = benchmarks.sample(bench, 3, seed=0), benchmarks.sample(bench, 3, seed=0)
+    assert a.paths == b.paths and len(a) == 3
+    assert a.paths == sorted(a.paths) and set(a.paths) <= set(bench.paths)
+    assert [bench.labels[bench.paths.index(p)] for p in a.paths] == a.labels.tolist()
+    seeds = {tuple(benchmarks.sample(bench, 3, seed=s).paths) for s in range(10)}
+    assert len(seeds) > 1  # the seed matters
+    assert benchmarks.sample(bench, 0, seed=0).paths == sorted(bench.paths)  # 0: all
+    assert benchmarks.sample(bench, 99, seed=0).paths == sorted(bench.paths)
+
+
+def test_shards_are_whole_batches_covering_every_image_once():
+    n, bs = 11, 3
+    one = benchmarks.shard(n, bs)
+    assert one == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    two = benchmarks.shard(n, bs, 0, 2) + benchmarks.shard(n, bs, 1, 2)
+    assert sorted(two) == one  # the same batches, dealt round robin
+    assert benchmarks.shard(2, bs, 1, 2) == []
+
+
+# ----------------------------------------------------------------------------- the CLI, in one process and two
+
+def _mat(path, imgs, gts):
+    """A gtsegs_ijcv.mat in MATLAB v7.3's layout: cell arrays of references, arrays transposed."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        img_refs = f.create_dataset("/value/img", (len(imgs), 1), dtype=h5py.ref_dtype)
+        gt_refs = f.create_dataset("/value/gt", (len(imgs), 1), dtype=h5py.ref_dtype)
+        for i, (im, gt) in enumerate(zip(imgs, gts)):
+            img_refs[i, 0] = f.create_dataset(f"#refs#/img{i}", data=im.transpose(2, 1, 0)).ref
+            inner = f.create_dataset(f"#refs#/gt{i}", data=gt.transpose(1, 0)).ref
+            cell = f.create_dataset(f"#refs#/cell{i}", (1, 1), dtype=h5py.ref_dtype)
+            cell[0, 0] = inner
+            gt_refs[i, 0] = cell.ref
+
+
+def _paper_tree(tmp_path):
+    """Tiny timm ViT and CNN runs with 1000 outputs, ImageNet val / -A / ObjectNet / segmentation fakes, a mask
+    store whose class_index maps store label 0 to ImageNet class 1, and a paper-profile params file."""
+    import yaml
+
+    from cftlib import models
+
+    rng = np.random.default_rng(0)
+    syn, sub = benchmarks.imagenet_synsets(), benchmarks.subset_indices("a")
+
+    def img(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (rng.integers(14, 24), rng.integers(14, 24), 3)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+
+    for c in (1, 2):
+        for i in range(3):
+            img(tmp_path / "val" / syn[c] / f"{i}.png")
+    for c in sub[:2]:
+        for i in range(2):
+            img(tmp_path / "a" / syn[c] / f"{i}.png")
+    _objectnet(tmp_path / "objectnet")
+    for folder in ("alarm_clock", "banana"):
+        img(tmp_path / "objectnet" / "images" / folder / "0.png")
+    _mat(tmp_path / "seg.mat", [rng.integers(0, 256, (20, 18, 3), dtype=np.uint8) for _ in range(3)],
+         [np.pad(np.ones((8, 8), np.uint8), 5)[:20, :18] for _ in range(3)])
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "manifest.json").write_text(json.dumps(
+        {"header": {"class_index": [1, 7]}, "items": [{"split": "train", "label": 0}, {"split": "val", "label": 1}]}))
+    torch.manual_seed(0)
+    vit = dict(name="vit_tiny_patch16_224", num_classes=1000, img_size=224,
+               kwargs=dict(patch_size=32, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0))
+    cnn = dict(name="resnet10t", num_classes=1000, img_size=None, kwargs=dict(channels=[4, 4, 4, 4], stem_width=4))
+    for model, arm, build in (("vit", "none", vit), ("vit", "cft", vit), ("cnn", "none", cnn)):
+        m = models.build_model(build["name"], build["num_classes"], build["img_size"], **build["kwargs"])
+        models.save_checkpoint(tmp_path / "runs" / model / arm / "seed0" / "best.pt", m.eval(), build)
+    P = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
+    P["base"]["threads"] = 1
+    P["finetune"].update(arms=["none", "cft"], seeds=1)
+    P["finetune"]["cnn"]["arms"] = ["none"]
+    P["evaluate"].update(benchmarks={"imagenet_val": str(tmp_path / "val"), "imagenet_a": str(tmp_path / "a"),
+                                     "objectnet": str(tmp_path / "objectnet")},
+                         segmentation=str(tmp_path / "seg.mat"), benchmark_images=5, batch_size=2, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(P))
+    return ["--params", str(tmp_path / "params.yaml"), "--runs", str(tmp_path / "runs"), "--masks",
+            str(tmp_path / "masks")]
+
+
+@pytest.mark.slow
+def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(tmp_path):
+    import pandas as pd
+
+    from cftlib import launch
+
+    args = _paper_tree(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "one.csv")], 1)
+    finally:
+        torch.set_num_threads(threads)
+    launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "two.csv")], 2)  # torchrun, gloo
+    one = (tmp_path / "one.csv").read_bytes()
+    assert one == (tmp_path / "two.csv").read_bytes()
+    r = pd.read_csv(tmp_path / "one.csv")
+    assert list(r.columns) == list(benchmarks.RESULTS)
+    cls = r[r["benchmark"] != benchmarks.SEGMENTATION]
+    # 3 runs × 3 benchmarks × 2 protocols; ImageNet val holds seen class 1 and unseen class 2, the others no seen one
+    assert len(cls[cls["group"] == "all"]) == 3 * 3 * 2
+    val = cls[(cls["benchmark"] == "imagenet_val") & (cls["protocol"] == "chefer")].set_index(["model", "arm", "group"])
+    assert val.loc[("vit", "cft", "all"), "images"] == 5  # benchmark_images: 5 of 6
+    assert val.loc[("vit", "cft", "seen"), "images"] + val.loc[("vit", "cft", "unseen"), "images"] == 5
+    assert set(cls.loc[cls["benchmark"] == "imagenet_a", "group"]) == {"all", "unseen"}
+    assert len(cls[cls["benchmark"] == "objectnet"]) == 3 * 2 * 2  # its 2 mapped images: all + unseen
+    seg = r[r["benchmark"] == benchmarks.SEGMENTATION].set_index(["model", "arm"])
+    assert len(seg) == 3 and (seg["images"] == 3).all()
+    assert seg.loc[("vit", "none"), "method"] == "attnlrp" and seg.loc[("cnn", "none"), "method"] == "gradcam"
+    assert seg[["pixAcc", "mIoU", "mAP"]].notna().all().all()

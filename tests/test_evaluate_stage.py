@@ -55,3 +55,39 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
     claims = (proj / "reports" / "claims.md").read_text()
     assert set(json.loads((proj / "metrics" / "ablations.json").read_text())) == {"k", "mask noise", "relevance"}
     assert claims.count("| holds |") + claims.count("| does not hold |") + claims.count("| not testable here |") == 10
+
+
+@pytest.mark.slow
+def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_path):
+    """Notebooks 04 and 05 on a tiny paper-scale tree (test_benchmarks._paper_tree: ImageNet val, -A, ObjectNet,
+    ImageNet-Segmentation fakes, tiny timm runs): every declared output written, from the benchmarks."""
+    import pandas as pd
+
+    from test_benchmarks import _paper_tree
+
+    flags = _paper_tree(tmp_path)
+    args = dict(zip(flags[::2], flags[1::2]))
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "notebooks", proj / "notebooks")
+    shutil.copy(args["--params"], proj / "params.yaml")
+    (proj / "models").mkdir()
+    (proj / "data").mkdir()
+    shutil.move(args["--runs"], proj / "models" / "finetune")
+    shutil.move(args["--masks"], proj / "data" / "masks")
+    nbrun.run(proj / "notebooks" / "04_evaluate.ipynb", proj / "executed" / "04_evaluate.ipynb", {"progress": False},
+              cwd=proj)
+    nbrun.run(proj / "notebooks" / "05_figures.ipynb", proj / "executed" / "05_figures.ipynb", cwd=proj)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for out in _outs(stages["evaluate"]) + _outs(stages["figures"]):
+        assert (proj / out).exists(), out
+    acc = pd.read_csv(proj / "plots" / "evaluate_accuracy.csv")
+    assert set(acc["split"]) == {"imagenet_val", "imagenet_a", "objectnet"} and set(acc["model"]) == {"vit", "cnn"}
+    gaps = pd.read_csv(proj / "plots" / "evaluate_gaps.csv")
+    assert set(gaps["split"]) == {"imagenet_a", "objectnet"}
+    assert set(pd.read_csv(proj / "plots" / "evaluate_alignment.csv")["split"]) == {"imagenet_segmentation"}
+    tables = {p.name for p in (proj / "reports" / "tables").iterdir()}
+    assert {"accuracy.md", "accuracy_standard.md", "gaps.md", "alignment.md", "seen_unseen.md"} <= tables
+    claims = (proj / "reports" / "claims.md").read_text()
+    assert "OOD accuracy on ImageNet-A" in claims and "not testable at this scale" in claims
+    metrics = json.loads((proj / "metrics" / "evaluate.json").read_text())
+    assert "imagenet_segmentation" in metrics["vit"]["cft"]["alignment"]

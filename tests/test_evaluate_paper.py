@@ -1,0 +1,170 @@
+"""At paper scale the evaluate and figures stages reuse the world's code: the benchmarks' results become the same
+long frames (first protocol, the others apart, ImageNet-Segmentation as alignment with NaN concept metrics),
+gaps are taken against ImageNet val, claims are decided on the benchmarks with known answers, seen classes are
+ImageNet indices, and every figure is drawn from tiny synthetic inputs."""
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cftlib import benchmarks, config, evaluate, figures, report
+from conftest import ROOT
+
+GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_a": [0.10, 0.12, 0.11], "objectnet": [0.02, -0.03, 0.01]}
+
+
+@pytest.fixture(scope="module")
+def P():
+    return config.load(ROOT / "profiles" / "paper.yaml")
+
+
+def _results():
+    """Rows of `python -m cftlib.benchmarks`: vit none/cft/cft_fgmask and cnn none/cft, 3 seeds."""
+    rows = []
+    for (model, arm), seed, bench, protocol, group in itertools.product(
+            (("vit", "none"), ("vit", "cft"), ("vit", "cft_fgmask"), ("cnn", "none"), ("cnn", "cft")), range(3), GAIN,
+            ("chefer", "standard"), ("all", "seen", "unseen")):
+        top1 = 0.6 + (GAIN[bench][seed] if arm == "cft" else 0.0) + (0.05 if protocol == "standard" else 0.0)
+        rows.append(dict(model=model, arm=arm, seed=seed, benchmark=bench, protocol=protocol, group=group, images=10,
+                         top1=top1, top5=0.9, method=None, pixAcc=None, mIoU=None, mAP=None))
+        if bench == "imagenet_val" and protocol == "chefer" and group == "all":
+            rows.append(dict(model=model, arm=arm, seed=seed, benchmark=benchmarks.SEGMENTATION, protocol="chefer",
+                             group="all", images=4, top1=None, top5=None, method="attnlrp",
+                             pixAcc=0.7 + 0.1 * (arm == "cft"), mIoU=0.5 + 0.01 * seed, mAP=0.8))
+    return pd.DataFrame(rows, columns=list(benchmarks.RESULTS))
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    path = tmp_path_factory.mktemp("res") / "results.csv"
+    _results().to_csv(path, index=False)  # through a CSV, as the notebook reads it
+    return benchmarks.frames(pd.read_csv(path), ["chefer", "standard"])
+
+
+def test_frames_have_the_worlds_columns(frames):
+    acc, others, align = frames
+    assert list(acc.columns) == ["model", "arm", "seed", "split", "group", "top1", "top5"]
+    assert set(acc["split"]) == set(GAIN) and len(acc) == 5 * 3 * 3 * 3
+    assert np.allclose(others["top1"], acc["top1"] + 0.05)  # the standard rows, in the same order
+    assert list(others.columns) == ["model", "arm", "seed", "protocol", "split", "group", "top1", "top5"]
+    assert set(others["protocol"]) == {"standard"}
+    assert list(align.columns) == ["model", "arm", "seed", "split", "method", *evaluate.ALIGNMENT]
+    assert set(align["split"]) == {benchmarks.SEGMENTATION} and len(align) == 15
+    assert align[list(evaluate.ALIGNMENT[3:])].isna().all().all() and align["pixAcc"].notna().all()
+
+
+def test_roles_world_and_paper(P):
+    w = evaluate.roles(config.parse({}))
+    assert (w.reference, w.focus, w.chance) == ("test", "bg_conflict", 0.1) and "test" not in w.ood
+    p = evaluate.roles(P)
+    assert p.reference == "imagenet_val" and p.splits[0] == "imagenet_val" and p.focus == "imagenet_a"
+    assert p.ood == [b for b in P.evaluate.benchmarks if b != "imagenet_val"] and p.chance is None
+
+
+def test_gaps_against_imagenet_val(frames, P):
+    acc = frames[0]
+    gaps = evaluate.gaps_frame(acc, "imagenet_val", ["imagenet_a", "objectnet"])
+    assert set(gaps["split"]) == {"imagenet_a", "objectnet"} and len(gaps) == 5 * 3 * 2
+    g = gaps.set_index(["model", "arm", "seed", "split"])["gap"]
+    assert g[("vit", "cft", 1, "imagenet_a")] == pytest.approx(GAIN["imagenet_val"][1] - GAIN["imagenet_a"][1])
+
+
+def test_seen_classes_are_model_outputs_through_the_class_index(tmp_path):
+    items = [{"split": "train", "label": 0}, {"split": "train", "label": 2}, {"split": "val", "label": 1}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"header": {"class_index": [7, 300, 42]}, "items": items}))
+    assert evaluate.seen_classes(tmp_path).tolist() == [7, 42]
+    (tmp_path / "manifest.json").write_text(json.dumps({"header": {}, "items": items}))
+    assert evaluate.seen_classes(tmp_path).tolist() == [0, 2]  # no index: the labels are the outputs
+
+
+def _paper_params(**evaluate_):
+    data = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
+    data["evaluate"].update(evaluate_)
+    return config.parse(data)
+
+
+def test_claims_on_the_benchmarks(frames, tmp_path):
+    acc, _, align = frames
+    P = _paper_params(benchmarks={b: f"/data/{b}" for b in GAIN})
+    rows = {r["claim"]: r for r in report.claims(acc, align, P)}
+
+    def find(text):
+        (row,) = [r for c, r in rows.items() if text in c]
+        return row
+
+    assert find("OOD accuracy on ImageNet-A")["verdict"] == report.HOLDS  # +11 ± 2.5 points
+    assert find("OOD accuracy on ObjectNet")["verdict"] == report.FAILS  # 0 ± 6.3
+    assert "not measured" in find("OOD accuracy on ImageNet-A")["evidence"]  # no robustvit arm
+    assert find("in-distribution accuracy (ImageNet val)")["verdict"] == report.HOLDS
+    part = find("semantic parts")
+    assert part["verdict"] == report.UNTESTABLE and "not testable at this scale" in part["evidence"]
+    assert "whole-object pixAcc on `imagenet_segmentation`, CFT − base: +10.0" in part["evidence"]
+    d = evaluate.paired_difference(pd.concat([acc, report.ood_mean(acc, ["imagenet_a", "objectnet"])]), "top1", "cft",
+                                   "cft_fgmask", split="ood_mean", group="all")
+    assert d["mean"] == pytest.approx(np.mean([(GAIN["imagenet_a"][i] + GAIN["objectnet"][i]) / 2 for i in range(3)]))
+    assert find("segmentation (foreground) masks")["verdict"] == report.verdict(d)
+    assert find("suffice")["verdict"] == report.HOLDS and "ImageNet-A top-1 on unseen" in find("suffice")["evidence"]
+    assert find("CNN")["verdict"] == report.HOLDS
+    assert find("ImageNet-scale")["verdict"] == report.UNTESTABLE
+    assert len(rows) == 2 + 6  # one claim per OOD benchmark, then the six others
+    report.write_claims(tmp_path / "claims.md", acc, align, P)
+    text = (tmp_path / "claims.md").read_text()
+    assert "Accuracy under the `chefer` protocol." in text and "synthetic bird world" not in text
+    assert "pretrained `vit_b`" in text
+
+
+def test_tables_and_metrics_from_the_paper_frames(frames, tmp_path):
+    acc, others, align = frames
+    s = evaluate.summarise(acc, ["model", "arm", "split", "group"], ["top1", "top5"])
+    t = report.main_table(s, list(GAIN))
+    assert list(t.columns) == list(GAIN) and t.loc["vit / cft", "imagenet_a"] == "71.0 ± 2.5"
+    metrics = [m for m in evaluate.ALIGNMENT if align[m].notna().any()]
+    assert metrics == ["pixAcc", "mIoU", "mAP"]
+    a = evaluate.summarise(align, ["model", "arm", "split"], metrics)
+    assert report.table(a, metrics, ["split"]).shape == (5, 3)
+    assert report.table(evaluate.summarise(acc.iloc[:0], ["arm"], ["top1"]), ["top1"], ["split"]).empty
+    g = evaluate.summarise(evaluate.gaps_frame(acc, "imagenet_val", ["imagenet_a"]), ["model", "arm", "split"], ["gap"])
+    m = json.loads(json.dumps(report.metrics(s, g, a), allow_nan=False))
+    assert set(m["vit"]["cft"]["alignment"][benchmarks.SEGMENTATION]) >= {"pixAcc", "mIoU_ci"}
+
+
+def test_figures_at_paper_scale(frames, tmp_path):
+    acc, _, align = frames
+    splits = list(GAIN)
+    figures.save(figures.arm_bars(acc[acc["group"] == "all"], "top1", splits, title="top-1 per benchmark"),
+                 tmp_path / "accuracy.png")
+    gaps = evaluate.gaps_frame(acc, "imagenet_val", splits[1:])
+    figures.save(figures.arm_bars(gaps, "gap", splits), tmp_path / "gaps.png")
+    figures.save(figures.alignment_bars(align[align["model"] == "vit"], ["pixAcc", "mIoU", "mAP"]), tmp_path / "al.png")
+    figures.save(figures.alignment_bars(align.iloc[:0], []), tmp_path / "none.png")  # no segmentation configured
+    figures.save(figures.arm_bars(gaps.iloc[:0], "gap", splits), tmp_path / "empty.png")
+    for f in ("accuracy", "gaps", "al", "none", "empty"):
+        assert (tmp_path / f"{f}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_grid_shows_image_and_two_maps(tmp_path):
+    import torch
+    from PIL import Image
+
+    from cftlib import models
+
+    syn = benchmarks.imagenet_synsets()
+    for c in (3, 4):
+        (tmp_path / syn[c]).mkdir()
+        Image.new("RGB", (30, 24), (40 * c, 0, 0)).save(tmp_path / syn[c] / "0.png")
+    bench = benchmarks.imagenet_val(tmp_path)
+    torch.manual_seed(0)
+    vit = models.build_model("vit_tiny_patch16_224", 1000, 224, patch_size=32, embed_dim=16, depth=1, num_heads=2)
+    with torch.no_grad():  # a head that answers each image's class: every prediction right
+        vit.head.weight.zero_()
+        vit.head.bias.zero_()
+        vit.head.bias[3] = 1.0
+    fig = figures.benchmark_grid(vit, vit, bench.take([0]), 2, benchmarks.imagenet_names(), "attnlrp")
+    assert fig.axes[0].get_title() == "tiger shark" and len(fig.axes) == 3  # image | base | CFT
+    assert fig.axes[2].get_title().startswith("CFT: tiger shark ✓")
+    wrong = figures.benchmark_grid(vit, vit, bench.take([1]), 2, benchmarks.imagenet_names(), "attnlrp")
+    assert len(wrong.axes) == 1  # neither model right: a note
