@@ -67,6 +67,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     from .models import load_checkpoint
 
     if not variants(P):  # a profile without ablations (the paper profile): empty tables, the stage still completes
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # the stage's declared output
         return (pd.DataFrame(columns=["ablation", "value", "seed", "split", "group", "top1", "top5"]),
                 pd.DataFrame(columns=["ablation", "value", "seed", "split", "concept_mass"]))
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
