@@ -524,12 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m cftlib.benchmarks`: every run on the paper's benchmarks; under torchrun the images are
     sharded over the processes and rank 0 writes the results CSV."""
     import argparse
-    import os
 
     import pandas as pd
-    import torch.distributed as dist
 
-    from . import config
+    from . import config, launch
     from .evaluate import seen_classes
     from .finetune import plan
     from .io import write_csv
@@ -544,19 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     P = config.load(args.params)
-    dev = device(P.evaluate)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.set_num_threads(P.base.threads)
-    try:
+    cuda = P.evaluate.device == "cuda" or (P.evaluate.device == "auto" and torch.cuda.is_available())
+    with launch.distributed(cuda, "evaluate.processes"):
+        dev = device(P.evaluate)
         rows = evaluate_runs(plan(P.finetune, P.base.seed), args.runs, seen_classes(args.masks), P, dev, args.progress)
         if rank_world()[0] == 0:
             write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

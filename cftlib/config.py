@@ -4,7 +4,6 @@ once with a message naming the file and the dotted key (nanoGPT-configurator sty
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import config, fewshot, grounding, losses, models, relevance
+from . import config, fewshot, grounding, launch, losses, models, relevance
 from .io import atomic_path, write_csv, write_json
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
@@ -513,12 +513,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     P = config.load(args.params)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        dist.init_process_group("nccl" if _device(P.finetune).type == "cuda" else "gloo")
     torch.set_num_threads(P.base.threads)
-    try:
-        for a in args.arm or []:
-            get_arm(a)
+    for a in args.arm or []:
+        get_arm(a)
+    with launch.distributed(_device(P.finetune).type == "cuda", "finetune.processes"):
 
         def select(r: RunSpec) -> bool:
             return all(not want or got in want for want, got in ((args.model, r.model), (args.arm, r.arm),
@@ -527,9 +525,6 @@ def main(argv: list[str] | None = None) -> int:
         runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, select, args.progress)
         for spec in runs:
             fit(spec, *bases[spec.model], data, P.finetune, args.out, args.progress)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

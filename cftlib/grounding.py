@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import config, hub
+from . import config, hub, launch
 from .io import atomic_path, read_json, write_json
 from .world import PARTS, save_npz
 
@@ -473,7 +473,6 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
 def main(argv: list[str] | None = None) -> int:
     """`python -m cftlib.grounding`: the masks stage's grounding; under torchrun, one process per GPU."""
     import torch
-    import torch.distributed as dist
 
     ap = argparse.ArgumentParser(prog="python -m cftlib.grounding", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -484,20 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     P = config.load(args.params)
     torch.set_num_threads(P.base.threads)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        cuda = hub.device(P.masks.groundingsam.device).startswith("cuda") and torch.cuda.is_available()
-        if cuda:
-            rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-            if rank >= gpus:
-                raise GroundingError(f"masks.processes {os.environ['WORLD_SIZE']}: one process per GPU, and this "
-                                     f"machine has {gpus}; set masks.processes <= {gpus}")
-            torch.cuda.set_device(rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    try:
+    cuda = hub.device(P.masks.groundingsam.device).startswith("cuda") and torch.cuda.is_available()
+    with launch.distributed(cuda, "masks.processes"):
         run_stage(P, args.data, args.concepts, args.out, args.progress)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

@@ -4,8 +4,11 @@ the notebooks call `launch.run(module, args, processes)` so the same DVC stage s
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class LaunchError(RuntimeError):
@@ -31,3 +34,27 @@ def run(module: str, args: list[str], processes: int = 1) -> None:
     if done.returncode:
         tail = (done.stdout + done.stderr)[-4000:]
         raise LaunchError(f"{' '.join(cmd)} exited with {done.returncode}:\n{tail}")
+
+
+@contextmanager
+def distributed(cuda: bool, what: str) -> Iterator[None]:
+    """Under torchrun (WORLD_SIZE > 1), a process group for the block, destroyed after: NCCL on this process's
+    GPU (cuda:LOCAL_RANK) when `cuda`, else gloo; outside torchrun, nothing. `what` names the params key of
+    the process count, for the error when there are more processes than GPUs."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        if cuda:
+            rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if rank >= gpus:
+                raise LaunchError(f"{what}: {world} processes, one per GPU, and this machine has {gpus}; "
+                                  f"set {what} <= {gpus}")
+            torch.cuda.set_device(rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

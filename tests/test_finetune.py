@@ -359,3 +359,19 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
     whole, killed = SPEC.folder(tmp_path / "whole"), SPEC.folder(tmp_path / "killed")
     for name in ("history.csv", "epochs.csv"):
         assert (whole / name).read_text() == (killed / name).read_text(), name
+
+
+def test_distributed_is_a_no_op_outside_torchrun_and_refuses_more_processes_than_gpus(monkeypatch):
+    import torch.distributed as dist
+
+    from cftlib import launch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with launch.distributed(cuda=False, what="finetune.processes"):
+        assert not dist.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(launch.LaunchError, match=r"finetune.processes: 2 processes, one per GPU.*has 1"):
+        with launch.distributed(cuda=True, what="finetune.processes"):
+            pass
