@@ -142,7 +142,7 @@ def _image_dir(stage: str, c: config.Concepts) -> Check:
                           ("your images", "<image_dir>/<class>/<image>"), None, 0)
 
 
-def _benchmark(name: str, root: str) -> Check:
+def _benchmark(stage: str, name: str, root: str) -> Check:
     from . import benchmarks as B
 
     key = f"evaluate.benchmarks.{name}"
@@ -153,20 +153,20 @@ def _benchmark(name: str, root: str) -> Check:
                  "imagenet_to_label_2012_v2")
         absent = [f for f in files if not (mappings / f).is_file()]
         if Path(root).expanduser().is_dir() and absent:
-            return Check("evaluate", "data", key, False, f"{mappings}: missing {', '.join(absent)}. Get {source[0]}; "
+            return Check(stage, "data", key, False, f"{mappings}: missing {', '.join(absent)}. Get {source[0]}; "
                                                          f"expected layout: {source[1]}")
-        return _class_folders("evaluate", key, str(Path(root) / "images"), source, None, 313)
+        return _class_folders(stage, key, str(Path(root) / "images"), source, None, 313)
     if name.startswith("si_"):
         subset = name[3:]
-        return _class_folders("evaluate", key, str(Path(root) / subset), B.SOURCES["si_score"],
+        return _class_folders(stage, key, str(Path(root) / subset), B.SOURCES["si_score"],
                               set(B.si_score_labels()), 0)
     if name == "imagenet_v2":
-        return _class_folders("evaluate", key, root, B.SOURCES[name], {str(i) for i in range(1000)}, 1000)
+        return _class_folders(stage, key, root, B.SOURCES[name], {str(i) for i in range(1000)}, 1000)
     synsets = B.imagenet_synsets()
     if name == "imagenet_val":
-        return _class_folders("evaluate", key, root, B.SOURCES[name], set(synsets), 1000)
+        return _class_folders(stage, key, root, B.SOURCES[name], set(synsets), 1000)
     subset = {synsets[i] for i in B.subset_indices(name[-1])}  # imagenet_a, imagenet_r
-    return _class_folders("evaluate", key, root, B.SOURCES[name], subset, 200)
+    return _class_folders(stage, key, root, B.SOURCES[name], subset, 200)
 
 
 def _segmentation(path: str) -> Check:
@@ -243,7 +243,7 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
     if stage in ("world", "concepts", "masks", "finetune") and real:
         out.append(_image_dir(stage, P.concepts))
     if stage == "world" and real:  # 00_imagenet scores the base model on the benchmarks
-        out += [_benchmark(name, root) for name, root in P.evaluate.benchmarks.items()]
+        out += [_benchmark(stage, name, root) for name, root in P.evaluate.benchmarks.items()]
         out.append(_device(stage, "evaluate.device", P.evaluate.device, real))
     if stage == "concepts":
         if P.concepts.proposer == "llm":
@@ -266,7 +266,7 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
         out += _processes(stage, "finetune.processes", f.processes)
     if stage == "evaluate":
         e = P.evaluate
-        out += [_benchmark(name, root) for name, root in e.benchmarks.items()]
+        out += [_benchmark(stage, name, root) for name, root in e.benchmarks.items()]
         if e.segmentation:
             out += [_package(stage, H5PY), _segmentation(e.segmentation)]
         out.append(_device(stage, "evaluate.device", e.device, real))

@@ -91,6 +91,7 @@ def test_paper_profile_on_a_bare_machine_lists_every_missing_piece(tmp_path, bar
     assert dev.ok and dev.warning and "CPU" in dev.detail
     # each piece once, under the first stage that needs it
     assert [c.stage for c in found if c.name == "concepts.image_dir"] == ["world"]  # 00_imagenet lists it first
+    assert {c.stage for c in found if c.name.startswith("evaluate.benchmarks.")} == {"world"}  # and scores them
     assert by_name(found)["masks.groundingsam.detector"].stage == "masks"
 
 
