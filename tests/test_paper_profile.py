@@ -30,14 +30,22 @@ def _outputs(dataset: str) -> list[str]:
     return found
 
 
-@pytest.mark.slow
-def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes):
+def _on(params: dict, device: str) -> dict:
+    """The fake paper profile with every device key set to `device` (cuda: autocast on, as the profile has it)."""
+    params["concepts"]["llm"]["device"] = params["masks"]["groundingsam"]["device"] = device
+    params["finetune"]["device"] = params["evaluate"]["device"] = device
+    return params
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
     proj = tmp_path / "proj"
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
     for folder in ("notebooks", "cftlib"):
         shutil.copytree(ROOT / folder, proj / folder, ignore=ignore)
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
-    (proj / "params.yaml").write_text(yaml.safe_dump(paper_params(paper_fakes), sort_keys=False))
+    (proj / "params.yaml").write_text(yaml.safe_dump(_on(paper_params(paper_fakes), device), sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj)}
 
