@@ -11,8 +11,12 @@ from cftlib.concepts import ClassInfo, ConceptError
 
 
 def _cfg(**kw):
-    grounder = "world" if kw.get("dataset", "world") == "world" else "groundingsam"
-    return config.parse({"concepts": kw, "masks": {"grounder": grounder}}).concepts
+    if kw.get("dataset", "world") == "world":
+        return config.parse({"concepts": kw}).concepts
+    return config.parse({"concepts": kw, "masks": {"grounder": "groundingsam"}, "pretrain": {"zoo": "vit_b"},
+                         "finetune": {"cnn": {"arms": []}}, "ablations": {"k": [], "noise": [], "relevance": []},
+                         "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "-"}}}
+                        ).concepts
 
 
 # ----------------------------------------------------------------------------- fieldguide
