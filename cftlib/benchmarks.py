@@ -477,16 +477,30 @@ def device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
+def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
+    """The cache file of one model's rows: named by the hash of everything that decides them."""
+    if cache_dir is None:
+        return None
+    import hashlib
+    import json
+
+    return Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+
+
 def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torch.device | str = "cpu",
-                  progress: bool = False) -> list[dict]:
+                  progress: bool = False, cache_dir: str | Path | None = None) -> list[dict]:
     """Result rows (RESULTS) of every fine-tuning run's selected checkpoint on every configured benchmark
     (a seeded sample of `evaluate.benchmark_images` each) and on ImageNet-Segmentation. Maps use
     `evaluate.relevance` where it explains the model, else the run's own method (the CNN's Grad-CAM); runs
-    with identical weights are computed once. Rank 0 gets the rows, other processes []."""
+    with identical weights are computed once. With `cache_dir`, each model's rows are kept there under the
+    hash of its weights, the evaluate params, seed, seen classes and device, so an interrupted stage resumes
+    at the first model not yet scored. Rank 0 gets the rows, other processes []."""
     from tqdm import tqdm
 
+    from .config import as_dict
     from .evaluate import explainer, weights_digest
     from .finetune import load_run
+    from .io import read_json, write_json
 
     E = P.evaluate
     benches = {name: sample(load(name, root), E.benchmark_images, P.base.seed) for name, root in E.benchmarks.items()}
@@ -496,9 +510,15 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
     for spec in tqdm(runs, desc="benchmarks", disable=not progress or rank_world()[0] > 0, leave=False):
         model, build = load_run(spec, finetune_dir)
         key = weights_digest(model)
+        method = explainer(model, E.relevance, spec.relevance)
+        cached = _cached(cache_dir, {"weights": key, "method": method, "evaluate": as_dict(E), "seed": P.base.seed,
+                                     "seen": [int(c) for c in seen], "device": torch.device(dev).type})
+        if key not in done and cached is not None and cached.is_file():
+            done[key] = read_json(cached)
         if key not in done:
-            done[key] = evaluate_model(model.to(dev), benches, seen, E, explainer(model, E.relevance, spec.relevance),
-                                       seg, P.base.threads, build)
+            done[key] = evaluate_model(model.to(dev), benches, seen, E, method, seg, P.base.threads, build)
+            if cached is not None and rank_world()[0] == 0:
+                write_json(cached, done[key])
         rows += [{"model": spec.model, "arm": spec.arm, "seed": spec.seed, **r} for r in done[key]]
     return rows
 
@@ -539,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="models/finetune", help="the finetune stage's output folder")
     ap.add_argument("--masks", default="data/masks", help="the mask store (its training classes are 'seen')")
     ap.add_argument("--out", required=True, help="results CSV (written by rank 0, atomically)")
+    ap.add_argument("--cache", help="keep each model's rows here, so an interrupted run resumes (e.g. cache/benchmarks)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     P = config.load(args.params)
@@ -546,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = P.evaluate.device == "cuda" or (P.evaluate.device == "auto" and torch.cuda.is_available())
     with launch.distributed(cuda, "evaluate.processes"):
         dev = device(P.evaluate)
-        rows = evaluate_runs(plan(P.finetune, P.base.seed), args.runs, seen_classes(args.masks), P, dev, args.progress)
+        rows = evaluate_runs(plan(P.finetune, P.base.seed), args.runs, seen_classes(args.masks), P, dev, args.progress,
+                             args.cache)
         if rank_world()[0] == 0:
             write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))
     return 0

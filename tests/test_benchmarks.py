@@ -319,3 +319,28 @@ def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(t
     assert len(seg) == 3 and (seg["images"] == 3).all()
     assert seg.loc[("vit", "none"), "method"] == "attnlrp" and seg.loc[("cnn", "none"), "method"] == "gradcam"
     assert seg[["pixAcc", "mIoU", "mAP"]].notna().all().all()
+
+
+@pytest.mark.slow
+def test_cli_resumes_from_its_cache_and_recomputes_when_the_params_change(tmp_path, monkeypatch):
+    import yaml
+
+    from cftlib import launch
+
+    args = _paper_tree(tmp_path) + ["--cache", str(tmp_path / "cache")]
+    threads = torch.get_num_threads()
+    try:
+        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "first.csv")], 1)
+        assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # one per distinct model (none shares weights)
+        computed = []
+        real = benchmarks.evaluate_model
+        monkeypatch.setattr(benchmarks, "evaluate_model", lambda *a, **k: computed.append(1) or real(*a, **k))
+        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "again.csv")], 1)
+        assert not computed and (tmp_path / "again.csv").read_bytes() == (tmp_path / "first.csv").read_bytes()
+        P = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        P["evaluate"]["benchmark_images"] = 4
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(P))
+        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "other.csv")], 1)
+        assert len(computed) == 3  # another sample: nothing reused
+    finally:
+        torch.set_num_threads(threads)

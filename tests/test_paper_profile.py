@@ -74,5 +74,6 @@ def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
     assert set(acc["split"]) == bench and set(acc["model"]) == {"vit", "cnn"}
     claims = (proj / "reports" / "claims.md").read_text()
     assert "CFT improves OOD accuracy on ImageNet-A" in claims and "imagenet_segmentation" in claims
+    assert len(list((proj / "cache" / "benchmarks").glob("*.json"))) >= 2  # per-model results: a re-run resumes
     again = run(DVC, "status")
     assert again.returncode == 0 and "up to date" in again.stdout, again.stdout  # nothing half-written or dirty
