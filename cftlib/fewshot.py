@@ -112,15 +112,18 @@ class Pool:
 
 
 def load(store_dir: str | Path, split: str, pool: Pool) -> dict:
-    """The few-shot data for fine-tuning: images, binary concept masks (the union M) and labels of the
-    items the masks stage kept in `split` (train or val), as lists in store order, plus their ids."""
+    """The few-shot data for fine-tuning: images, binary concept masks (the union M), foreground masks (real
+    images: the store's; None for the world, whose silhouette is exact) and labels of the items the masks
+    stage kept in `split` (train or val), as lists in store order, plus their ids."""
     from .grounding import load_store, read_masks
 
-    out = {"images": [], "masks": [], "labels": [], "ids": []}
+    out = {"images": [], "masks": [], "foregrounds": [], "labels": [], "ids": []}
     for r in load_store(store_dir)["items"]:
         if r["split"] == split and r["action"] != "dropped":
             out["images"].append(pool.item(int(r["id"]), split)["image"])
-            out["masks"].append(read_masks(store_dir, r)["union"].astype(bool))
+            m = read_masks(store_dir, r)
+            out["masks"].append(m["union"].astype(bool))
+            out["foregrounds"].append(m["foreground"].astype(bool) if "foreground" in m else None)
             out["labels"].append(r["label"])
             out["ids"].append(r["id"])
     return out

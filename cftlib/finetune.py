@@ -164,9 +164,10 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
             raise FinetuneError(f"{masks_dir}: no {split} image left (all dropped by masks.policy?)")
         x, concept = _tensors([d["images"][i] for i in keep], [d["masks"][i] for i in keep], size)
         fg = None
-        if foreground is not None:
+        if foreground is not None:  # the store's (real images), else `foreground` (the world's silhouette)
             fg = _tensors([d["images"][i] for i in keep],
-                          [foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
+                          [d["foregrounds"][i] if d["foregrounds"][i] is not None
+                           else foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
         data[split] = {"x": x, "y": torch.tensor([int(pool.class_index[d["labels"][i]]) for i in keep]), "concept": concept,
                        "foreground": fg, "ids": [d["ids"][i] for i in keep]}
         counts[split] = {"images": len(keep), "flags": {f: sum(r["flag"] == f for r in recs) for f in grounding.FLAGS},

@@ -278,13 +278,17 @@ def ground_items(items, bank: dict, cfg: config.Masks, seed: int, grounder=None,
                  progress: bool = False):
     """Ground each item {split, id, label, source, image, parts (or None), key} with its class's concepts.
     Yields (record, arrays) in item order: record = {split, id, label, source, flag, fraction, action,
-    concepts: [{text, weight, fraction}], iou (with `truth`)}; arrays = {union, weighted, concepts} (None when
-    dropped). A grounder with `many(jobs)` and `window` gets `window` items at a time (GroundingSAM batches
-    them). `masks.policy` decides what a non-ok mask becomes: kept, dropped, or replaced by `fallback`'s mask."""
+    concepts: [{text, weight, fraction}], iou (with `truth`)}; arrays = {union, weighted, concepts, and on real
+    images (no part map) foreground: the whole object, RobustViT's target, grounded once here rather than by
+    every fine-tuning process} (None when dropped). A grounder with `many(jobs)` and `window` gets `window`
+    items at a time (GroundingSAM batches them). `masks.policy` decides what a non-ok mask becomes: kept,
+    dropped, or replaced by `fallback`'s mask."""
     from tqdm import tqdm
 
     spec = GROUNDERS[cfg.grounder]
     grounder, fallback = grounder or spec.build(cfg, seed), fallback or Foreground(cfg.groundingsam)
+    if isinstance(grounder, GroundingSAM) and isinstance(fallback, Foreground) and fallback._gsam is None:
+        fallback._gsam = grounder  # one copy of the models in memory
     many = getattr(grounder, "many", None)
     items = iter(tqdm(items, desc="masks", disable=not progress, leave=False))
     while chunk := list(islice(items, getattr(grounder, "window", 1) if many else 1)):
@@ -322,6 +326,8 @@ def _record(it: dict, job: dict, weights: list[float], masks: np.ndarray, cfg: c
         record["iou"] = float((union & exact).sum() / max(1, (union | exact).sum()))
     arrays = None if action == "dropped" else dict(
         union=union.astype(np.uint8), weighted=weighted, concepts=masks.astype(np.uint8))
+    if arrays is not None and it["parts"] is None:
+        arrays["foreground"] = fallback(it["image"], [], parts=None, key=it["key"], name=job["name"])[0].astype(np.uint8)
     return record, arrays
 
 
@@ -351,7 +357,7 @@ def load_store(store_dir: str | Path) -> dict:
 
 
 def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
-    """{union, weighted, concepts} of one kept item of a store."""
+    """{union, weighted, concepts, and on real images foreground} of one kept item of a store."""
     path = Path(store_dir) / record["split"] / f"{record['id']}.npz"
     if not path.is_file():
         raise GroundingError(f"{path}: missing ({record['id']} was {record['action']})")

@@ -295,6 +295,12 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     data = fewshot.load(tmp_path / "masks", "train", pool)
     kept = [r for r in manifest["items"] if r["split"] == "train" and r["action"] == "kept"]
     assert len(data["masks"]) == len(kept) and all(m.shape == i.shape[:2] for m, i in zip(data["masks"], data["images"]))
+    # the whole object (RobustViT's target) is grounded here too, with the class name, so fine-tuning reads it
+    gsam = grounding.GroundingSAM(P.masks.groundingsam)
+    assert kept
+    for r, img, fg in zip(kept, data["images"], data["foregrounds"]):
+        want = gsam(img, [bank["classes"][r["label"]]["name"]]).any(0)
+        assert fg is not None and np.array_equal(fg, want)
 
 
 # ----------------------------------------------------------------------------- the stage: resumable, sharded
