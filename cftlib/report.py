@@ -138,107 +138,58 @@ def ood_mean(acc: pd.DataFrame, ood=OOD) -> pd.DataFrame:
     return out.assign(split="ood_mean", group="all")
 
 
-def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dict]:
-    """Each claim of the paper → {claim, source, evidence, verdict}. `acc`: per-run rows (model, arm, seed,
-    split, group, top1, top5); `align`: per-run rows (model, arm, seed, split, concept_mass, pointing, …).
-    At paper scale (no world splits) the claims are decided on the benchmarks (`benchmark_claims`)."""
-    if not P.evaluate.splits:
-        return benchmark_claims(acc, align, P)
-    lv, tol = P.evaluate.level, P.evaluate.tolerance
-    acc = pd.concat([acc, ood_mean(acc)], ignore_index=True)
-
-    def diff(frame, metric, arm, versus, **where):
-        return paired_difference(frame, metric, arm, versus, lv, **where)
-
-    out = []
-    for bench, split in WORLD_COUNTERPART:
-        d = diff(acc, "top1", "cft", "none", model="vit", split=split, group="all")
-        r = diff(acc, "top1", "cft", "robustvit", model="vit", split=split, group="all")
-        out.append(dict(claim=f"CFT improves OOD accuracy on {bench} (world: `{split}`)",
-                        source="abstract: \"significantly enhances robustness across five OOD benchmarks\"",
-                        evidence=_evidence(d, "top-1, CFT − base") + "; " + _evidence(r, "CFT − RobustViT"),
-                        verdict=verdict(d)))
-    d = diff(acc, "top1", "cft", "none", model="vit", split="test", group="all")
-    out.append(dict(claim="CFT keeps in-distribution accuracy (world: `test`)",
-                    source="project page: \"while maintaining in-distribution accuracy\"",
-                    evidence=_evidence(d, "top-1, CFT − base") + f"; holds if the interval stays above −{tol * 100:g} points",
-                    verdict=verdict(d, -tol)))
-    vs = []
-    ev = []
-    for split in P.evaluate.alignment_splits:
-        d = diff(align, "concept_mass", "cft", "none", model="vit", split=split)
-        vs.append(verdict(d))
-        ev.append(_evidence(d, f"relevance mass on concept parts, `{split}`, CFT − base"))
-        p = diff(align, "pointing", "cft", "none", model="vit", split=split)
-        ev.append(_evidence(p, f"pointing game, `{split}`"))
-    out.append(dict(claim="CFT's relevance is better aligned with the object's semantic parts",
-                    source="abstract: \"stronger alignment with semantic object parts\"",
-                    evidence="; ".join(ev), verdict=_combine(vs)))
-    d = diff(acc, "top1", "cft", "cft_fgmask", model="vit", split="ood_mean", group="all")
-    r = diff(acc, "top1", "cft", "robustvit", model="vit", split="ood_mean", group="all")
-    out.append(dict(claim="Concept masks supervise better than segmentation (foreground) masks",
-                    source="abstract: \"concept-guided masks provide more effective supervision\"",
-                    evidence=_evidence(d, "mean OOD top-1, CFT − CFT on foreground masks") + "; "
-                    + _evidence(r, "CFT − RobustViT"), verdict=verdict(d)))
-    d = diff(acc, "top1", "cft", "none", model="vit", split="bg_conflict", group="unseen")
-    s = diff(acc, "top1", "cft", "none", model="vit", split="bg_conflict", group="seen")
-    out.append(dict(claim=f"{P.finetune.k} images per class from {P.masks.class_fraction:.0%} of the classes suffice: "
-                          "the gain reaches classes never fine-tuned on",
-                    source="project page: \"a minimal set of images (3 per class) … from half of the classes\"",
-                    evidence=_evidence(d, "`bg_conflict` top-1 on unseen classes, CFT − base") + "; "
-                    + _evidence(s, "on seen classes"), verdict=verdict(d)))
-    d = diff(acc, "top1", "cft", "none", model="cnn", split="bg_conflict", group="all")
-    out.append(dict(claim="CFT also helps a CNN (Grad-CAM relevance)",
-                    source="CVPR abstract: \"multiple ViT-based models and an additional CNN model\"",
-                    evidence=_evidence(d, "`bg_conflict` top-1, CNN, CFT − base"), verdict=verdict(d)))
-    out.append(dict(claim="The paper's ImageNet-scale numbers (ViT-B/16 etc. on IN-A, ObjectNet, SI-Score, IN-R, IN-v2)",
-                    source="paper tables (not retrieved: cft_facts §5.1)",
-                    evidence="the default profile runs on the synthetic world; the loaders for the real benchmarks "
-                             "are in cftlib.benchmarks (set evaluate.benchmarks at paper scale)",
-                    verdict=UNTESTABLE))
-    return out
-
-
 BENCHMARK_NAMES = {"imagenet_val": "ImageNet val", "imagenet_a": "ImageNet-A", "imagenet_r": "ImageNet-R",
                    "imagenet_v2": "ImageNet-v2", "objectnet": "ObjectNet", "si_location": "SI-Score location",
                    "si_rotation": "SI-Score rotation", "si_area": "SI-Score area"}
 """The paper's name of each benchmark of `evaluate.benchmarks`."""
 
 
-def benchmark_claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dict]:
-    """The claims at paper scale: OOD gains on each configured benchmark against ImageNet val, in-distribution
-    accuracy on ImageNet val, concept vs foreground masks over the mean of the OOD benchmarks, few-shot and
-    CNN on the focus benchmark (ImageNet-A when configured). Part alignment needs part masks, which ImageNet
-    lacks: not testable at this scale (ImageNet-Segmentation's whole-object scores are shown as evidence)."""
-    lv, tol, R = P.evaluate.level, P.evaluate.tolerance, roles(P)
+def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dict]:
+    """Each claim of the paper → {claim, source, evidence, verdict}. `acc`: per-run rows (model, arm, seed,
+    split, group, top1, top5); `align`: per-run rows (model, arm, seed, split, concept_mass, pointing, …).
+    On the world each OOD claim is decided on the split that breaks what its benchmark breaks; at paper scale
+    (no world splits) on each configured benchmark against ImageNet val, and part alignment is not testable
+    (ImageNet has no part masks; ImageNet-Segmentation's whole-object scores are shown as evidence)."""
+    lv, tol, R, world = P.evaluate.level, P.evaluate.tolerance, roles(P), bool(P.evaluate.splits)
     acc = pd.concat([acc, ood_mean(acc, R.ood)], ignore_index=True)
-    name = BENCHMARK_NAMES
+    focus = f"`{R.focus}`" if world else BENCHMARK_NAMES[R.focus]
 
     def diff(frame, metric, arm, versus, **where):
         return paired_difference(frame, metric, arm, versus, lv, **where)
 
     out = []
-    for b in R.ood:
-        d = diff(acc, "top1", "cft", "none", model="vit", split=b, group="all")
-        r = diff(acc, "top1", "cft", "robustvit", model="vit", split=b, group="all")
-        out.append(dict(claim=f"CFT improves OOD accuracy on {name[b]}",
+    ood = ([(f"{bench} (world: `{split}`)", split) for bench, split in WORLD_COUNTERPART] if world
+           else [(BENCHMARK_NAMES[b], b) for b in R.ood])
+    for label, split in ood:
+        d = diff(acc, "top1", "cft", "none", model="vit", split=split, group="all")
+        r = diff(acc, "top1", "cft", "robustvit", model="vit", split=split, group="all")
+        out.append(dict(claim=f"CFT improves OOD accuracy on {label}",
                         source="abstract: \"significantly enhances robustness across five OOD benchmarks\"",
                         evidence=_evidence(d, "top-1, CFT − base") + "; " + _evidence(r, "CFT − RobustViT"),
                         verdict=verdict(d)))
     d = diff(acc, "top1", "cft", "none", model="vit", split=R.reference, group="all")
-    out.append(dict(claim=f"CFT keeps in-distribution accuracy ({name[R.reference]})",
+    out.append(dict(claim="CFT keeps in-distribution accuracy " + ("(world: `test`)" if world else
+                                                                   f"({BENCHMARK_NAMES[R.reference]})"),
                     source="project page: \"while maintaining in-distribution accuracy\"",
-                    evidence=_evidence(d, "top-1, CFT − base")
-                    + f"; holds if the interval stays above −{tol * 100:g} points",
+                    evidence=_evidence(d, "top-1, CFT − base") + f"; holds if the interval stays above −{tol * 100:g} points",
                     verdict=verdict(d, -tol)))
-    ev = ["not testable at this scale: the metric needs the object's part masks, which ImageNet lacks"]
-    for metric in ("mIoU", "pixAcc"):
-        for split in dict.fromkeys(align["split"]):
-            ev.append(_evidence(diff(align, metric, "cft", "none", model="vit", split=split),
-                                f"whole-object {metric} on `{split}`, CFT − base"))
+    vs, ev = [], []
+    if world:
+        for split in P.evaluate.alignment_splits:
+            d = diff(align, "concept_mass", "cft", "none", model="vit", split=split)
+            vs.append(verdict(d))
+            ev.append(_evidence(d, f"relevance mass on concept parts, `{split}`, CFT − base"))
+            p = diff(align, "pointing", "cft", "none", model="vit", split=split)
+            ev.append(_evidence(p, f"pointing game, `{split}`"))
+    else:
+        ev.append("not testable at this scale: the metric needs the object's part masks, which ImageNet lacks")
+        for metric in ("mIoU", "pixAcc"):
+            for split in dict.fromkeys(align["split"]):
+                ev.append(_evidence(diff(align, metric, "cft", "none", model="vit", split=split),
+                                    f"whole-object {metric} on `{split}`, CFT − base"))
     out.append(dict(claim="CFT's relevance is better aligned with the object's semantic parts",
                     source="abstract: \"stronger alignment with semantic object parts\"",
-                    evidence="; ".join(ev), verdict=UNTESTABLE))
+                    evidence="; ".join(ev), verdict=_combine(vs) if world else UNTESTABLE))
     d = diff(acc, "top1", "cft", "cft_fgmask", model="vit", split="ood_mean", group="all")
     r = diff(acc, "top1", "cft", "robustvit", model="vit", split="ood_mean", group="all")
     out.append(dict(claim="Concept masks supervise better than segmentation (foreground) masks",
@@ -250,16 +201,17 @@ def benchmark_claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -
     out.append(dict(claim=f"{P.finetune.k} images per class from {P.masks.class_fraction:.0%} of the classes suffice: "
                           "the gain reaches classes never fine-tuned on",
                     source="project page: \"a minimal set of images (3 per class) … from half of the classes\"",
-                    evidence=_evidence(d, f"{name[R.focus]} top-1 on unseen classes, CFT − base") + "; "
+                    evidence=_evidence(d, f"{focus} top-1 on unseen classes, CFT − base") + "; "
                     + _evidence(s, "on seen classes"), verdict=verdict(d)))
     d = diff(acc, "top1", "cft", "none", model="cnn", split=R.focus, group="all")
     out.append(dict(claim="CFT also helps a CNN (Grad-CAM relevance)",
                     source="CVPR abstract: \"multiple ViT-based models and an additional CNN model\"",
-                    evidence=_evidence(d, f"{name[R.focus]} top-1, CNN, CFT − base"), verdict=verdict(d)))
-    out.append(dict(claim="The paper's ImageNet-scale numbers (ViT-B/16 etc. on IN-A, ObjectNet, SI-Score, IN-R, "
-                          "IN-v2)",
+                    evidence=_evidence(d, f"{focus} top-1, CNN, CFT − base"), verdict=verdict(d)))
+    out.append(dict(claim="The paper's ImageNet-scale numbers (ViT-B/16 etc. on IN-A, ObjectNet, SI-Score, IN-R, IN-v2)",
                     source="paper tables (not retrieved: cft_facts §5.1)",
-                    evidence="no reference numbers to compare with; this run's are in reports/tables/accuracy.md "
+                    evidence="the default profile runs on the synthetic world; the loaders for the real benchmarks "
+                             "are in cftlib.benchmarks (set evaluate.benchmarks at paper scale)" if world else
+                             "no reference numbers to compare with; this run's are in reports/tables/accuracy.md "
                              f"(protocol `{P.evaluate.protocols[0]}`, others in accuracy_<protocol>.md)",
                     verdict=UNTESTABLE))
     return out
