@@ -162,7 +162,7 @@ def _objectnet(root: Path, rng):
             _save(draw(c, (104, 80), rng)[0], root / "images" / folder / f"{folder[:3]}{i:05x}.png", border=True)
 
 
-def _segmentation(path: Path, rng, n: int = 4):
+def write_gtsegs(path: Path, images, masks) -> None:
     """gtsegs_ijcv.mat as MATLAB v7.3 (HDF5) lays it out: /value/img and /value/gt hold object references,
     each gt through one more 1×1 reference; arrays stored transposed."""
     import h5py
@@ -170,14 +170,19 @@ def _segmentation(path: Path, rng, n: int = 4):
     with h5py.File(path, "w") as f:
         refs = f.create_group("#refs#")
         img_refs, gt_refs = [], []
-        for i in range(n):
-            img, mask = draw(i % len(CLASSES), SIZES[i % len(SIZES)], rng)
+        for i, (img, mask) in enumerate(zip(images, masks)):
             img_refs.append(refs.create_dataset(f"img{i}", data=img.transpose(2, 1, 0)).ref)
             gt = refs.create_dataset(f"gt{i}", data=mask.astype(np.uint8).T)
             gt_refs.append(refs.create_dataset(f"gtcell{i}", data=np.array([[gt.ref]], dtype=h5py.ref_dtype)).ref)
         value = f.create_group("value")
         value.create_dataset("img", data=np.array(img_refs, dtype=h5py.ref_dtype).reshape(-1, 1))
         value.create_dataset("gt", data=np.array(gt_refs, dtype=h5py.ref_dtype).reshape(-1, 1))
+
+
+def _segmentation(path: Path, rng, n: int = 4):
+    """A few drawn objects with their masks as gtsegs_ijcv.mat."""
+    drawn = [draw(i % len(CLASSES), SIZES[i % len(SIZES)], rng) for i in range(n)]
+    write_gtsegs(path, [img for img, _ in drawn], [mask for _, mask in drawn])
 
 
 # ----------------------------------------------------------------------------- models

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cftlib import benchmarks
 from conftest import ROOT
+from fakes import write_gtsegs
 
 
 def _png(path, rgb, size=(12, 10)):
@@ -145,21 +146,11 @@ def test_si_score_labels_from_package_data(tmp_path):
 
 
 def test_imagenet_segmentation_reads_referenced_arrays(tmp_path):
-    import h5py
-
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(2)]  # H×W×3, random: a wrong
     gts = [rng.integers(0, 2, (8, 8), dtype=np.uint8) for _ in range(2)]        # transpose changes them
     path = tmp_path / "gtsegs_ijcv.mat"
-    with h5py.File(path, "w") as f:  # MATLAB v7.3 layout: cell arrays of references, arrays transposed
-        img_refs = f.create_dataset("/value/img", (2, 1), dtype=h5py.ref_dtype)
-        gt_refs = f.create_dataset("/value/gt", (2, 1), dtype=h5py.ref_dtype)
-        for i, (im, gt) in enumerate(zip(imgs, gts)):
-            img_refs[i, 0] = f.create_dataset(f"#refs#/img{i}", data=im.transpose(2, 1, 0)).ref
-            inner = f.create_dataset(f"#refs#/gt{i}", data=gt.transpose(1, 0)).ref
-            cell = f.create_dataset(f"#refs#/cell{i}", (1, 1), dtype=h5py.ref_dtype)
-            cell[0, 0] = inner
-            gt_refs[i, 0] = cell.ref
+    write_gtsegs(path, imgs, gts)  # MATLAB v7.3 layout: cell arrays of references, arrays transposed
     out = list(benchmarks.segmentation(path, size=8))  # native size: the resize is the identity
     assert len(out) == 2
     for (im, gt), (im0, gt0) in zip(out, zip(imgs, gts)):
@@ -227,21 +218,6 @@ def test_shards_are_whole_batches_covering_every_image_once():
 
 # ----------------------------------------------------------------------------- the CLI, in one process and two
 
-def _mat(path, imgs, gts):
-    """A gtsegs_ijcv.mat in MATLAB v7.3's layout: cell arrays of references, arrays transposed."""
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        img_refs = f.create_dataset("/value/img", (len(imgs), 1), dtype=h5py.ref_dtype)
-        gt_refs = f.create_dataset("/value/gt", (len(imgs), 1), dtype=h5py.ref_dtype)
-        for i, (im, gt) in enumerate(zip(imgs, gts)):
-            img_refs[i, 0] = f.create_dataset(f"#refs#/img{i}", data=im.transpose(2, 1, 0)).ref
-            inner = f.create_dataset(f"#refs#/gt{i}", data=gt.transpose(1, 0)).ref
-            cell = f.create_dataset(f"#refs#/cell{i}", (1, 1), dtype=h5py.ref_dtype)
-            cell[0, 0] = inner
-            gt_refs[i, 0] = cell.ref
-
-
 def _paper_tree(tmp_path):
     """Tiny timm ViT and CNN runs with 1000 outputs, ImageNet val / -A / ObjectNet / segmentation fakes, a mask
     store whose class_index maps store label 0 to ImageNet class 1, and a paper-profile params file."""
@@ -266,7 +242,7 @@ def _paper_tree(tmp_path):
     _objectnet(tmp_path / "objectnet")
     for folder in ("alarm_clock", "banana"):
         img(tmp_path / "objectnet" / "images" / folder / "0.png")
-    _mat(tmp_path / "seg.mat", [rng.integers(0, 256, (20, 18, 3), dtype=np.uint8) for _ in range(3)],
+    write_gtsegs(tmp_path / "seg.mat", [rng.integers(0, 256, (20, 18, 3), dtype=np.uint8) for _ in range(3)],
          [np.pad(np.ones((8, 8), np.uint8), 5)[:20, :18] for _ in range(3)])
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "manifest.json").write_text(json.dumps(
