@@ -466,17 +466,6 @@ def evaluate_model(model: torch.nn.Module, benches: dict[str, Benchmark], seen: 
     return rows if rank == 0 else []
 
 
-def device(cfg) -> torch.device:
-    """`evaluate.device` (auto: CUDA when present), this process's GPU under torchrun."""
-    import os
-
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("evaluate.device: cuda, but torch sees no CUDA device (use auto or cpu)")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
     """The cache file of one model's rows: named by the hash of everything that decides them."""
     if cache_dir is None:
@@ -564,9 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     P = config.load(args.params)
     torch.set_num_threads(P.base.threads)
-    cuda = P.evaluate.device == "cuda" or (P.evaluate.device == "auto" and torch.cuda.is_available())
-    with launch.distributed(cuda, "evaluate.processes"):
-        dev = device(P.evaluate)
+    dev = launch.device(P.evaluate.device, "evaluate.device")
+    with launch.distributed(dev.type == "cuda", "evaluate.processes"):
         rows = evaluate_runs(plan(P.finetune, P.base.seed), args.runs, seen_classes(args.masks), P, dev, args.progress,
                              args.cache)
         if rank_world()[0] == 0:

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from . import config, hub
+from . import config, hub, launch
 from .io import atomic_path
 
 SCHEMA = "cft-concept-bank/1"
@@ -358,7 +358,7 @@ def load_generator(cfg: config.LLM) -> Callable[[list[dict], int], str]:
     tok = hub.load(cfg.model, "concepts.llm.model", transformers.AutoTokenizer.from_pretrained)
     model = hub.load(cfg.model, "concepts.llm.model", transformers.AutoModelForCausalLM.from_pretrained,
                      torch_dtype="auto")
-    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok, device=hub.device(cfg.device))
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok, device=launch.device(cfg.device, "concepts.llm.device"))
     sample = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 else dict(do_sample=False)
 
     def generate(messages: list[dict], seed: int) -> str:

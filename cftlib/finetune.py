@@ -24,7 +24,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -295,12 +294,6 @@ def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data:
     return conf
 
 
-def _device(cfg: config.Finetune) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
         progress: bool = False) -> dict:
     """Run `spec` into its folder and return its run.json. A complete run with the same config hash is
@@ -312,7 +305,7 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
     done = folder / "run.json"
     if done.is_file() and json.loads(done.read_text())["config"]["hash"] == conf["hash"]:
         return json.loads(done.read_text())
-    device = _device(cfg)
+    device = launch.device(cfg.device, "finetune.device")
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
            else contextlib.nullcontext())
     model = copy.deepcopy(base).to(device).eval()  # eval: no dropout, frozen BatchNorm statistics
@@ -517,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(P.base.threads)
     for a in args.arm or []:
         get_arm(a)
-    with launch.distributed(_device(P.finetune).type == "cuda", "finetune.processes"):
+    with launch.distributed(launch.device(P.finetune.device, "finetune.device").type == "cuda", "finetune.processes"):
 
         def select(r: RunSpec) -> bool:
             return all(not want or got in want for want, got in ((args.model, r.model), (args.arm, r.arm),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -132,9 +131,7 @@ class GroundingSAM:
         import torch
         import transformers as T
 
-        self.cfg, self.device = cfg, hub.device(cfg.device)
-        if self.device == "cuda":  # under torchrun: this process's GPU
-            self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.cfg, self.device = cfg, launch.device(cfg.device, "masks.groundingsam.device")
         self.window = self.LOOKAHEAD * cfg.batch_size
         det, seg = "masks.groundingsam.detector", "masks.groundingsam.segmenter"
         self.det_proc = hub.load(cfg.detector, det, T.AutoProcessor.from_pretrained)
@@ -147,7 +144,7 @@ class GroundingSAM:
         self.seg = hub.load(cfg.segmenter, seg, model_cls.from_pretrained)
         self.det.to(self.device).eval()
         self.seg.to(self.device).eval()
-        fp16 = cfg.fp16 and self.device.startswith("cuda")
+        fp16 = cfg.fp16 and self.device.type == "cuda"
         self.autocast = lambda: torch.autocast("cuda", torch.float16, enabled=fp16)
 
     def detect(self, images: list[np.ndarray], concepts: list[list[str]]) -> list[list[np.ndarray]]:
@@ -489,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     P = config.load(args.params)
     torch.set_num_threads(P.base.threads)
-    cuda = hub.device(P.masks.groundingsam.device).startswith("cuda") and torch.cuda.is_available()
+    cuda = launch.device(P.masks.groundingsam.device, "masks.groundingsam.device").type == "cuda"
     with launch.distributed(cuda, "masks.processes"):
         run_stage(P, args.data, args.concepts, args.out, args.progress)
     return 0

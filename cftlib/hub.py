@@ -31,15 +31,6 @@ def offline() -> bool:
         return True
 
 
-def device(name: str) -> str:
-    """`auto` → cuda when available, else cpu; anything else as given."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
     """`loader(name, local_files_only=..., **kwargs)` (a `from_pretrained`), turning a missing model into
     ModelUnavailable naming `what` (the params key), the model and how to fetch it."""

@@ -36,6 +36,19 @@ def run(module: str, args: list[str], processes: int = 1) -> None:
         raise LaunchError(f"{' '.join(cmd)} exited with {done.returncode}:\n{tail}")
 
 
+def device(name: str, what: str):
+    """This process's torch device for a params `device` value (auto, cpu, cuda): auto is CUDA when present;
+    on CUDA, the GPU of this torchrun process (cuda:LOCAL_RANK). `cuda` with no CUDA device is an error naming
+    the key `what`."""
+    import torch
+
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise LaunchError(f"{what}: cuda, but torch sees no CUDA device (use auto or cpu)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name if name != "auto" else "cpu")
+
+
 @contextmanager
 def distributed(cuda: bool, what: str) -> Iterator[None]:
     """Under torchrun (WORLD_SIZE > 1), a process group for the block, destroyed after: NCCL on this process's

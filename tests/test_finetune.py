@@ -375,3 +375,15 @@ def test_distributed_is_a_no_op_outside_torchrun_and_refuses_more_processes_than
     with pytest.raises(launch.LaunchError, match=r"finetune.processes: 2 processes, one per GPU.*has 1"):
         with launch.distributed(cuda=True, what="finetune.processes"):
             pass
+
+
+def test_device_resolves_auto_and_names_the_key_when_cuda_is_missing(monkeypatch):
+    from cftlib import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launch.device("auto", "finetune.device") == torch.device("cpu")
+    with pytest.raises(launch.LaunchError, match="evaluate.device: cuda, but torch sees no CUDA"):
+        launch.device("cuda", "evaluate.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert launch.device("auto", "finetune.device") == torch.device("cuda", 1)  # this torchrun process's GPU
