@@ -39,15 +39,16 @@ def _key(v: dict) -> str:
 
 def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, out_dir: Path, main_dir: str | Path) -> Path:
     """The mask store at noise × `scale`: the masks stage's own at × 1, else grounded again (same few-shot
-    choice and seed) into `out_dir/masks_noise<scale>`."""
+    choice and seed) into `out_dir/masks_noise<scale>`, reused while its header (scale, masks params) holds."""
     if scale == 1.0:
         return Path(main_dir)
     store = out_dir / f"masks_noise{scale:g}"
-    if not (store / "manifest.json").is_file():
-        cfg = dataclasses.replace(P.masks, world=scaled_noise(P.masks.world, scale))
+    cfg = dataclasses.replace(P.masks, world=scaled_noise(P.masks.world, scale))
+    header = {"noise_scale": scale, "params": config.as_dict(cfg)}
+    manifest = store / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text())["header"] != header:
         selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
-        grounding.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed),
-                              {"noise_scale": scale, "params": config.as_dict(cfg)})
+        grounding.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed), header)
     return store
 
 

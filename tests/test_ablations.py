@@ -1,6 +1,8 @@
 """Ablation variants vary exactly one setting of the main run, and the noise scale scales the world
 grounder's noise model (0: exact masks)."""
 
+import json
+
 from cftlib import ablations, config
 
 
@@ -29,3 +31,22 @@ def test_ablation_params_are_checked():
         config.parse({"ablations": {"relevance": ["gradcam"]}})
     with pytest.raises(config.ConfigError, match="ablations.noise"):
         config.parse({"ablations": {"noise": [-1.0]}})
+
+
+def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_world, smoke_params):
+    import dataclasses
+
+    from cftlib import concepts, fewshot, world
+
+    P, data = smoke_params, small_world[2]
+    bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(data)), seed=P.base.seed)
+    pool = fewshot.Pool("world", data)
+    store = ablations.masks_for(P, 2.0, bank, pool, tmp_path, "unused")
+    first = (store / "manifest.json").read_text()
+    (store / "manifest.json").touch()
+    assert ablations.masks_for(P, 2.0, bank, pool, tmp_path, "unused") == store
+    assert (store / "manifest.json").read_text() == first  # same params: the store is kept
+    other = dataclasses.replace(P, masks=dataclasses.replace(P.masks, world=dataclasses.replace(P.masks.world, p_miss=0.5)))
+    ablations.masks_for(other, 2.0, bank, pool, tmp_path, "unused")
+    header = json.loads((store / "manifest.json").read_text())["header"]
+    assert header["params"]["world"]["p_miss"] == 1.0  # regrounded at the new noise (0.5 × 2)
