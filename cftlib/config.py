@@ -16,7 +16,8 @@ class ConfigError(ValueError):
     """A parameter file that cannot be used; the message names the file and key."""
 
 
-SPLITS = ("train", "val", "test", "v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
+SPLITS = ("train", "val", "test", "v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random",
+          "parts_only", "dfr")
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,9 @@ class World:
 
 
 @dataclass(frozen=True)
-class Pretrain:
-    model: str = "vit_tiny_patch16_224"
-    model_kwargs: dict = field(default_factory=lambda: dict(
-        patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0))
+class Recipe:
+    """How a model is trained on labelled world images: AdamW, linear warm-up then cosine decay, label
+    smoothing, random flips (cftlib.pretrain.train)."""
     epochs: int = 12
     batch_size: int = 64
     lr: float = 0.001
@@ -81,21 +81,59 @@ class Pretrain:
     warmup: float = 0.05
     label_smoothing: float = 0.1
     flip: bool = True
+
+    def check(self, err):
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                err(key, "must be >= 1")
+        if self.lr <= 0:
+            err("lr", "must be > 0")
+        if self.weight_decay < 0:
+            err("weight_decay", "must be >= 0")
+        if not 0 <= self.warmup < 1:
+            err("warmup", "fraction of steps in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            err("label_smoothing", "in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Pretrain(Recipe):
+    """The world's "ImageNet-21k" (stage pretrain): the ViT trained once on `images` birds of every species
+    whose habitat and colour are drawn at random, so that only the parts tell species apart; at paper scale
+    a pretrained model of cftlib.zoo instead (the fields but zoo/weights/model_kwargs unused)."""
+    model: str = "vit_tiny_patch16_224"
+    model_kwargs: dict = field(default_factory=lambda: dict(
+        patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0))
+    images: int = 10000  # the pre-training set (habitat and colour random)
+    val_images: int = 1000  # held out from the same distribution: the learnability figure
+    attributes: bool = True  # the set is labelled with the part attributes too (one extra loss per attribute)
     zoo: str = ""  # paper scale: a pretrained model of cftlib.zoo instead of training one (the fields above unused)
     weights: str = ""  # its weights: a local file; empty = the hub / timm cache
 
     def check(self, err):
         if self.weights and not self.zoo:
             err("weights", "set zoo too (the model these weights belong to)")
-        for key in ("epochs", "batch_size"):
+        for key in ("images", "val_images"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
-        if self.lr <= 0:
-            err("lr", "must be > 0")
-        if not 0 <= self.warmup < 1:
-            err("warmup", "fraction of steps in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            err("label_smoothing", "in [0, 1)")
+        super().check(err)
+
+
+@dataclass(frozen=True)
+class Bases(Recipe):
+    """The target classifiers (stage world): each pretrained checkpoint (ViT and CNN), its head re-initialised,
+    trained on the world's biased `train` split, once per seed; every fine-tuning arm runs on each."""
+    seeds: int = 3  # base models per architecture, training seeds base.seed, base.seed + 1, ...
+    epochs: int = 4
+    lr: float = 0.0003
+    dfr_l2: float = 0.001  # the features-exist probe (cftlib.dfr): L2 strength of the refitted last layer
+
+    def check(self, err):
+        if self.seeds < 1:
+            err("seeds", "must be >= 1")
+        if not 0 <= self.dfr_l2 < float("inf"):
+            err("dfr_l2", "a finite number >= 0")
+        super().check(err)
 
 
 PROPOSERS = ("fieldguide", "llm", "wordnet", "bank")
@@ -272,19 +310,15 @@ class Loss:
 
 
 @dataclass(frozen=True)
-class CNNPretrain(Pretrain):
-    """The CNN's base model, trained from scratch like the ViT's (section pretrain): a small timm ResNet
-    with output stride 8, so Grad-CAM has a 6×6 map at 48 px."""
+class CNNPretrain(Recipe):
+    """The CNN's pre-training, beside the ViT's (stage pretrain, on the same images, pretrain.images): a small
+    timm ResNet with output stride 8, so Grad-CAM has a 6×6 map at 48 px. Its base models are trained like
+    the ViT's (section bases)."""
     model: str = "resnet10t"
     model_kwargs: dict = field(default_factory=lambda: dict(
         channels=[8, 16, 32, 64], stem_width=8, output_stride=8))
-    epochs: int = 3
+    epochs: int = 30
     batch_size: int = 128
-
-    def check(self, err):
-        if self.zoo or self.weights:
-            err("zoo", "a pretrained CNN is finetune.cnn.zoo / finetune.cnn.weights")
-        super().check(err)
 
 
 @dataclass(frozen=True)
@@ -453,6 +487,7 @@ class Params:
     base: Base = field(default_factory=Base)
     world: World = field(default_factory=World)
     pretrain: Pretrain = field(default_factory=Pretrain)
+    bases: Bases = field(default_factory=Bases)
     concepts: Concepts = field(default_factory=Concepts)
     masks: Masks = field(default_factory=Masks)
     finetune: Finetune = field(default_factory=Finetune)
@@ -509,6 +544,9 @@ def _cross_check(p: Params, where: str) -> None:
         for key, value, what in needs:
             if not value:
                 raise ConfigError(f"{where}: {key}: required when concepts.dataset is {p.concepts.dataset}: {what}")
+        if p.bases.seeds != 1:
+            raise ConfigError(f"{where}: bases.seeds: {p.bases.seeds}; a pretrained zoo model is one base model, set 1 "
+                              f"when concepts.dataset is {p.concepts.dataset}")
         if p.evaluate.splits:
             raise ConfigError(f"{where}: evaluate.splits: {p.evaluate.splits} are world splits; set [] when "
                               f"concepts.dataset is {p.concepts.dataset} (benchmarks replace them)")

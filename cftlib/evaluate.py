@@ -88,6 +88,24 @@ def shortcut_gaps(acc: dict[str, float]) -> dict[str, float]:
     return {s: acc["test"] - acc[s] for s in OOD if s in acc}
 
 
+def spread(values) -> dict[str, float]:
+    """Mean, min and max of per-base-model values: how much the base itself varies with its seed."""
+    v = np.asarray(values, float)
+    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+
+
+def validity(rows, splits=("test", "bg_conflict")) -> dict[str, float]:
+    """The test bed's validity figures, means over the ViT base models of `rows` (model, base, head, split,
+    top1; head "base" or "dfr"): test accuracy; the shortcut gap test − bg_conflict; and the gap left when a
+    refitted last layer (DFR, cftlib.dfr) reads the same features: small when the parts are in the features."""
+    v = rows[rows["model"] == "vit"].pivot_table(index=["base", "head"], columns="split", values="top1")
+    base, probe = v.xs("base", level="head"), v.xs("dfr", level="head")
+    test, conflict = splits
+    return {"test": float(base[test].mean()), "gap": float((base[test] - base[conflict]).mean()),
+            "dfr_gap": float((base[test] - probe[conflict]).mean()), "dfr_test": float(probe[test].mean()),
+            "dfr_bg_conflict": float(probe[conflict].mean())}
+
+
 # ----------------------------------------------------------------------------- seeds and intervals
 
 def t_quantile(p: float, df: int) -> float:

@@ -14,8 +14,8 @@ import torch
 from .io import atomic_path
 
 PART_COLORS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                        [245, 130, 48], [145, 30, 180], [240, 240, 240]], np.uint8)
-"""Background + one colour per world part (body, head, beak, wing, tail, crest, eye)."""
+                        [245, 130, 48], [145, 30, 180], [240, 240, 240], [70, 240, 240], [128, 128, 0]], np.uint8)
+"""Background + one colour per world part (body, head, beak, wing, tail, crest, eye, breast, cap)."""
 
 
 def save(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -59,13 +59,24 @@ def part_legend(parts: tuple[str, ...]) -> plt.Figure:
     return fig
 
 
-def training_curve(history: pd.DataFrame) -> plt.Figure:
-    """Loss and accuracy per epoch, train vs val."""
+def note(text: str) -> plt.Figure:
+    """A figure that only says `text`: what a stage draws where the profile has nothing to show (the
+    declared output still exists, and says why it is empty)."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
+    ax.axis("off")
+    return fig
+
+
+def training_curve(history: pd.DataFrame, hue: str | None = None) -> plt.Figure:
+    """Loss and accuracy per epoch, train vs val (solid vs dashed per value of `hue`, if given; without it,
+    one curve per split; several rows per epoch and hue are drawn as their mean and its band)."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for ax, metric in zip(axes, ("loss", "acc")):
-        long = history.melt(id_vars="epoch", value_vars=[f"train_{metric}", f"val_{metric}"],
+        long = history.melt(id_vars=["epoch", *([hue] if hue else [])], value_vars=[f"train_{metric}", f"val_{metric}"],
                             var_name="split", value_name=metric)
-        sns.lineplot(data=long, x="epoch", y=metric, hue="split", marker="o", ax=ax)
+        sns.lineplot(data=long, x="epoch", y=metric, hue=hue or "split", style="split" if hue else None,
+                     marker="o", ax=ax)
     fig.tight_layout()
     return fig
 

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import config, fewshot, grounding, launch, losses, models, relevance
+from . import config, fewshot, grounding, launch, losses, models, pretrain, relevance
 from .io import atomic_path, write_csv, write_json
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
@@ -84,28 +84,34 @@ def get_arm(name: str) -> Arm:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: model role ("vit": the world's base ViT; "cnn": the CNN), arm, seed, relevance method, lr."""
+    """One run: model role ("vit": the base ViT; "cnn": the CNN), arm, seed, relevance method, lr, and which
+    base model (index into the world stage's bases) it starts from. Seeds are numbered across bases, so the
+    seed alone names the (base, seed) pair that differences between arms are paired by."""
     model: str
     arm: str
     seed: int
     relevance: str
     lr: float
+    base: int = 0
 
     def folder(self, out_dir: str | Path) -> Path:
         return Path(out_dir) / self.model / self.arm / f"seed{self.seed}"
 
 
-def plan(cfg: config.Finetune, seed: int) -> list[RunSpec]:
-    """Every (model, arm, seed) run of the parameters, checked before any work: a wrong arm or a relevance
-    method that cannot explain the model fails naming it."""
+def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
+    """Every (model, arm, base, seed) run of the parameters — `cfg.seeds` seeds on each of `bases` base
+    models, seed `seed + base * cfg.seeds + i` — checked before any work: a wrong arm or a relevance method
+    that cannot explain the model fails naming it."""
     runs = []
     for model, arms, method, lr in (("vit", cfg.arms, cfg.relevance, cfg.lr),
                                     ("cnn", cfg.cnn.arms, cfg.cnn.relevance, cfg.cnn.lr)):
         kinds = relevance.get(method).model_kinds
         if arms and model not in kinds:
             raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
-        runs += [RunSpec(model, get_arm(a).name, seed + i, method, lr) for a in arms for i in range(cfg.seeds)]
+        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method, lr, b)
+                 for a in arms for b in range(bases) for i in range(cfg.seeds)]
     return runs
+
 
 
 def lr_at(epoch: int, lr: float, cfg: config.Finetune) -> float:
@@ -390,27 +396,6 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
 
 # ----------------------------------------------------------------------------- the stage
 
-def cnn_base(cfg: config.FinetuneCNN, data_dir: str | Path, num_classes: int, img_size: int, seed: int,
-             path: str | Path, progress: bool = False) -> tuple[torch.nn.Module, dict, list[dict]]:
-    """The CNN's base model, trained from scratch on the world's biased `train` split like the ViT's
-    (`pretrain.train`), cached at `path` with the hash of its parameters. Returns (model, build, history)."""
-    from . import pretrain, world
-
-    key = hashlib.sha256(json.dumps([config.as_dict(cfg.pretrain), num_classes, img_size, seed],
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(path)
-    if path.is_file():
-        model, build = models.load_checkpoint(path)
-        if build.get("key") == key:
-            return model, build, build["history"]
-    model, build, history = pretrain.train(cfg.pretrain, world.load_split(data_dir, "train"),  # CNNs take no img_size
-                                           world.load_split(data_dir, "val"), num_classes, None, seed, progress)
-    build = {**build, "key": key, "history": history}
-    if _world()[0] == 0:
-        models.save_checkpoint(path, model, build)
-    return model, build, history
-
-
 def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
             progress: bool = False) -> pd.DataFrame:
     """Fit every run (bases: model role → (model, build)); folders of runs no longer planned are removed.
@@ -423,8 +408,9 @@ def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, 
                 shutil.rmtree(stale)
     rows = []
     for spec in tqdm(runs, desc="runs", disable=not progress or _world()[0] != 0):
-        s = fit(spec, *bases[spec.model], data, cfg, out_dir, progress)
-        rows.append({"model": spec.model, "arm": spec.arm, "seed": spec.seed, "best_epoch": s["best_epoch"],
+        s = fit(spec, *bases[spec.model, spec.base], data, cfg, out_dir, progress)
+        rows.append({"model": spec.model, "arm": spec.arm, "base": spec.base, "seed": spec.seed,
+                     "best_epoch": s["best_epoch"],
                      "best_val_loss": s["best_val_loss"],
                      **{f"last_{k}": s["last"][k] for k in EPOCH_COLUMNS if k.startswith("val_")},
                      "nonfinite_steps": s["nonfinite_steps"], "saturated_steps": s["saturated_steps"]})
@@ -433,7 +419,8 @@ def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, 
 
 def collect(runs: list[RunSpec], out_dir: str | Path, name: str) -> pd.DataFrame:
     """`history.csv` or `epochs.csv` of every run, stacked, with model, arm and seed columns."""
-    frames = [pd.read_csv(r.folder(out_dir) / name).assign(model=r.model, arm=r.arm, seed=r.seed) for r in runs]
+    frames = [pd.read_csv(r.folder(out_dir) / name).assign(model=r.model, arm=r.arm, base=r.base, seed=r.seed)
+              for r in runs]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -458,38 +445,35 @@ def load_run(spec: RunSpec, out_dir: str | Path, which: str = "best") -> tuple[t
     return models.load_checkpoint(spec.folder(out_dir) / f"{which}.pt")
 
 
-def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_path: str | Path,
+def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_dir: str | Path,
           out_dir: str | Path, concepts_dir: str | Path = "data/concepts", select=None,
           progress: bool = False) -> tuple[list[RunSpec], dict, dict]:
     """Everything the runs need, checked before any training: (runs, data, bases), the runs filtered by
-    `select(spec) -> bool` if given. The CNN's base model is trained here when a CNN run is planned (it
-    lives in `<out_dir>/cnn/base.pt`)."""
+    `select(spec) -> bool` if given; bases maps (model role, base index) → (model, build), read from the
+    world stage's `base_dir` (a pretrained zoo CNN at paper scale)."""
     from . import concepts
 
-    runs = [r for r in plan(P.finetune, P.base.seed) if select is None or select(r)]
-    base, build = models.load_checkpoint(base_path)
+    runs = [r for r in plan(P.finetune, P.base.seed, P.bases.seeds) if select is None or select(r)]
+    bases = {}
+    for model, b in sorted({(r.model, r.base) for r in runs} | {("vit", 0)}, key=lambda k: (k[0] != "vit", k)):
+        if model == "cnn" and P.finetune.cnn.zoo:  # paper scale: a pretrained CNN
+            from . import zoo
+
+            C, kwargs = P.finetune.cnn, P.finetune.cnn.pretrain.model_kwargs
+            bases[model, b] = (zoo.build(C.zoo, C.weights, bases["vit", 0][1]["num_classes"], what="finetune.cnn.weights",
+                                         **kwargs), zoo.build_config(C.zoo, bases["vit", 0][1]["num_classes"], kwargs))
+        elif model == "cnn" and P.concepts.dataset != "world":
+            raise FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.zoo (a pretrained "
+                                "CNN) or finetune.cnn.arms: [] for an image folder")
+        else:
+            bases[model, b] = models.load_checkpoint(pretrain.base_path(base_dir, model, b))
+    build = bases["vit", 0][1]
     bank = concepts.load(concepts_dir) if P.concepts.dataset != "world" else None  # class names for GroundingSAM
     pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
     names = [c["name"] for c in bank["classes"]] if bank else [""] * build["num_classes"]
     needs_fg = any(ARMS[r.arm].mask == "foreground" for r in runs)
     data = load_data(masks_dir, pool, P.finetune.k, build["img_size"],
                      foreground_masks(P.masks, names) if needs_fg else None)
-    bases = {"vit": (base, build)}
-    if any(r.model == "cnn" for r in runs):
-        C = P.finetune.cnn
-        if C.zoo:  # paper scale: a pretrained CNN
-            from . import zoo
-
-            kwargs = C.pretrain.model_kwargs
-            cnn = zoo.build(C.zoo, C.weights, build["num_classes"], what="finetune.cnn.weights", **kwargs)
-            bases["cnn"] = (cnn, zoo.build_config(C.zoo, build["num_classes"], kwargs))
-        elif P.concepts.dataset != "world":
-            raise FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.zoo (a pretrained "
-                                "CNN) or finetune.cnn.arms: [] for an image folder")
-        else:
-            cnn, cbuild, _ = cnn_base(C, data_dir, build["num_classes"], build["img_size"], P.base.seed,
-                                      Path(out_dir) / "cnn" / "base.pt", progress)
-            bases["cnn"] = (cnn, {k: v for k, v in cbuild.items() if k in ("name", "num_classes", "img_size", "kwargs")})
     return runs, data, bases
 
 
@@ -498,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--masks", default="data/masks")
     ap.add_argument("--data", default="data/world")
-    ap.add_argument("--base", default="models/base/model.pt")
+    ap.add_argument("--base", default="models/base", help="the world stage's base models")
     ap.add_argument("--out", default="models/finetune")
     ap.add_argument("--concepts", default="data/concepts")
     ap.add_argument("--model", action="append", choices=("vit", "cnn"), help="only these models (repeatable)")
@@ -518,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, select, args.progress)
         for spec in runs:
-            fit(spec, *bases[spec.model], data, P.finetune, args.out, args.progress)
+            fit(spec, *bases[spec.model, spec.base], data, P.finetune, args.out, args.progress)
     return 0
 
 

@@ -38,8 +38,10 @@ PART_WORDS = {
     "crest": ("crest", "tuft", "tufted"),
     "tail": ("tail", "tails"),
     "wing": ("wing", "wings", "feathers", "shoulder"),
-    "head": ("head", "crown", "face", "throat"),
-    "body": ("body", "breast", "belly", "back", "plumage"),
+    "cap": ("cap", "crown"),
+    "breast": ("breast", "belly", "chest"),
+    "head": ("head", "face", "throat"),
+    "body": ("body", "back", "plumage"),
 }
 """Words naming each world part, most specific first: "bird tail feathers" is the tail, "bird eye ring"
 the eye. "bird" alone (or "object") is the whole bird."""

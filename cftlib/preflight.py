@@ -17,8 +17,10 @@ from pathlib import Path
 
 from . import config, hub
 
-STAGES = ("world", "concepts", "masks", "finetune", "evaluate", "figures", "ablations")
+STAGES = ("pretrain", "world", "concepts", "masks", "finetune", "evaluate", "figures", "ablations")
 """The stages of dvc.yaml, in order."""
+PRETRAINED = "models/pretrain"
+"""Where the pretrain stage keeps its checkpoints (relative to the project root)."""
 EVERY = "all stages"
 """The stage name of the checks every stage shares (the packages)."""
 
@@ -238,6 +240,12 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
     """Everything `stage` needs beyond the shared packages."""
     real = P.concepts.dataset != "world"  # real images: ImageNet-scale work, a GPU advisable
     out = []
+    if stage == "world" and not real:  # the pretrain stage's committed checkpoints
+        for role in ("vit", *(["cnn"] if P.finetune.cnn.arms else [])):
+            path = Path(PRETRAINED) / f"{role}.pt"
+            out.append(Check(stage, "weights", str(path), path.is_file(),
+                             "present" if path.is_file() else "missing: the pretrain stage's checkpoint, committed with "
+                             "the project; restore it (`git checkout models/pretrain`) or rebuild it (`make pretrain`)"))
     if stage == "world" and P.pretrain.zoo:
         out.append(_zoo_model(stage, "pretrain.zoo", P.pretrain.zoo, P.pretrain.weights, "pretrain.weights"))
     if stage in ("world", "concepts", "masks", "finetune") and real:

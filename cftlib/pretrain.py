@@ -1,21 +1,24 @@
-"""The shortcut-biased base model: a ViT trained from scratch on the world's biased `train` split
-(AdamW, warm-up + cosine, label smoothing, flips), checkpoint chosen by `val` accuracy."""
+"""Training a classifier on labelled world images: the world's pre-trained checkpoints (stage pretrain, the
+world's "ImageNet-21k") and the shortcut-biased base models trained from them (stage world, the "21k → 1k"
+step). AdamW, warm-up + cosine, label smoothing, flips; the epoch with the best held-out accuracy is kept."""
 
 from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import Pretrain
-from .models import build_model, to_tensor
+from . import world
+from .config import Params, Pretrain, Recipe
+from .models import build_model, load_checkpoint, to_tensor
 
 
-def lr_at(step: int, total: int, cfg: Pretrain) -> float:
+def lr_at(step: int, total: int, cfg: Recipe) -> float:
     """Linear warm-up over `cfg.warmup` of the steps, then cosine decay to zero."""
     warm = max(1, int(cfg.warmup * total))
     if step < warm:
@@ -23,20 +26,51 @@ def lr_at(step: int, total: int, cfg: Pretrain) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def train(cfg: Pretrain, train_set: dict, val_set: dict, num_classes: int, img_size: int, seed: int,
-          progress: bool = False) -> tuple[torch.nn.Module, dict, list[dict]]:
-    """Train from scratch. Returns the model at its best val epoch, its build config, and the
-    per-epoch history (train loss/accuracy, val loss/accuracy, lr)."""
+def fresh(cfg: Pretrain, num_classes: int, img_size: int | None, seed: int) -> tuple[torch.nn.Module, dict]:
+    """A randomly initialised model of `cfg.model` / `cfg.model_kwargs` (seeded) and its build config
+    (CNNs take no `img_size`: pass None)."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     build = dict(name=cfg.model, num_classes=num_classes, img_size=img_size, kwargs=dict(cfg.model_kwargs))
-    model = build_model(build["name"], num_classes, img_size, **build["kwargs"])
+    return build_model(build["name"], num_classes, img_size, **build["kwargs"]), build
+
+
+def from_pretrained(path, num_classes: int, seed: int) -> tuple[torch.nn.Module, dict]:
+    """A pre-trained checkpoint with a new, seeded classifier head for `num_classes` (timm's
+    `reset_classifier`), as a 21k model is given a 1k head; returns (model, build config)."""
+    model, build = load_checkpoint(path)
+    torch.manual_seed(seed)
+    model.reset_classifier(num_classes)
+    build = {k: v for k, v in build.items() if k in ("name", "img_size", "kwargs")} | {"num_classes": num_classes}
+    return model, build
+
+
+def attribute_loss(logits: torch.Tensor, y: torch.Tensor, table: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Mean cross-entropy of the part attributes: logits (B, C + sum(sizes)) carry, after the C species, one
+    block per attribute; `table` (C, A) is each species' value index of each attribute."""
+    out, start = 0.0, logits.shape[1] - sum(sizes)
+    for a, n in enumerate(sizes):
+        out = out + F.cross_entropy(logits[:, start:start + n], table[y, a])
+        start += n
+    return out / len(sizes)
+
+
+def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, seed: int, progress: bool = False,
+          desc: str = "train", attributes: tuple[np.ndarray, list[int]] | None = None,
+          ) -> tuple[torch.nn.Module, list[dict]]:
+    """Train every weight of `model` on `train_set` (arrays `images`, `label`). Returns the model at its best
+    `val_set` epoch (eval mode) and the per-epoch history (train loss/accuracy, val loss/accuracy, lr).
+    `attributes` = (table, sizes) adds `attribute_loss` (the model then has sum(sizes) extra outputs, after
+    the species); accuracies are the species'."""
+    gen = torch.Generator().manual_seed(seed)
     x, y = to_tensor(train_set["images"]), torch.from_numpy(train_set["label"].astype(np.int64))
     xv, yv = to_tensor(val_set["images"]), torch.from_numpy(val_set["label"].astype(np.int64))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
     total, history, best = cfg.epochs * steps, [], (-1.0, None)
-    bar = tqdm(total=total, desc="pretrain", disable=not progress)
+    if attributes is not None:
+        table, sizes = torch.as_tensor(attributes[0], dtype=torch.long), list(attributes[1])
+        n_cls = model.get_classifier().out_features - sum(sizes)
+    bar = tqdm(total=total, desc=desc, disable=not progress)
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
@@ -50,7 +84,12 @@ def train(cfg: Pretrain, train_set: dict, val_set: dict, num_classes: int, img_s
                 flip = torch.rand(len(idx), generator=gen) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            if attributes is not None:
+                loss = F.cross_entropy(logits[:, :n_cls], yb, label_smoothing=cfg.label_smoothing) + \
+                    attribute_loss(logits, yb, table, sizes)
+                logits = logits[:, :n_cls]
+            else:
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -58,19 +97,78 @@ def train(cfg: Pretrain, train_set: dict, val_set: dict, num_classes: int, img_s
             correct += (logits.argmax(1) == yb).sum().item()
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        val_loss, val_acc = evaluate(model, xv, yv)
+        val_loss, val_acc = evaluate(model, xv, yv, None if attributes is None else n_cls)
         history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=loss_sum / len(x),
                             train_acc=correct / len(x), val_loss=val_loss, val_acc=val_acc))
         if val_acc > best[0]:
             best = (val_acc, copy.deepcopy(model.state_dict()))
     bar.close()
+    if not progress:  # papermill logs: one line per training
+        print(f"{desc}: {cfg.epochs} epochs, best val accuracy {best[0]:.3f}", flush=True)
     model.load_state_dict(best[1])
-    return model.eval(), build, history
+    return model.eval(), history
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on tensors, in eval mode."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int | None = None,
+             batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on tensors, in eval mode (over the first `classes` outputs if given)."""
     model.eval()
-    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])[:, :classes]
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+# ----------------------------------------------------------------------------- the two stages
+
+def pretraining_sets(P: Params, progress: bool = False) -> tuple[dict, dict]:
+    """The pre-training set (`pretrain.images`) and its held-out twin (`pretrain.val_images`): birds of every
+    species of the world whose habitat and colour are drawn at random (split `parts_only`, independent
+    streams), so that only the parts predict the species."""
+    species = world.make_species(P.world.n_species, P.base.seed)
+    return tuple(world.make_split(P.world, species, "parts_only", P.base.seed, progress, n=n, stream=s)
+                 for s, n in ((1, P.pretrain.images), (2, P.pretrain.val_images)))
+
+
+def roles(P: Params) -> dict[str, Pretrain]:
+    """Model role → its pre-training config: the ViT, and the CNN when the profile fine-tunes one; none off
+    the world (paper scale: the zoo's pretrained models)."""
+    if P.concepts.dataset != "world":
+        return {}
+    return {"vit": P.pretrain, **({"cnn": P.finetune.cnn.pretrain} if P.finetune.cnn.arms else {})}
+
+
+def pretrain_all(P: Params, progress: bool = False) -> dict[str, tuple[torch.nn.Module, dict, list[dict]]]:
+    """Stage pretrain: every role trained from scratch on `pretraining_sets` (ViTs at world.image_size), on
+    the species and, with `pretrain.attributes`, the part attributes (`attribute_loss`). Returns role →
+    (model, build, history); the history's val_acc (species, held out) is the learnability figure."""
+    if not roles(P):
+        return {}
+    train_set, val_set = pretraining_sets(P, progress)
+    attributes = world.attribute_table(world.make_species(P.world.n_species, P.base.seed)) if P.pretrain.attributes \
+        else None
+    outputs = P.world.n_species + (sum(attributes[1]) if attributes else 0)
+    out = {}
+    for role, cfg in roles(P).items():
+        model, build = fresh(cfg, outputs, P.world.image_size if role == "vit" else None, P.base.seed)
+        model, history = train(model, cfg, train_set, val_set, P.base.seed, progress, desc=f"pretrain/{role}",
+                               attributes=attributes)
+        out[role] = (model, build, history)
+    return out
+
+
+def base_path(base_dir, model: str, base: int) -> Path:
+    """Where the world stage keeps base model `base` of role `model` ("vit" or "cnn")."""
+    return Path(base_dir) / model / f"base{base}.pt"
+
+
+def bases_all(P: Params, pretrained_dir, data_dir, progress: bool = False):
+    """Stage world: for every role and base index b, the pre-trained checkpoint with a new head (seed
+    base.seed + b) trained on the world's biased `train` split (section bases), best `val` epoch kept.
+    Yields (role, b, model, build, history)."""
+    train_set, val_set = world.load_split(data_dir, "train"), world.load_split(data_dir, "val")
+    for role in roles(P):
+        for b in range(P.bases.seeds):
+            seed = P.base.seed + b
+            model, build = from_pretrained(Path(pretrained_dir) / f"{role}.pt", P.world.n_species, seed)
+            model, history = train(model, P.bases, train_set, val_set, seed, progress, desc=f"base/{role}{b}")
+            yield role, b, model, build, history

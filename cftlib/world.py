@@ -1,8 +1,9 @@
 """The synthetic bird world: a spurious-correlation benchmark with exact part masks.
 
-Species are defined by their parts (beak, wing pattern, tail, crest); the training data also ties
-each species to a home habitat (background) and a home body colour with probabilities `rho_bg` and
-`rho_color`, the two shortcuts a ViT learns instead of the parts. Out-of-distribution splits break
+Species are defined by their parts (beak, wing pattern, tail, crest, breast, cap); the training data also
+ties each species to a home habitat (background) and a home body colour with probabilities `rho_bg` and
+`rho_color`, the two shortcuts a ViT learns instead of the parts. Habitats and colours are shared: each is
+home to several species (as context on ImageNet narrows a class to a group), and no two species share both. Out-of-distribution splits break
 one shortcut each, mirroring the paper's benchmarks (ImageNet-v2, -A, -R, ObjectNet/SI-Score).
 Birds are drawn as implicit shapes in a canonical body frame, vectorised over a batch with numpy,
 rendered at `supersample`× and box-downsampled; the part-label map is downsampled by coverage.
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from .config import SPLITS, World
 from .io import atomic_path, write_json
 
-PARTS = ("body", "head", "beak", "wing", "tail", "crest", "eye")
+PARTS = ("body", "head", "beak", "wing", "tail", "crest", "eye", "breast", "cap")
 """Part names; the part-label map stores index + 1 (0 is background)."""
 
 ATTRIBUTES = {
@@ -31,6 +32,8 @@ ATTRIBUTES = {
     "wing": ("plain", "striped", "spotted", "barred"),
     "tail": ("fan", "forked", "pointed"),
     "crest": ("none", "tuft"),
+    "breast": ("plain", "pale", "spotted"),
+    "cap": ("none", "black"),
 }
 """The part attributes that define a species."""
 
@@ -41,6 +44,8 @@ PHRASES = {
              "barred": "barred wings"},
     "tail": {"fan": "fan-shaped tail", "forked": "forked tail", "pointed": "long pointed tail"},
     "crest": {"tuft": "tufted crest"},
+    "breast": {"plain": "plain breast", "pale": "pale breast", "spotted": "spotted breast"},
+    "cap": {"black": "black cap"},
 }
 """Field-guide wording of each attribute: the text the offline concept proposer reads."""
 
@@ -67,6 +72,8 @@ SPLIT_SPECS = {
     "pose": dict(pose="strong"),
     "rendition": dict(style="rendition", rho_bg="none"),
     "bg_random": dict(rho_bg="uniform"),
+    "parts_only": dict(rho_bg="uniform", rho_color="uniform"),  # only the parts tell species apart
+    "dfr": dict(rho_bg="uniform"),  # habitat-balanced labelled images for last-layer retraining (cftlib.dfr)
 }
 assert tuple(SPLIT_SPECS) == SPLITS
 
@@ -80,14 +87,16 @@ class Species:
     wing: str
     tail: str
     crest: str
+    breast: str
+    cap: str
     habitat: int  # index into HABITATS: the home habitat
     color: int  # index into COLORS: the home body colour
 
     @property
     def description(self) -> str:
-        parts = [f"a {PHRASES['beak'][self.beak]}", PHRASES["wing"][self.wing], f"a {PHRASES['tail'][self.tail]}"]
-        if self.crest != "none":
-            parts.append(f"a {PHRASES['crest'][self.crest]}")
+        parts = [f"a {PHRASES['beak'][self.beak]}", PHRASES["wing"][self.wing], f"a {PHRASES['tail'][self.tail]}",
+                 f"a {PHRASES['breast'][self.breast]}"]
+        parts += [f"a {PHRASES[k][getattr(self, k)]}" for k in ("crest", "cap") if getattr(self, k) != "none"]
         return f"The {self.name} has {', '.join(parts[:-1])} and {parts[-1]}."
 
     def attributes(self) -> dict[str, str]:
@@ -96,7 +105,9 @@ class Species:
 
 def make_species(n: int, seed: int) -> list[Species]:
     """`n` species as attribute combinations, pairwise differing in at least two parts, with invented
-    names and one home habitat and colour each (shared round-robin when n exceeds their number)."""
+    names and one home habitat and colour each: habitats round-robin, colours shifted by one every full
+    round, so that each habitat and each colour is home to about n / 10 species and no two species share
+    both (for n <= 100)."""
     rng = np.random.default_rng([seed, 7001])
     combos = sorted(itertools.product(*ATTRIBUTES.values()))
     chosen: list[tuple] = []
@@ -111,12 +122,20 @@ def make_species(n: int, seed: int) -> list[Species]:
             break
     else:
         raise ValueError(f"world.n_species={n}: found no {n} species that differ pairwise in two parts "
-                         f"with no single part telling all apart (at most about 20 exist)")
+                         f"with no single part telling all apart")
     names = sorted(f"{a} {b}" for a in _NAME_A for b in _NAME_B)
     names = [names[i] for i in rng.choice(len(names), size=n, replace=False)]
     habitats, colors = rng.permutation(len(HABITATS)), rng.permutation(len(COLORS))
-    return [Species(names[i], *chosen[i], int(habitats[i % len(HABITATS)]), int(colors[i % len(COLORS)]))
+    nh = len(HABITATS)
+    return [Species(names[i], *chosen[i], int(habitats[i % nh]), int(colors[(i + i // nh) % len(COLORS)]))
             for i in range(n)]
+
+
+def attribute_table(species: list[Species]) -> tuple[np.ndarray, list[int]]:
+    """Each species' value index of each attribute (n_species, n_attributes), and the attributes' sizes:
+    the part labels of the pre-training set (a field guide's attribute annotations, as CUB has)."""
+    table = np.array([[ATTRIBUTES[a].index(getattr(s, a)) for a in ATTRIBUTES] for s in species], np.int64)
+    return table, [len(v) for v in ATTRIBUTES.values()]
 
 
 def field_guide(species: list[Species]) -> list[dict]:
@@ -142,19 +161,19 @@ def _polygon(u, v, pts):
     return inside
 
 
-BEAKS = {
-    "short": lambda u, v: _polygon(u, v, [(0.53, 0.16), (0.67, 0.215), (0.53, 0.27)]),
-    "long": lambda u, v: _polygon(u, v, [(0.53, 0.17), (0.90, 0.205), (0.53, 0.26)]),
-    "hooked": lambda u, v: _polygon(u, v, [(0.53, 0.15), (0.74, 0.22), (0.53, 0.30)])
-    | _polygon(u, v, [(0.66, 0.27), (0.73, 0.07), (0.79, 0.22)]),
-    "conical": lambda u, v: _polygon(u, v, [(0.53, 0.09), (0.77, 0.215), (0.53, 0.34)]),
+BEAKS = {  # shapes far enough apart to tell at 48 px (v1's differed by 1-2 px)
+    "short": lambda u, v: _polygon(u, v, [(0.53, 0.17), (0.64, 0.215), (0.53, 0.26)]),
+    "long": lambda u, v: _polygon(u, v, [(0.53, 0.17), (0.96, 0.205), (0.53, 0.25)]),
+    "hooked": lambda u, v: _polygon(u, v, [(0.53, 0.14), (0.78, 0.23), (0.53, 0.31)])
+    | _polygon(u, v, [(0.64, 0.29), (0.76, 0.0), (0.86, 0.22)]),
+    "conical": lambda u, v: _polygon(u, v, [(0.53, 0.04), (0.82, 0.215), (0.53, 0.39)]),
 }
 TAILS = {
-    "fan": lambda u, v: _polygon(u, v, [(-0.34, 0.05), (-0.76, 0.26), (-0.78, -0.20)])
-    & ((u + 0.34) ** 2 + (v - 0.03) ** 2 <= 0.42 ** 2),
-    "forked": lambda u, v: _polygon(u, v, [(-0.34, 0.11), (-0.84, 0.26), (-0.34, 0.0)])
-    | _polygon(u, v, [(-0.34, 0.04), (-0.84, -0.20), (-0.34, -0.08)]),
-    "pointed": lambda u, v: _polygon(u, v, [(-0.34, 0.09), (-0.90, 0.01), (-0.34, -0.07)]),
+    "fan": lambda u, v: _polygon(u, v, [(-0.34, 0.05), (-0.80, 0.32), (-0.82, -0.26)])
+    & ((u + 0.34) ** 2 + (v - 0.03) ** 2 <= 0.46 ** 2),
+    "forked": lambda u, v: _polygon(u, v, [(-0.34, 0.11), (-0.90, 0.36), (-0.34, 0.0)])
+    | _polygon(u, v, [(-0.34, 0.04), (-0.90, -0.30), (-0.34, -0.08)]),
+    "pointed": lambda u, v: _polygon(u, v, [(-0.34, 0.09), (-0.98, 0.01), (-0.34, -0.07)]),
 }
 CRESTS = {
     "none": lambda u, v: np.zeros(u.shape, bool),
@@ -163,6 +182,8 @@ CRESTS = {
     | _polygon(u, v, [(0.42, 0.34), (0.52, 0.30), (0.52, 0.60)]),
 }
 WING = dict(cu=-0.06, cv=0.04, a=0.31, b=0.16, angle=-8.0)
+BREAST = dict(cu=0.22, cv=-0.12, a=0.30, b=0.18, angle=20.0)  # the lower front of the body, under the wing
+CAP_FROM = 0.25  # the cap is the head above this height (the eye sits on its lower edge)
 
 
 def _wing_pattern(u, v, kind: str):
@@ -180,6 +201,12 @@ def _wing_pattern(u, v, kind: str):
     return np.zeros(u.shape, bool)
 
 
+def _breast_spots(u, v):
+    """Spots on the breast, in the body frame (period 0.13: about 3 px at 48 px)."""
+    gu, gv = (u / 0.13) % 1.0 - 0.5, (v / 0.13 + 0.5) % 1.0 - 0.5
+    return gu ** 2 + gv ** 2 <= 0.32 ** 2
+
+
 def _part_masks(u, v, sp: list[Species], labels: np.ndarray) -> np.ndarray:
     """Label map (n, H, W) of the canonical bird, drawn back to front (later parts overwrite)."""
     lab = np.zeros(u.shape, np.uint8)
@@ -194,9 +221,13 @@ def _part_masks(u, v, sp: list[Species], labels: np.ndarray) -> np.ndarray:
 
     by_attr("tail", TAILS, "tail")
     by_attr("crest", CRESTS, "crest")
-    lab[_ellipse(u, v, 0.0, 0.0, 0.42, 0.24, 10.0)] = pid["body"]
+    body = _ellipse(u, v, 0.0, 0.0, 0.42, 0.24, 10.0)
+    lab[body] = pid["body"]
+    lab[body & _ellipse(u, v, **BREAST)] = pid["breast"]
     lab[_ellipse(u, v, **WING)] = pid["wing"]
-    lab[_ellipse(u, v, 0.40, 0.22, 0.17, 0.17)] = pid["head"]
+    head = _ellipse(u, v, 0.40, 0.22, 0.17, 0.17)
+    lab[head] = pid["head"]
+    by_attr("cap", {"black": lambda u, v: _ellipse(u, v, 0.40, 0.22, 0.17, 0.17) & (v >= CAP_FROM)}, "cap")
     by_attr("beak", BEAKS, "beak")
     lab[_ellipse(u, v, 0.46, 0.27, 0.065, 0.065)] = pid["eye"]
     return lab
@@ -295,18 +326,25 @@ def render(labels, habitats, colors, poses, species: list[Species], size: int, s
 
     # paint by index: one palette gather instead of a pass per part (wing pattern and pupil get their own slots)
     pid = {p: i + 1 for i, p in enumerate(PARTS)}
-    pattern, pupil = len(PARTS) + 1, len(PARTS) + 2
-    wing = lab == pid["wing"]
+    pattern, pupil, spots = len(PARTS) + 1, len(PARTS) + 2, len(PARTS) + 3
+    wing, breast = lab == pid["wing"], lab == pid["breast"]
     paint = lab.copy()
     for kind in ATTRIBUTES["wing"][1:]:
         idx = np.flatnonzero([species[k].wing == kind for k in labels])
         if idx.size:
             paint[idx] = np.where(wing[idx] & _wing_pattern(u[idx], v[idx], kind), pattern, paint[idx])
+    idx = np.flatnonzero([species[k].breast == "spotted" for k in labels])
+    if idx.size:
+        paint[idx] = np.where(breast[idx] & _breast_spots(u[idx], v[idx]), spots, paint[idx])
     paint[(lab == pid["eye"]) & ((u - 0.46) ** 2 + (v - 0.27) ** 2 <= 0.04 ** 2)] = pupil
     body = np.array(list(COLORS.values()), np.float32)[colors] / 255  # (n, 3)
     wing_col = np.clip(body * np.where(body.mean(-1, keepdims=True) > 0.45, 0.72, 1.35), 0, 1)
-    palette = np.empty((n, pupil + 1, 3), np.float32)
+    palette = np.empty((n, spots + 1, 3), np.float32)
     palette[:, :pupil] = body[:, None]
+    plain = np.array([species[k].breast == "plain" for k in labels])[:, None]
+    palette[:, pid["breast"]] = np.where(plain, body, 0.25 * body + 0.75 * 0.96)  # pale and spotted: near white
+    palette[:, spots] = 0.1
+    palette[:, pid["cap"]] = 0.08
     palette[:, pid["tail"]] = body * 0.85
     palette[:, pid["wing"]] = wing_col
     palette[:, pattern] = np.where(wing_col.mean(-1, keepdims=True) > 0.5, 0.12, 0.93)  # visible on any colour
@@ -385,11 +423,13 @@ def split_targets(cfg: World, split: str) -> dict[str, float]:
     return out
 
 
-def make_split(cfg: World, species: list[Species], split: str, seed: int, progress: bool = False) -> dict:
-    """Generate one split: arrays `images`, `parts`, `label`, `habitat`, `color`, `pose`."""
+def make_split(cfg: World, species: list[Species], split: str, seed: int, progress: bool = False,
+               n: int | None = None, stream: int | None = None) -> dict:
+    """Generate one split: arrays `images`, `parts`, `label`, `habitat`, `color`, `pose`. `n` overrides the
+    split's image count; `stream` draws an independent set of the same kind (the pre-training sets)."""
     spec = SPLIT_SPECS[split]
-    n = cfg.splits[split]
-    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    n = cfg.splits[split] if n is None else n
+    rng = np.random.default_rng([seed, SPLITS.index(split), *([] if stream is None else [1000 + stream])])
     labels = rng.permutation(np.arange(n) % len(species))
     hab = _assign(rng, labels, np.array([s.habitat for s in species]), spec.get("rho_bg", cfg.rho_bg), len(HABITATS))
     col = _assign(rng, labels, np.array([s.color for s in species]), spec.get("rho_color", cfg.rho_color), len(COLORS))
