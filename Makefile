@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 
-.PHONY: setup repro preflight test test-fast test-gpu clean-notebooks
+.PHONY: setup repro pretrain preflight test test-fast test-gpu clean-notebooks
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,13 @@ ifdef PROFILE
 endif
 	$(PY) -m cftlib.preflight
 	. $(VENV)/bin/activate && dvc repro
+
+# The world's pretrained checkpoints (models/pretrain, committed): the stage is frozen so that `dvc repro` uses
+# them as released weights; this rebuilds them (README: time) and freezes the stage again.
+# (The stage's cmd, run directly: `dvc unfreeze`/`freeze` would rewrite dvc.yaml; `dvc commit` records the result.)
+pretrain: setup
+	. $(VENV)/bin/activate && python -m cftlib.nbrun notebooks/00_pretrain.ipynb executed/00_pretrain.ipynb \
+		-p progress false && dvc commit -f pretrain
 
 preflight: setup
 	$(PY) -m cftlib.preflight

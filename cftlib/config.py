@@ -37,13 +37,13 @@ class Base:
 class World:
     image_size: int = 48
     supersample: int = 2
-    n_species: int = 10
+    n_species: int = 50
     rho_bg: float = 0.92
     rho_color: float = 0.9
     noise: float = 0.03
     splits: dict = field(default_factory=lambda: dict(
         train=5000, val=1000, test=1000, v2=1000, bg_conflict=1000, color_conflict=1000,
-        pose=1000, rendition=1000, bg_random=1000))
+        pose=1000, rendition=1000, bg_random=1000, parts_only=1000, dfr=500))
     chunk: int = 500
 
     def check(self, err):
@@ -103,7 +103,8 @@ class Pretrain(Recipe):
     a pretrained model of cftlib.zoo instead (the fields but zoo/weights/model_kwargs unused)."""
     model: str = "vit_tiny_patch16_224"
     model_kwargs: dict = field(default_factory=lambda: dict(
-        patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0))
+        patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, conv_stem=32))
+    epochs: int = 20
     images: int = 10000  # the pre-training set (habitat and colour random)
     val_images: int = 1000  # held out from the same distribution: the learnability figure
     attributes: bool = True  # the set is labelled with the part attributes too (one extra loss per attribute)
@@ -316,7 +317,7 @@ class CNNPretrain(Recipe):
     the ViT's (section bases)."""
     model: str = "resnet10t"
     model_kwargs: dict = field(default_factory=lambda: dict(
-        channels=[8, 16, 32, 64], stem_width=8, output_stride=8))
+        channels=[16, 32, 64, 128], stem_width=16, output_stride=8))
     epochs: int = 30
     batch_size: int = 128
 
@@ -348,7 +349,7 @@ class Finetune:
     """The few-shot fine-tuning protocol (cft_facts §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
     model selection by the lowest validation total loss (the last epoch kept too)."""
     arms: list = field(default_factory=lambda: ["none", "ce", "robustvit", "cft_fgmask", "cft"])
-    seeds: int = 3  # runs per arm, seeds base.seed, base.seed + 1, ...
+    seeds: int = 1  # runs per arm and base model (bases.seeds), seeds numbered across bases (finetune.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
     k: int = 3  # training images per class, the first k of the masks stage's (<= masks.k)
     epochs: int = 25

@@ -18,10 +18,11 @@ MEAN, STD = 0.5, 0.5  # timm's ViT normalisation (inception style)
 
 
 class ConvStem(PatchEmbed):
-    """timm's patch embedding with its one strided convolution replaced by a stack of 3x3 stride-2
-    convolutions (Xiao et al., "Early convolutions help transformers see better", NeurIPS 2021): the same
-    token grid, learned from far fewer images. `conv_stem` (a ViT kwarg of `build_model`) is the width of
-    the first convolution, doubled at each further one."""
+    """timm's patch embedding with its one strided convolution replaced by a convolutional stem (Xiao et al.,
+    "Early convolutions help transformers see better", NeurIPS 2021): per factor 2 of the patch size a 3x3
+    stride-2 and a 3x3 stride-1 convolution, each with BatchNorm and GELU, then a 1x1 projection. The same
+    token grid, learned from far fewer images (the world's parts: 99 % vs 38 % held out, study in README).
+    `conv_stem` (a ViT kwarg of `build_model`) is the first width, doubled at each stage."""
 
     def __init__(self, *args, stem_width: int = 32, **kwargs):
         super().__init__(*args, **kwargs)
@@ -32,7 +33,8 @@ class ConvStem(PatchEmbed):
         layers, c = [], self.proj.in_channels
         for i in range(n):
             w = stem_width * 2 ** i
-            layers += [torch.nn.Conv2d(c, w, 3, 2, 1), torch.nn.GELU()]
+            for stride, c_in in ((2, c), (1, w)):
+                layers += [torch.nn.Conv2d(c_in, w, 3, stride, 1, bias=False), torch.nn.BatchNorm2d(w), torch.nn.GELU()]
             c = w
         self.proj = torch.nn.Sequential(*layers, torch.nn.Conv2d(c, self.proj.out_channels, 1))
 

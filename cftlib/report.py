@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import config
-from .evaluate import OOD, paired_difference, roles
+from .evaluate import OOD, mean_ci, paired_difference, roles
 from .io import atomic_path, write_csv
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable here"
@@ -113,7 +114,7 @@ def _evidence(d: dict | None, what: str, unit: str = "points") -> str:
     if d is None:
         return f"{what}: not measured"
     ci = "" if math.isnan(d["ci"]) else f" ± {d['ci'] * 100:.1f}"
-    return f"{what}: {d['mean'] * 100:+.1f}{ci} {unit} ({d['n']} seed{'s' * (d['n'] != 1)})"
+    return f"{what}: {d['mean'] * 100:+.1f}{ci} {unit} ({d['n']} (base, seed) pair{'s' * (d['n'] != 1)})"
 
 
 def verdict(d: dict | None, threshold: float = 0.0) -> str:
@@ -224,7 +225,8 @@ def deviations(P: config.Params) -> list[dict]:
     return [
         dict(what="data", official="ImageNet, 500 classes × 3 images, ViT-B/16 pretrained",
              here=f"the synthetic bird world ({P.world.n_species} species), {f.k} images × "
-                  f"{P.masks.class_fraction:.0%} of the classes, a small ViT trained from scratch" if world else
+                  f"{P.masks.class_fraction:.0%} of the classes; {P.bases.seeds} small ViTs with a convolutional stem, "
+                  f"pretrained on habitat- and colour-random birds, then trained on the biased split" if world else
                   f"`{P.concepts.dataset}` ({P.concepts.image_dir}), {f.k} images × {P.masks.class_fraction:.0%} of "
                   f"the classes, pretrained `{P.pretrain.zoo}`{sampled}",
              why="runs on a laptop with exact part masks; the paper scale needs ImageNet and GPUs" if world else
@@ -248,11 +250,13 @@ def deviations(P: config.Params) -> list[dict]:
              why="keeps gradients finite (0 restores the official behaviour)"),
         dict(what="optimisation", official="lr 3e-6, 50 epochs, batch 8",
              here=f"lr {f.lr:g}, {f.epochs} epochs, batch {f.batch_size}",
-             why="a small model trained from scratch moves less per step" if world else "the paper's setting"),
+             why="chosen on validation data by benchmarks/finetune_budget.py (reports/finetune_budget.md)" if world
+                 else "the paper's setting"),
         dict(what="sample choice", official="unsorted os.listdir (filesystem order)", here="sorted, then seeded",
              why="cft_facts §6.20: reproducible"),
-        dict(what="seeds", official="one run", here=f"{f.seeds} seeds per arm, mean ± {P.evaluate.level:.0%} CI",
-             why="the claims need intervals"),
+        dict(what="seeds", official="one run, one base model",
+             here=f"{P.bases.seeds} base model(s) × {f.seeds} seed(s) per arm, mean ± {P.evaluate.level:.0%} CI over "
+                  f"(base, seed) pairs", why="the claims need intervals that contain the base model's own variance"),
         dict(what="IN-A/IN-R/ObjectNet protocol", official="1000-way argmax; ObjectNet first mapped index, no border crop",
              here=f"protocols {', '.join(P.evaluate.protocols)} (cftlib.benchmarks)", why="cft_facts §4.1, §6.27"),
         dict(what="hardware", official="CUDA only, single GPU", here=f"CPU or CUDA (finetune.device {f.device})",
@@ -260,19 +264,52 @@ def deviations(P: config.Params) -> list[dict]:
     ]
 
 
-def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params) -> str:
-    """The text of reports/claims.md."""
+def heldout_alignment(epochs: pd.DataFrame, level: float = 0.95) -> dict | None:
+    """CFT's alignment loss on the held-out classes' validation images at each ViT `cft` run's selected epoch
+    (its last epoch marked best) minus the base model's (epoch 0 of the same run), paired over runs; None
+    without such runs. `epochs`: the stacked epochs.csv of the runs (plots/finetune_epochs.csv)."""
+    e = epochs[(epochs["model"] == "vit") & (epochs["arm"] == "cft")]
+    if e.empty:
+        return None
+    diffs, before, after = [], [], []
+    for _, g in e.groupby("seed"):
+        start, chosen = g[g["epoch"] == 0].iloc[0], g[g["best"] == 1].iloc[-1]
+        before.append(start["val_cft_align"])
+        after.append(chosen["val_cft_align"])
+        diffs.append(chosen["val_cft_align"] - start["val_cft_align"])
+    return {**mean_ci(np.array(diffs), level), "base": float(np.mean(before)), "cft": float(np.mean(after))}
+
+
+def heldout_sentence(d: dict | None, P: config.Params) -> str:
+    """Whether, under the chosen protocol, CFT lowers its held-out alignment loss below the base's."""
+    if d is None:
+        return "No ViT `cft` run: the held-out alignment loss was not measured."
+    ci = "" if math.isnan(d["ci"]) else f" ± {d['ci']:.4f}"
+    lower = d["mean"] + (0 if math.isnan(d["ci"]) else d["ci"]) < 0
+    return (f"Under the chosen protocol (lr {P.finetune.lr:g}, up to {P.finetune.epochs} epochs, the epoch of the lowest "
+            f"validation loss kept; `reports/finetune_budget.md`), CFT's alignment loss on the held-out classes' "
+            f"validation images is {d['cft']:.4f} at the selected epoch against the base models' {d['base']:.4f} "
+            f"(difference {d['mean']:+.4f}{ci} over {d['n']} (base, seed) pairs): CFT "
+            + ("**lowers** it below the base's." if lower else "does **not** lower it below the base's (the interval "
+               "reaches zero or above)." if d["mean"] < 0 else "does **not** lower it below the base's."))
+
+
+def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldout: str = "") -> str:
+    """The text of reports/claims.md (`heldout`: `heldout_sentence`, placed above the table)."""
     n = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, UNTESTABLE)}
     lines = [
         "# Claims of the paper, checked by this run",
         "",
-        f"Generated by the `evaluate` stage (profile `{P.base.profile}`, seed {P.base.seed}, {P.finetune.seeds} "
-        f"seeds per arm). Differences are paired by seed, in top-1 points unless stated, with "
-        f"{P.evaluate.level:.0%} Student-t intervals; a claim holds when the interval lies above zero."
+        f"Generated by the `evaluate` stage (profile `{P.base.profile}`, seed {P.base.seed}, {P.bases.seeds} base "
+        f"model{'s' * (P.bases.seeds != 1)} × {P.finetune.seeds} seed{'s' * (P.finetune.seeds != 1)} per arm). "
+        f"Differences are paired by (base, seed) — each arm's run on the same base model with the same seed — in "
+        f"top-1 points unless stated, with {P.evaluate.level:.0%} Student-t intervals over the pairs, so the spread "
+        f"of the base models is inside every interval; a claim holds when the interval lies above zero."
         + ("" if P.evaluate.splits else f" Accuracy under the `{P.evaluate.protocols[0]}` protocol."),
         "",
         f"**{n[HOLDS]} hold, {n[FAILS]} do not hold, {n[UNTESTABLE]} not testable here.**",
         "",
+        *([heldout, ""] if heldout else []),
         markdown(pd.DataFrame(rows)[["claim", "evidence", "verdict", "source"]].set_index("claim")),
         "## Deviations from the official code",
         "",
@@ -281,8 +318,11 @@ def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params) -> str
     return "\n".join(lines)
 
 
-def write_claims(path: str | Path, acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dict]:
+def write_claims(path: str | Path, acc: pd.DataFrame, align: pd.DataFrame, P: config.Params,
+                 epochs: pd.DataFrame | None = None) -> list[dict]:
+    """reports/claims.md; with the runs' `epochs` (plots/finetune_epochs.csv), the held-out alignment sentence."""
     rows = claims(acc, align, P)
+    heldout = heldout_sentence(heldout_alignment(epochs, P.evaluate.level), P) if epochs is not None else ""
     with atomic_path(path) as tmp:
-        tmp.write_text(claims_markdown(rows, deviations(P), P))
+        tmp.write_text(claims_markdown(rows, deviations(P), P, heldout))
     return rows

@@ -46,7 +46,7 @@ def test_ood_claims_follow_the_paired_intervals(verdicts):
     assert _find(verdicts, "accuracy on ObjectNet")["verdict"] == report.FAILS  # 0 ± 6.3: the interval spans zero
     assert _find(verdicts, "accuracy on ImageNet-R")["verdict"] == report.HOLDS
     assert _find(verdicts, "accuracy on ImageNet-v2")["verdict"] == report.FAILS  # a loss
-    assert "+11.0 ± 2.5 points (3 seeds)" in _find(verdicts, "accuracy on ImageNet-A")["evidence"]
+    assert "+11.0 ± 2.5 points (3 (base, seed) pairs)" in _find(verdicts, "accuracy on ImageNet-A")["evidence"]
 
 
 def test_in_distribution_kept_within_tolerance(verdicts):
@@ -65,6 +65,29 @@ def test_alignment_concept_masks_few_shot_and_untested_claims(verdicts):
     assert _find(verdicts, "CNN")["verdict"] == report.UNTESTABLE  # no CNN rows
     assert "not measured" in _find(verdicts, "CNN")["evidence"]
     assert _find(verdicts, "ImageNet-scale")["verdict"] == report.UNTESTABLE
+
+
+def _epochs(drops):
+    """epochs.csv rows of ViT cft runs (seed i: alignment 0.5 at epoch 0, 0.5 - drops[i] at its best epoch 2,
+    worse again at epoch 3) and a ce run that must be ignored."""
+    rows = []
+    for seed, d in enumerate(drops):
+        for epoch, (align, best) in enumerate([(0.5, 0), (0.45, 1), (0.5 - d, 1), (0.6, 0)]):
+            rows.append(dict(model="vit", arm="cft", base=seed, seed=seed, epoch=epoch, val_cft_align=align, best=best))
+    rows.append(dict(model="vit", arm="ce", base=0, seed=0, epoch=0, val_cft_align=9.0, best=0))
+    return pd.DataFrame(rows)
+
+
+def test_heldout_alignment_is_the_selected_epoch_against_epoch_zero():
+    P = config.parse({})
+    d = report.heldout_alignment(_epochs([0.1, 0.12, 0.11]))
+    assert d["n"] == 3 and d["mean"] == pytest.approx(-0.11) and d["base"] == pytest.approx(0.5)
+    assert "**lowers** it" in report.heldout_sentence(d, P)
+    up = report.heldout_alignment(_epochs([-0.1, -0.12, -0.11]))  # "best" by total loss, worse alignment
+    assert up["mean"] == pytest.approx(0.11) and "does **not** lower" in report.heldout_sentence(up, P)
+    spans = report.heldout_alignment(_epochs([0.1, -0.05, 0.04]))  # lower on average, the interval spans zero
+    assert "interval reaches zero" in report.heldout_sentence(spans, P)
+    assert report.heldout_alignment(_epochs([])) is None
 
 
 def test_single_seed_decides_on_the_point_estimate():

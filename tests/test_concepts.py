@@ -13,7 +13,7 @@ from cftlib.concepts import ClassInfo, ConceptError
 def _cfg(**kw):
     if kw.get("dataset", "world") == "world":
         return config.parse({"concepts": kw}).concepts
-    return config.parse({"concepts": kw, "masks": {"grounder": "groundingsam"}, "pretrain": {"zoo": "vit_b"},
+    return config.parse({"concepts": kw, "masks": {"grounder": "groundingsam"}, "pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1},
                          "finetune": {"cnn": {"arms": []}}, "ablations": {"k": [], "noise": [], "relevance": []},
                          "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "-"}}}
                         ).concepts

@@ -23,7 +23,7 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
     proj = tmp_path / "proj"
     shutil.copytree(ROOT / "notebooks", proj / "notebooks")
     shutil.copy(ROOT / "profiles" / "smoke.yaml", proj / "params.yaml")
-    for nb in ("00_world", "01_concepts", "02_masks"):
+    for nb in ("00_pretrain", "00_world", "01_concepts", "02_masks"):
         nbrun.run(proj / "notebooks" / f"{nb}.ipynb", proj / "executed" / f"{nb}.ipynb", {"progress": False}, cwd=proj)
     cwd = os.getcwd()
     os.chdir(proj)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cftlib import concepts, config, fewshot, finetune, grounding, models, world
+from cftlib import concepts, config, fewshot, finetune, grounding, models, pretrain, world
 from cftlib.grounding import GroundingError
 from conftest import ROOT
 
@@ -30,11 +30,10 @@ def project(tmp_path_factory, small_world, smoke_params):
     pool = fewshot.Pool("world", world_dir)
     sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, seed)
     grounding.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed), {})
-    torch.manual_seed(0)
-    build = dict(name=P.pretrain.model, num_classes=P.world.n_species, img_size=P.world.image_size,
-                 kwargs=dict(P.pretrain.model_kwargs))
-    models.save_checkpoint(root / "base.pt", models.build_model(build["name"], build["num_classes"],
-                                                               build["img_size"], **build["kwargs"]), build)
+    for b in range(P.bases.seeds):  # random tiny bases where the world stage puts its trained ones
+        for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
+            model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
+            models.save_checkpoint(pretrain.base_path(root / "bases", role, b), model, build)
     shutil.copy(ROOT / "profiles" / "smoke.yaml", root / "params.yaml")
     shutil.copytree(world_dir, root / "data" / "world")
     return root
@@ -47,7 +46,7 @@ def _params(root, **kw):
 
 def _setup(root, **kw):
     P = _params(root, **kw)
-    runs, data, bases = finetune.setup(P, root / "data" / "masks", root / "data" / "world", root / "base.pt",
+    runs, data, bases = finetune.setup(P, root / "data" / "masks", root / "data" / "world", root / "bases",
                                        root / "runs", root / "data" / "concepts")
     return P, runs, data, bases
 
@@ -58,7 +57,7 @@ def _batch(data, n=4):
 
 
 def _vit(root):
-    return models.load_checkpoint(root / "base.pt")[0]
+    return models.load_checkpoint(pretrain.base_path(root / "bases", "vit", 0))[0]
 
 
 # ----------------------------------------------------------------------------- one step
@@ -70,7 +69,7 @@ def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
     model, (x, m, y) = _vit(project), _batch(data)
     arm = finetune.ARMS["cft"]
     before = finetune.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # a step along the gradient (Adam's first is sign-like)
     row = finetune.train_step(model, opt, arm, x, m, y, len(y), cfg, method, torch.autocast("cpu", enabled=False))
     after = finetune.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
     assert not row["skipped"] and after < before
@@ -78,7 +77,7 @@ def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
 
 def test_one_step_lowers_the_alignment_loss_of_the_cnn_on_gradcam(project):
     P, _, data, bases = _setup(project, arms=[], seeds=1)
-    model, (x, m, y), arm = bases["cnn"][0], _batch(data), finetune.ARMS["cft"]
+    model, (x, m, y), arm = bases["cnn", 0][0], _batch(data), finetune.ARMS["cft"]
     cfg = P.finetune
     before = finetune.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
@@ -114,7 +113,7 @@ def test_lr_decays_by_the_official_step():
 
 def _fit(root, spec, out, **kw):
     P, _, data, bases = _setup(root, **kw)
-    return finetune.fit(spec, *bases[spec.model], data, P.finetune, out), data
+    return finetune.fit(spec, *bases[spec.model, spec.base], data, P.finetune, out), data
 
 
 SPEC = finetune.RunSpec("vit", "cft", 0, "attnlrp", 1e-4)
@@ -267,17 +266,23 @@ def test_wrong_names_fail_in_the_library_too():
         finetune.plan(config.Finetune(relevance="lrp"), 0)
 
 
-def test_plan_is_every_model_arm_seed():
-    runs = finetune.plan(config.Finetune(), 7)
-    assert len(runs) == 5 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9}
+def test_plan_is_every_model_arm_base_seed():
+    runs = finetune.plan(config.Finetune(seeds=3), 7)
+    assert len(runs) == 5 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
     assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
+    runs = finetune.plan(config.Finetune(seeds=2), 7, bases=3)
+    assert len(runs) == (5 + 3) * 3 * 2
+    for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, seed) pair
+        mine = [(r.base, r.seed) for r in runs if r.model == "vit" and r.arm == arm]
+        assert mine == [(0, 7), (0, 8), (1, 9), (1, 10), (2, 11), (2, 12)]
+    assert len({r.folder("out") for r in runs}) == len(runs)
 
 
 # ----------------------------------------------------------------------------- processes
 
 def _cli(root, out, *extra, nproc=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    args = ["--params", "params.yaml", "--masks", "data/masks", "--data", "data/world", "--base", "base.pt",
+    args = ["--params", "params.yaml", "--masks", "data/masks", "--data", "data/world", "--base", "bases",
             "--out", str(out), "--model", "vit", "--arm", "cft", "--seed", "0", *extra]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
            if nproc > 1 else [sys.executable]) + ["-m", "cftlib.finetune", *args]
@@ -314,11 +319,10 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
     shutil.copy(ROOT / "profiles" / "smoke.yaml", proj / "params.yaml")
     shutil.copytree(small_world[2], proj / "data" / "world")
     P = config.load(proj / "params.yaml")
-    torch.manual_seed(0)
-    build = dict(name=P.pretrain.model, num_classes=P.world.n_species, img_size=P.world.image_size,
-                 kwargs=dict(P.pretrain.model_kwargs))
-    models.save_checkpoint(proj / "models" / "base" / "model.pt", models.build_model(
-        build["name"], build["num_classes"], build["img_size"], **build["kwargs"]), build)
+    for b in range(P.bases.seeds):
+        for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
+            model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
+            models.save_checkpoint(pretrain.base_path(proj / "models" / "base", role, b), model, build)
     out = []
     for name in ("01_concepts", "02_masks", "03_finetune", "03_finetune"):
         nbrun.run(proj / "notebooks" / f"{name}.ipynb", proj / "executed" / f"{name}.ipynb", {"progress": False},
@@ -326,10 +330,10 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
         out.append((proj / "executed" / f"{name}.ipynb").read_bytes())
     assert out[2] == out[3], "executed notebook must be byte-identical for identical inputs"
     m = json.loads((proj / "metrics" / "finetune.json").read_text())
-    assert len(m["runs"]) == len(finetune.plan(P.finetune, P.base.seed))
+    assert len(m["runs"]) == len(finetune.plan(P.finetune, P.base.seed, P.bases.seeds))
     for f in ("plots/finetune_steps.csv", "plots/finetune_epochs.csv", "plots/finetune_val_align.csv",
               "figures/finetune_curves.png", "figures/relevance_methods.png", "figures/relevance_cnn.png",
-              "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt", "models/finetune/cnn/base.pt"):
+              "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt", "models/finetune/cnn/cft/seed1/best.pt"):
         assert (proj / f).is_file(), f
 
 

@@ -182,7 +182,7 @@ def tiny_gsam(tmp_path_factory):
     return tiny_grounding_dino(d / "dino", ["bird", "beak", "long", "wings", "striped"]), tiny_sam(d / "sam")
 
 
-NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "ablations": {"k": [], "noise": [], "relevance": []},
+NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1}, "ablations": {"k": [], "noise": [], "relevance": []},
             "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "unused"}}}
 """What params on an image folder need besides the stages under test: a zoo model, benchmarks not world splits."""
 

@@ -58,8 +58,10 @@ def test_training_learns_and_is_seeded(small_world, smoke_params):
     p = smoke_params.pretrain
     p = type(p)(**{**p.__dict__, "epochs": 6})
     torch.set_num_threads(1)
-    m1, build, hist = pretrain.train(p, tr, va, cfg.n_species, cfg.image_size, seed)
-    m2, _, hist2 = pretrain.train(p, tr, va, cfg.n_species, cfg.image_size, seed)
+    m1, build = pretrain.fresh(p, cfg.n_species, cfg.image_size, seed)
+    m2, _ = pretrain.fresh(p, cfg.n_species, cfg.image_size, seed)
+    m1, hist = pretrain.train(m1, p, tr, va, seed)
+    m2, hist2 = pretrain.train(m2, p, tr, va, seed)
     assert hist == hist2
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cftlib import nbrun
+from cftlib import config, nbrun
 from conftest import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -51,18 +51,30 @@ def _smoke_project(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_world_stage_runs_on_smoke_profile_deterministically(tmp_path):
+def test_pretrain_and_world_stages_run_on_smoke_profile_deterministically(tmp_path):
+    """00_pretrain then 00_world on the smoke profile, the world twice: byte-identical executed notebooks, every
+    base model saved, and base.json with the validity figures over all bases."""
     proj = _smoke_project(tmp_path)
+    nbrun.run(proj / "notebooks" / "00_pretrain.ipynb", proj / "executed" / "00_pretrain.ipynb", {"progress": False},
+              cwd=proj)
+    learn = json.loads((proj / "metrics" / "pretrain.json").read_text())
+    assert set(learn["models"]) == {"vit", "cnn"} and all(0 <= m["held_out"] <= 1 for m in learn["models"].values())
     runs = []
     for i in range(2):
         out = proj / "executed" / f"00_world_{i}.ipynb"
         nbrun.run(proj / "notebooks" / "00_world.ipynb", out, {"progress": False}, cwd=proj)
         runs.append(out.read_bytes())
     assert runs[0] == runs[1], "executed notebooks must be byte-identical for identical inputs"
+    P = config.load(proj / "params.yaml")
     base = json.loads((proj / "metrics" / "base.json").read_text())
-    assert set(base["accuracy"]) == set(json.loads((proj / "metrics" / "world.json").read_text()))
-    for f in ("figures/world_samples.png", "figures/base_accuracy.png", "plots/pretrain_history.csv",
-              "models/base/model.pt", "data/world/train.npz", "data/world/field_guide.json"):
+    assert base["bases"] == P.bases.seeds and base["species"] == P.world.n_species
+    assert set(base["learnability"]) == {"vit", "cnn"} and set(base["validity"]["bars"]) == {
+        "test >= 0.85", "test - bg_conflict >= 0.30", "DFR: test - bg_conflict <= 0.15"}
+    assert set(base["accuracy"]["vit"]) == set(P.world.splits) - {"train", "val", "dfr"}
+    for f in ("figures/world_samples.png", "figures/base_accuracy.png", "figures/pretrain_curves.png",
+              "plots/pretrain_history.csv", "plots/bases_history.csv", "models/pretrain/vit.pt", "models/pretrain/cnn.pt",
+              *[f"models/base/{r}/base{b}.pt" for r in ("vit", "cnn") for b in range(P.bases.seeds)],
+              "data/world/train.npz", "data/world/dfr.npz", "data/world/field_guide.json"):
         assert (proj / f).is_file(), f
 
 

@@ -1,0 +1,115 @@
+"""The fine-tuning budget study: which learning rate and how many epochs the default protocol uses, chosen on
+validation data alone — the held-out classes' images of the masks stage — by CFT's own objective.
+
+The rule, fixed before the sweep was run (and printed at the top of its report):
+  * grid: lr in LRS, each for MAX_EPOCHS epochs with the official decay (x 0.85 every 2 epochs), the `cft` arm
+    on every base model of the world stage (seed base.seed + b * finetune.seeds, as the pipeline numbers them);
+    the `ce` arm at each lr as the control, and the base model (epoch 0) as the reference;
+  * objective: CFT's validation total loss (alignment + confidence, the quantity the official protocol selects
+    on), per epoch, averaged over the base models;
+  * choice: the lr whose mean curve reaches the lowest value; `finetune.epochs` = the epoch of that minimum,
+    rounded up to a multiple of 5 (an upper bound: the run keeps its own lowest-validation-loss epoch);
+  * selection rule: the official one (each run keeps the epoch of its lowest validation total loss). It is the
+    only rule that reads validation data; "the last epoch" is a budget, which the epochs above already choose.
+Nothing here reads `test` or an out-of-distribution split.
+
+    python benchmarks/finetune_budget.py            # after `dvc repro masks` (needs data/ and models/base)
+writes reports/finetune_budget.md (the rule, the table, the choice) and figures/finetune_budget.png; the runs
+are cached in cache/finetune_budget (re-running reuses them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+
+from cftlib import config, figures, finetune
+
+LRS = (1e-4, 3e-4, 1e-3)
+MAX_EPOCHS = 30
+OUT = Path("cache/finetune_budget")
+
+
+def sweep(P: config.Params) -> pd.DataFrame:
+    """Every (arm, lr, base) run of the grid; their per-epoch validation rows, stacked."""
+    cfg = dataclasses.replace(P.finetune, epochs=MAX_EPOCHS, arms=["ce", "cft"], cnn=dataclasses.replace(
+        P.finetune.cnn, arms=[]))
+    runs, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world", "models/base",
+                                       OUT / "unused")
+    frames = []
+    for lr in LRS:
+        first = {}  # the first seed of each (arm, base)
+        for r in runs:
+            first.setdefault((r.arm, r.base), r)
+        for spec in [dataclasses.replace(r, lr=lr) for r in first.values()]:
+            folder = OUT / f"lr{lr:g}"
+            finetune.fit(spec, *bases[spec.model, spec.base], data, cfg, folder)
+            frames.append(pd.read_csv(spec.folder(folder) / "epochs.csv").assign(arm=spec.arm, lr=lr, base=spec.base))
+    return pd.concat(frames, ignore_index=True)
+
+
+def choose(epochs: pd.DataFrame) -> tuple[pd.DataFrame, float, int]:
+    """The table (per arm and lr: the mean curve's minimum, its epoch, and the held-out alignment and accuracy
+    there, with the base's at epoch 0) and the rule's choice (lr, epochs)."""
+    mean = epochs.groupby(["arm", "lr", "epoch"], as_index=False)[["val_loss", "val_cft_align", "val_acc"]].mean()
+    rows = []
+    for (arm, lr), g in mean.groupby(["arm", "lr"]):
+        best = g.loc[g["val_loss"].idxmin()]
+        start = g[g["epoch"] == 0].iloc[0]
+        rows.append({"arm": arm, "lr": lr, "best epoch": int(best["epoch"]), "val loss (min)": best["val_loss"],
+                     "val loss (base)": start["val_loss"], "CFT alignment (at min)": best["val_cft_align"],
+                     "CFT alignment (base)": start["val_cft_align"], "val acc (at min)": best["val_acc"],
+                     "val acc (base)": start["val_acc"]})
+    table = pd.DataFrame(rows)
+    cft = table[table["arm"] == "cft"]
+    pick = cft.loc[cft["val loss (min)"].idxmin()]
+    return table, float(pick["lr"]), max(5, 5 * math.ceil(int(pick["best epoch"]) / 5))
+
+
+def figure(epochs: pd.DataFrame, lr: float) -> plt.Figure:
+    """Held-out CFT alignment loss and accuracy per epoch at every lr, CFT vs CE (epoch 0: the base model)."""
+    e = epochs.assign(run=epochs["arm"] + " lr " + epochs["lr"].map(lambda v: f"{v:g}"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, (metric, title) in zip(axes, (("val_loss", "CFT total loss (the objective)"),
+                                          ("val_cft_align", "CFT alignment loss"), ("val_acc", "accuracy"))):
+        sns.lineplot(data=e, x="epoch", y=metric, hue="run", style="arm", ax=ax, errorbar=("pi", 100),
+                     legend=ax is axes[-1])
+        ax.set(title=f"held-out classes: {title}")
+    axes[-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"epoch 0 = the base models; chosen lr {lr:g}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main(path: str = "params.yaml") -> None:
+    P = config.load(path)
+    torch.set_num_threads(P.base.threads)
+    epochs = sweep(P)
+    table, lr, n_epochs = choose(epochs)
+    figures.save(figure(epochs, lr), Path("figures") / "finetune_budget.png")
+    cft = table[(table["arm"] == "cft") & (table["lr"] == lr)].iloc[0]
+    lowers = cft["CFT alignment (at min)"] < cft["CFT alignment (base)"]
+    rule = __doc__.split("The rule, fixed before the sweep was run (and printed at the top of its report):\n")[1]
+    rule = rule.split("\n\n")[0]
+    text = (f"# Fine-tuning budget study\n\nGenerated by `python benchmarks/finetune_budget.py` (profile "
+            f"`{P.base.profile}`, {P.bases.seeds} base models, {len(LRS)} learning rates x {MAX_EPOCHS} epochs; "
+            f"figure: `figures/finetune_budget.png`).\n\n## The rule (fixed before the sweep)\n\n{rule}\n\n"
+            f"## Result (means over the base models; validation = one image of each held-out class)\n\n"
+            f"{table.to_markdown(index=False, floatfmt='.4g')}\n\n## Choice\n\n`finetune.lr: {lr:g}`, "
+            f"`finetune.epochs: {n_epochs}`, selection by the lowest validation total loss. At this lr CFT's "
+            f"held-out alignment loss at its best epoch is {cft['CFT alignment (at min)']:.4f} against the base "
+            f"models' {cft['CFT alignment (base)']:.4f}: CFT {'lowers' if lowers else 'does not lower'} it.\n")
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/finetune_budget.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
