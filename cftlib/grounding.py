@@ -365,9 +365,12 @@ def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
 
 
 def summary(records: list[dict]) -> dict:
-    """Counts per quality flag (overall and per class), per policy action, and mean fractions (and IoU
-    with the exact masks when known): the masks stage's metrics."""
-    out = {"images": len(records), "flags": {f: sum(r["flag"] == f for r in records) for f in FLAGS},
+    """Image counts (all, the few-shot training and validation images), counts per quality flag (overall and
+    per class), per policy action, and mean fractions (and IoU with the exact masks when known): the masks
+    stage's metrics."""
+    out = {"images": len(records), **{f"{split}_images": sum(r["split"] == split for r in records)
+                                      for split in ("train", "val")},
+           "flags": {f: sum(r["flag"] == f for r in records) for f in FLAGS},
            "actions": {a: sum(r["action"] == a for r in records) for a in ("kept", "dropped", "foreground")},
            "mean_fraction": float(np.mean([r["fraction"] for r in records])) if records else 0.0,
            "concept_found": float(np.mean([c["fraction"] > 0 for r in records for c in r["concepts"]]))

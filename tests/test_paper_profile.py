@@ -19,10 +19,13 @@ from fakes import CLASSES, paper_params
 DVC = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
 
 
-def _outputs(dataset: str) -> list[str]:
-    """Every out, metric and plot file dvc.yaml declares (the `${concepts.dataset}` template resolved)."""
+def _outputs(dataset: str, only: str | None = None) -> list[str]:
+    """Every out, metric and plot file dvc.yaml declares (the `${concepts.dataset}` template resolved), or only
+    those of stage `only`."""
     found = []
-    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        if only is not None and name != only:
+            continue
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 path = entry if isinstance(entry, str) else next(iter(entry))
@@ -45,6 +48,9 @@ def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
     for folder in ("notebooks", "cftlib"):
         shutil.copytree(ROOT / folder, proj / folder, ignore=ignore)
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    for out in _outputs("imagenet", "pretrain"):  # the frozen stage's committed outputs, as a fresh clone has them
+        (proj / out).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ROOT / out).is_dir() else shutil.copy)(ROOT / out, proj / out)
     (proj / "params.yaml").write_text(yaml.safe_dump(_on(paper_params(paper_fakes), device), sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(proj)}
