@@ -39,11 +39,11 @@ def main(path: str = "params.yaml", *names: str) -> None:
         role, kwargs, attrs = VARIANTS[name]
         cfg = P.pretrain if role == "vit" else P.finetune.cnn.pretrain
         cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, **kwargs})
-        outputs = P.world.n_species + (sum(sizes) if attrs else 0)
-        model, _ = pretrain.fresh(cfg, outputs, P.world.image_size if role == "vit" else None, P.base.seed)
         t = time.perf_counter()
-        model, history = pretrain.train(model, cfg, train_set, val_set, P.base.seed,
-                                        attributes=(table, sizes) if attrs else None)
+        extra = pretrain.extra_labels(P, train_set) if attrs else None
+        outputs = P.world.n_species + (sum(extra[1]) if extra else 0)
+        model, _ = pretrain.fresh(cfg, outputs, P.world.image_size if role == "vit" else None, P.base.seed)
+        model, history = pretrain.train(model, cfg, train_set, val_set, P.base.seed, extra=extra)
         dt = time.perf_counter() - t
         per_attr = ""
         if attrs:

@@ -108,6 +108,7 @@ class Pretrain(Recipe):
     images: int = 10000  # the pre-training set (habitat and colour random)
     val_images: int = 1000  # held out from the same distribution: the learnability figure
     attributes: bool = True  # the set is labelled with the part attributes too (one extra loss per attribute)
+    context: bool = True  # ... and with each image's habitat and body colour (context features exist)
     zoo: str = ""  # paper scale: a pretrained model of cftlib.zoo instead of training one (the fields above unused)
     weights: str = ""  # its weights: a local file; empty = the hub / timm cache
 

@@ -44,31 +44,46 @@ def from_pretrained(path, num_classes: int, seed: int) -> tuple[torch.nn.Module,
     return model, build
 
 
-def attribute_loss(logits: torch.Tensor, y: torch.Tensor, table: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Mean cross-entropy of the part attributes: logits (B, C + sum(sizes)) carry, after the C species, one
-    block per attribute; `table` (C, A) is each species' value index of each attribute."""
+def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Mean cross-entropy of the extra labels: logits (B, C + sum(sizes)) carry, after the C species, one
+    block per label; `targets` (B, A) is each image's value index of each."""
     out, start = 0.0, logits.shape[1] - sum(sizes)
     for a, n in enumerate(sizes):
-        out = out + F.cross_entropy(logits[:, start:start + n], table[y, a])
+        out = out + F.cross_entropy(logits[:, start:start + n], targets[:, a])
         start += n
     return out / len(sizes)
 
 
+def extra_labels(P: Params, arrays: dict) -> tuple[np.ndarray, list[int]] | None:
+    """The pre-training set's labels beyond the species, per image (N, A) and their sizes: each part attribute
+    (`pretrain.attributes`, a field guide's annotation, as CUB has) and the habitat and body colour
+    (`pretrain.context`, as ImageNet-21k also labels scenes); None with neither."""
+    columns, sizes = [], []
+    if P.pretrain.attributes:
+        table, n = world.attribute_table(world.make_species(P.world.n_species, P.base.seed))
+        columns.append(table[arrays["label"]])
+        sizes += n
+    if P.pretrain.context:
+        columns.append(np.stack([arrays["habitat"], arrays["color"]], 1).astype(np.int64))
+        sizes += [len(world.HABITATS), len(world.COLORS)]
+    return (np.concatenate(columns, 1), sizes) if columns else None
+
+
 def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, seed: int, progress: bool = False,
-          desc: str = "train", attributes: tuple[np.ndarray, list[int]] | None = None,
+          desc: str = "train", extra: tuple[np.ndarray, list[int]] | None = None,
           ) -> tuple[torch.nn.Module, list[dict]]:
     """Train every weight of `model` on `train_set` (arrays `images`, `label`). Returns the model at its best
     `val_set` epoch (eval mode) and the per-epoch history (train loss/accuracy, val loss/accuracy, lr).
-    `attributes` = (table, sizes) adds `attribute_loss` (the model then has sum(sizes) extra outputs, after
-    the species); accuracies are the species'."""
+    `extra` = (targets (N, A) of `train_set`, sizes), from `extra_labels`, adds `attribute_loss` (the model then
+    has sum(sizes) more outputs, after the species); accuracies are the species'."""
     gen = torch.Generator().manual_seed(seed)
     x, y = to_tensor(train_set["images"]), torch.from_numpy(train_set["label"].astype(np.int64))
     xv, yv = to_tensor(val_set["images"]), torch.from_numpy(val_set["label"].astype(np.int64))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
     total, history, best = cfg.epochs * steps, [], (-1.0, None)
-    if attributes is not None:
-        table, sizes = torch.as_tensor(attributes[0], dtype=torch.long), list(attributes[1])
+    if extra is not None:
+        targets, sizes = torch.as_tensor(extra[0], dtype=torch.long), list(extra[1])
         n_cls = model.get_classifier().out_features - sum(sizes)
     bar = tqdm(total=total, desc=desc, disable=not progress)
     for epoch in range(cfg.epochs):
@@ -84,9 +99,9 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
                 flip = torch.rand(len(idx), generator=gen) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             logits = model(xb)
-            if attributes is not None:
+            if extra is not None:
                 loss = F.cross_entropy(logits[:, :n_cls], yb, label_smoothing=cfg.label_smoothing) + \
-                    attribute_loss(logits, yb, table, sizes)
+                    attribute_loss(logits, targets[idx], sizes)
                 logits = logits[:, :n_cls]
             else:
                 loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
@@ -97,7 +112,7 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
             correct += (logits.argmax(1) == yb).sum().item()
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        val_loss, val_acc = evaluate(model, xv, yv, None if attributes is None else n_cls)
+        val_loss, val_acc = evaluate(model, xv, yv, None if extra is None else n_cls)
         history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=loss_sum / len(x),
                             train_acc=correct / len(x), val_loss=val_loss, val_acc=val_acc))
         if val_acc > best[0]:
@@ -139,19 +154,18 @@ def roles(P: Params) -> dict[str, Pretrain]:
 
 def pretrain_all(P: Params, progress: bool = False) -> dict[str, tuple[torch.nn.Module, dict, list[dict]]]:
     """Stage pretrain: every role trained from scratch on `pretraining_sets` (ViTs at world.image_size), on
-    the species and, with `pretrain.attributes`, the part attributes (`attribute_loss`). Returns role →
+    the species and the labels of `extra_labels` (`attribute_loss`). Returns role →
     (model, build, history); the history's val_acc (species, held out) is the learnability figure."""
     if not roles(P):
         return {}
     train_set, val_set = pretraining_sets(P, progress)
-    attributes = world.attribute_table(world.make_species(P.world.n_species, P.base.seed)) if P.pretrain.attributes \
-        else None
-    outputs = P.world.n_species + (sum(attributes[1]) if attributes else 0)
+    extra = extra_labels(P, train_set)
+    outputs = P.world.n_species + (sum(extra[1]) if extra else 0)
     out = {}
     for role, cfg in roles(P).items():
         model, build = fresh(cfg, outputs, P.world.image_size if role == "vit" else None, P.base.seed)
         model, history = train(model, cfg, train_set, val_set, P.base.seed, progress, desc=f"pretrain/{role}",
-                               attributes=attributes)
+                               extra=extra)
         out[role] = (model, build, history)
     return out
 
