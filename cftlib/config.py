@@ -353,7 +353,7 @@ class Finetune:
     seeds: int = 1  # runs per arm and base model (bases.seeds), seeds numbered across bases (finetune.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
     k: int = 3  # training images per class, the first k of the masks stage's (<= masks.k)
-    epochs: int = 25
+    epochs: int = 5  # chosen on validation data (benchmarks/finetune_budget.py)
     batch_size: int = 8
     lr: float = 0.0001
     weight_decay: float = 0.0001
