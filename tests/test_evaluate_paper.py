@@ -59,7 +59,7 @@ def test_frames_have_the_worlds_columns(frames):
 
 def test_roles_world_and_paper(P):
     w = evaluate.roles(config.parse({}))
-    assert (w.reference, w.focus, w.chance) == ("test", "bg_conflict", 0.1) and "test" not in w.ood
+    assert (w.reference, w.focus, w.chance) == ("test", "bg_conflict", 1 / 50) and "test" not in w.ood
     p = evaluate.roles(P)
     assert p.reference == "imagenet_val" and p.splits[0] == "imagenet_val" and p.focus == "imagenet_a"
     assert p.ood == [b for b in P.evaluate.benchmarks if b != "imagenet_val"] and p.chance is None
