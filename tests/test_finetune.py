@@ -349,7 +349,7 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
     _cli(project, tmp_path / "whole", "--params", "long.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cftlib.finetune", "--params", "long.yaml", "--masks", "data/masks", "--data",
-           "data/world", "--base", "base.pt", "--out", str(tmp_path / "killed"), "--model", "vit", "--arm", "cft",
+           "data/world", "--base", "bases", "--out", str(tmp_path / "killed"), "--model", "vit", "--arm", "cft",
            "--seed", "0"]
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = SPEC.folder(tmp_path / "killed") / "state.pt"
