@@ -5,6 +5,7 @@ ImageNet-Segmentation's HDF5 references, and a missing dataset named with where 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -254,6 +255,8 @@ def _paper_tree(tmp_path):
     for model, arm, build in (("vit", "none", vit), ("vit", "cft", vit), ("cnn", "none", cnn)):
         m = models.build_model(build["name"], build["num_classes"], build["img_size"], **build["kwargs"])
         models.save_checkpoint(tmp_path / "runs" / model / arm / "seed0" / "best.pt", m.eval(), build)
+        epochs = [dict(epoch=e, val_cft_align=0.5 - 0.1 * e, best=int(e > 0)) for e in range(2)]  # a run's epochs.csv
+        pd.DataFrame(epochs).to_csv(tmp_path / "runs" / model / arm / "seed0" / "epochs.csv", index=False)
     P = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
     P["base"]["threads"] = 1
     P["finetune"].update(arms=["none", "cft"], seeds=1)
