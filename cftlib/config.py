@@ -279,7 +279,7 @@ class Masks:
             err("min_fraction", "need 0 <= min_fraction < max_fraction <= 1")
 
 
-ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "none")
+ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "none", "dfr")
 RELEVANCE = ("attnlrp", "cplrp", "gae_rollout", "grad_x_input", "gradcam")
 
 
@@ -349,7 +349,7 @@ class FinetuneCNN:
 class Finetune:
     """The few-shot fine-tuning protocol (cft_facts §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
     model selection by the lowest validation total loss (the last epoch kept too)."""
-    arms: list = field(default_factory=lambda: ["none", "ce", "robustvit", "cft_fgmask", "cft"])
+    arms: list = field(default_factory=lambda: ["none", "ce", "dfr", "robustvit", "cft_fgmask", "cft"])
     seeds: int = 1  # runs per arm and base model (bases.seeds), seeds numbered across bases (finetune.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
     k: int = 3  # training images per class, the first k of the masks stage's (<= masks.k)
@@ -410,6 +410,7 @@ class Evaluate:
     protocols: list = field(default_factory=lambda: ["chefer", "standard"])
     segmentation: str = ""  # paper scale: path of gtsegs_ijcv.mat (ImageNet-Segmentation)
     tolerance: float = 0.01  # claims: in-distribution accuracy is kept if CFT − base stays above −tolerance
+    shortcut_gap: float = 0.02  # claims: a split is testable when the base's top-1 there is this far below test
     benchmark_images: int = 0  # per benchmark, a seeded sample of this many images (0 = all)
     device: str = "auto"  # auto: cuda when present
     amp: bool = True  # bfloat16 autocast on CUDA for predictions and maps
@@ -427,6 +428,8 @@ class Evaluate:
             err("level", "in (0, 1)")
         if not 0 <= self.tolerance < 1:
             err("tolerance", "in [0, 1)")
+        if not 0 <= self.shortcut_gap < 1:
+            err("shortcut_gap", "in [0, 1)")
         for key in ("splits", "alignment_splits"):
             for s in getattr(self, key):
                 if s not in SPLITS:
@@ -555,6 +558,10 @@ def _cross_check(p: Params, where: str) -> None:
         if "imagenet_val" not in p.evaluate.benchmarks:
             raise ConfigError(f"{where}: evaluate.benchmarks: needs imagenet_val (the in-distribution reference of the "
                               f"gaps and claims) when concepts.dataset is {p.concepts.dataset}")
+        for key, arms in (("finetune.arms", p.finetune.arms), ("finetune.cnn.arms", p.finetune.cnn.arms)):
+            if "dfr" in arms:
+                raise ConfigError(f"{where}: {key}: dfr refits the head on the world's habitat-balanced split, which "
+                                  f"{p.concepts.dataset} does not have; remove it")
         if p.ablations.k or p.ablations.noise or p.ablations.relevance:
             raise ConfigError(f"{where}: ablations: the ablations run on the world; set k, noise and relevance to [] "
                               f"when concepts.dataset is {p.concepts.dataset}")

@@ -59,15 +59,6 @@ def part_legend(parts: tuple[str, ...]) -> plt.Figure:
     return fig
 
 
-def note(text: str) -> plt.Figure:
-    """A figure that only says `text`: what a stage draws where the profile has nothing to show (the
-    declared output still exists, and says why it is empty)."""
-    fig, ax = plt.subplots(figsize=(6, 1.2))
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
-    ax.axis("off")
-    return fig
-
-
 def training_curve(history: pd.DataFrame, hue: str | None = None) -> plt.Figure:
     """Loss and accuracy per epoch, train vs val (solid vs dashed per value of `hue`, if given; without it,
     one curve per split; several rows per epoch and hue are drawn as their mean and its band)."""
@@ -97,8 +88,8 @@ def accuracy_bars(acc: pd.DataFrame, chance: float, hue: str | None = None) -> p
 
 # ----------------------------------------------------------------------------- evaluation figures
 
-ARM_ORDER = ("none", "ce", "robustvit", "cft_fgmask", "cft")
-"""Arms left to right: base, plain fine-tuning, RobustViT, CFT on foreground masks, CFT."""
+ARM_ORDER = ("none", "ce", "dfr", "robustvit", "cft_fgmask", "cft")
+"""Arms left to right: base, plain fine-tuning, the DFR reference, RobustViT, CFT on foreground masks, CFT."""
 ARM_COLORS = dict(zip(ARM_ORDER, sns.color_palette("deep", len(ARM_ORDER))))
 """One colour per arm in every figure."""
 
@@ -146,6 +137,46 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
         ax.set_title(f"{p}: {title}" if title else str(p), fontsize=9)
         ax.legend(fontsize=7, ncols=len(here), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
         ax.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences(frame: pd.DataFrame, metric: str, order: list, pairs: list[tuple[str, str]],
+                       level: float = 0.95, x: str = "split", title: str = "", panel: str = "model") -> plt.Figure:
+    """Per-run rows → one panel per `panel` value: for each (arm, versus) of `pairs` and each `x`, the mean
+    difference paired by seed in points with its Student-t interval (cftlib.evaluate.paired_difference), beside a
+    zero line: whether an arm beats another, which raw bars on a 0–1 axis hide. No pair measured: a note."""
+    from .evaluate import paired_difference
+
+    rows = []
+    for p in dict.fromkeys(frame[panel]):
+        for arm, versus in pairs:
+            for key in order:
+                d = paired_difference(frame, metric, arm, versus, level, **{panel: p, x: key})
+                if d is not None:
+                    rows.append({panel: p, x: key, "pair": f"{arm} − {versus}", "versus": versus,
+                                 "mean": 100 * d["mean"], "ci": 100 * d["ci"] if np.isfinite(d["ci"]) else 0.0})
+    if not rows:
+        return note(f"{title or metric}: no paired runs")
+    diffs = pd.DataFrame(rows)
+    panels, labels = list(dict.fromkeys(diffs[panel])), list(dict.fromkeys(diffs["pair"]))
+    keys = [k for k in order if k in set(diffs[x])]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(1.6 + 0.8 * len(keys), 2.6 * len(panels)), squeeze=False)
+    offsets = np.linspace(-0.25, 0.25, len(labels)) if len(labels) > 1 else [0.0]
+    for ax, p in zip(axes[:, 0], panels):
+        for off, label in zip(offsets, labels):
+            mine = diffs[(diffs[panel] == p) & (diffs["pair"] == label)].set_index(x)
+            where = [i for i, k in enumerate(keys) if k in mine.index]
+            if not where:
+                continue
+            vals = mine.loc[[keys[i] for i in where]]
+            ax.errorbar(np.array(where) + off, vals["mean"], yerr=vals["ci"], fmt="o", ms=4, capsize=2, lw=1,
+                        color=ARM_COLORS.get(vals["versus"].iloc[0], "gray"), label=label)
+        ax.axhline(0, c="black", lw=0.8)
+        ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=8)
+        ax.set_ylabel("points", fontsize=8)
+        ax.set_title(f"{p}: {title}" if title else str(p), fontsize=9)
+        ax.legend(fontsize=7, ncols=len(labels), loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -204,7 +235,13 @@ def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, bool]], class
     images, labels = arrays["images"][idx], arrays["label"][idx]
     concept = part_masks(arrays["parts"][idx], labels, class_parts)
     maps = {k: (relevance_maps(m, images, method), predict(m, images).argmax(1)) for k, m in (("base", base), ("CFT", cft))}
-    return _grid(images, labels, [f for _, f in picks], concept, maps, names)
+    fig = _grid(images, labels, [f for _, f in picks], concept, maps, names)
+    fixed = sum(f for _, f in picks)
+    fig.suptitle(f"{fixed} image{'s' * (fixed != 1)} the base gets wrong and CFT right" + (
+        f", then {len(picks) - fixed} both get right" if fixed < len(picks) else "") if fixed else
+        "no image here that the base gets wrong and CFT right: images both get right", fontsize=7)
+    fig.tight_layout(pad=0.3)
+    return fig
 
 
 def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, build: dict | None = None,

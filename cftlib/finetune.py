@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import config, fewshot, grounding, launch, losses, models, pretrain, relevance
+from . import config, dfr, fewshot, grounding, launch, losses, models, pretrain, relevance, world
 from .io import atomic_path, write_csv, write_json
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
@@ -71,6 +71,8 @@ ARMS = {a.name: a for a in (
     Arm("robustvit", "foreground", "mse", True, "RobustViT: foreground masks, MSE alignment + confidence term"),
     Arm("ce", None, "ce", True, "plain fine-tuning: cross-entropy on the labels of the same images"),
     Arm("none", "concept", "bce", False, "the base model, not fine-tuned (validated with CFT's loss)"),
+    Arm("dfr", "concept", "bce", False, "DFR reference: the base's last layer refitted on labelled, habitat-balanced "
+        "images no other arm sees (cftlib.dfr; the world only)"),
 )}
 assert tuple(ARMS) == config.ARMS
 
@@ -293,6 +295,9 @@ def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data:
     split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
                                *([data[s]["foreground"]] if arm.mask == "foreground" else []))
                     for s in ("train", "val")}
+    if spec.arm == "dfr":
+        split_digest["dfr"] = _digest(torch.from_numpy(data["dfr"]["images"]), torch.from_numpy(data["dfr"]["label"]))
+        split_digest["dfr_l2"] = data["dfr"]["l2"]
     other_runs = ("arms", "seeds", "relevance", "lr", "cnn", "device", "processes")  # in the spec, or not the result's
     params = {k: v for k, v in config.as_dict(cfg).items() if k not in other_runs}
     conf = {"spec": asdict(spec), "params": params, "base": _digest(*base.state_dict().values()), "data": split_digest}
@@ -314,7 +319,10 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
     device = launch.device(cfg.device, "finetune.device")
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
            else contextlib.nullcontext())
-    model = copy.deepcopy(base).to(device).eval()  # eval: no dropout, frozen BatchNorm statistics
+    model = copy.deepcopy(base).eval()  # eval: no dropout, frozen BatchNorm statistics
+    if spec.arm == "dfr":
+        model = dfr.reweight(model, data["dfr"]["images"], data["dfr"]["label"], data["dfr"]["l2"])
+    model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(True)
     train = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["train"].items()}
@@ -474,6 +482,9 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_di
     needs_fg = any(ARMS[r.arm].mask == "foreground" for r in runs)
     data = load_data(masks_dir, pool, P.finetune.k, build["img_size"],
                      foreground_masks(P.masks, names) if needs_fg else None)
+    if any(r.arm == "dfr" for r in runs):  # the world's habitat-balanced labelled split (config: the world only)
+        d = world.load_split(data_dir, "dfr")
+        data["dfr"] = {"images": d["images"], "label": d["label"].astype(np.int64), "l2": P.bases.dfr_l2}
     return runs, data, bases
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,12 @@ def extra_labels(P: Params, arrays: dict) -> tuple[np.ndarray, list[int]] | None
 
 def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, seed: int, progress: bool = False,
           desc: str = "train", extra: tuple[np.ndarray, list[int]] | None = None,
-          ) -> tuple[torch.nn.Module, list[dict]]:
+          on_epoch: Callable[[dict, torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train every weight of `model` on `train_set` (arrays `images`, `label`). Returns the model at its best
     `val_set` epoch (eval mode) and the per-epoch history (train loss/accuracy, val loss/accuracy, lr).
     `extra` = (targets (N, A) of `train_set`, sizes), from `extra_labels`, adds `attribute_loss` (the model then
-    has sum(sizes) more outputs, after the species); accuracies are the species'."""
+    has sum(sizes) more outputs, after the species); accuracies are the species'. `on_epoch(record, model)` is
+    called after each epoch (studies snapshot the model there)."""
     gen = torch.Generator().manual_seed(seed)
     x, y = to_tensor(train_set["images"]), torch.from_numpy(train_set["label"].astype(np.int64))
     xv, yv = to_tensor(val_set["images"]), torch.from_numpy(val_set["label"].astype(np.int64))
@@ -115,6 +117,8 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
         val_loss, val_acc = evaluate(model, xv, yv, None if extra is None else n_cls)
         history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=loss_sum / len(x),
                             train_acc=correct / len(x), val_loss=val_loss, val_acc=val_acc))
+        if on_epoch is not None:
+            on_epoch(history[-1], model)
         if val_acc > best[0]:
             best = (val_acc, copy.deepcopy(model.state_dict()))
     bar.close()

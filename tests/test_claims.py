@@ -8,25 +8,33 @@ import pytest
 
 from cftlib import config, evaluate, report
 
-SPLITS = ("test", "v2", "bg_conflict", "pose", "rendition")
-GAIN = {"test": [-0.004, -0.005, -0.006], "bg_conflict": [0.10, 0.12, 0.11], "pose": [0.02, -0.03, 0.01],
-        "rendition": [0.05, 0.06, 0.04], "v2": [-0.02, -0.03, -0.025]}
+SPLITS = ("test", "v2", "bg_conflict", "color_conflict", "pose", "rendition")
+BASE = {"test": 0.9, "v2": 0.8, "bg_conflict": 0.5, "color_conflict": 0.6, "pose": 0.89, "rendition": 0.4}
+"""The base's top-1 per split: `pose` shows no shortcut gap (−1 point: within 2), the others do."""
+GAIN = {"test": [-0.004, -0.005, -0.006], "bg_conflict": [0.10, 0.12, 0.11], "pose": [0.02, 0.03, 0.025],
+        "rendition": [0.05, 0.06, 0.04], "v2": [-0.02, -0.03, -0.025], "color_conflict": [0.05, 0.07, 0.06]}
+"""CFT − base per seed."""
+CE = {"bg_conflict": 0.07, "rendition": 0.06}
+"""CE − base (every seed) where it is not 0.01 · seed: on `rendition` CE does as well as CFT."""
 
 
-def _acc():
+def _acc(cnn_test=0.0):
     rows = []
-    for arm, seed, split, group in itertools.product(("none", "cft", "cft_fgmask", "robustvit"), range(3), SPLITS,
-                                                     ("all", "seen", "unseen")):
-        base = 0.6
-        top1 = base + (GAIN[split][seed] if arm == "cft" else 0.01 * seed if arm != "none" else 0.0)
+    for arm, seed, split, group in itertools.product(("none", "ce", "dfr", "cft", "cft_fgmask", "robustvit"), range(3),
+                                                     SPLITS, ("all", "seen", "unseen")):
+        top1 = BASE[split] + {"cft": GAIN[split][seed], "ce": CE.get(split, 0.01 * seed), "dfr": 0.2,
+                              "none": 0.0}.get(arm, 0.01 * seed)
         rows.append(dict(model="vit", arm=arm, seed=seed, split=split, group=group, top1=top1, top5=1.0))
+    for arm, seed, split in itertools.product(("none", "ce", "cft"), range(3), ("test", "bg_conflict")):
+        top1 = {"test": 0.9 + (cnn_test if arm == "cft" else 0), "bg_conflict": 0.01 + 0.02 * (arm == "cft") + 0.001 * seed}[split]
+        rows.append(dict(model="cnn", arm=arm, seed=seed, split=split, group="all", top1=top1, top5=1.0))
     return pd.DataFrame(rows)
 
 
 def _align():
     rows = [dict(model="vit", arm=arm, seed=s, split=split, concept_mass=0.3 + (0.1 if arm == "cft" else 0) + 0.01 * s,
                  pointing=0.5 + (0.2 if arm == "cft" else 0))
-            for arm in ("none", "cft") for s in range(3) for split in ("test", "bg_conflict")]
+            for arm in ("none", "ce", "cft") for s in range(3) for split in ("test", "bg_conflict")]
     return pd.DataFrame(rows)
 
 
@@ -41,30 +49,79 @@ def _find(verdicts, text):
     return row
 
 
-def test_ood_claims_follow_the_paired_intervals(verdicts):
-    assert _find(verdicts, "accuracy on ImageNet-A")["verdict"] == report.HOLDS  # +11 ± 2.5 points
-    assert _find(verdicts, "accuracy on ObjectNet")["verdict"] == report.FAILS  # 0 ± 6.3: the interval spans zero
-    assert _find(verdicts, "accuracy on ImageNet-R")["verdict"] == report.HOLDS
+def _cmp(row, versus):
+    (c,) = [c for c in row["comparisons"] if c["versus"] == versus and c.get("group", "all") != "seen"]
+    return c
+
+
+def test_ood_claims_need_both_the_base_and_ce(verdicts):
+    bg = _find(verdicts, "accuracy on ImageNet-A")
+    assert bg["verdict"] == report.HOLDS  # +11 ± 2.5 over the base, +4 ± 2.5 over CE
+    assert _cmp(bg, "none")["mean"] == pytest.approx(0.11) and _cmp(bg, "ce")["mean"] == pytest.approx(0.04)
+    assert "CFT − base: +11.0 ± 2.5 (3 pairs) ✓" in bg["evidence"]
+    r = _find(verdicts, "accuracy on ImageNet-R")
+    assert _cmp(r, "none")["verdict"] == report.HOLDS and _cmp(r, "ce")["verdict"] == report.FAILS
+    assert r["verdict"] == report.FAILS and r["why"] == "vs base holds, vs CE does not"
     assert _find(verdicts, "accuracy on ImageNet-v2")["verdict"] == report.FAILS  # a loss
-    assert "+11.0 ± 2.5 points (3 (base, seed) pairs)" in _find(verdicts, "accuracy on ImageNet-A")["evidence"]
+
+
+def test_a_split_without_a_shortcut_gap_is_not_testable(verdicts):
+    pose = _find(verdicts, "accuracy on ObjectNet")  # the base is 1 point below test there: nothing to remove
+    assert pose["verdict"] == report.UNTESTABLE and "no shortcut gap" in pose["why"]
+    assert _cmp(pose, "none")["verdict"] == report.HOLDS  # CFT's +2.5 is reported, but cannot count
+    (gap,) = [c for c in pose["conditions"] if "shortcut gap" in c["what"]]
+    assert gap["value"] == pytest.approx(1.0) and gap["ok"] is False
+
+
+def test_an_improvement_below_chance_or_at_the_cost_of_test_does_not_hold():
+    def cnn(acc, P):
+        return _find({r["claim"]: r for r in report.claims(acc, _align(), P)}, "CNN")
+
+    P = config.parse({})
+    ok = cnn(_acc(), P)  # 1 % → 3 % on bg_conflict, over base and CE; chance 1/50 = 2 %; test unchanged
+    assert ok["verdict"] == report.HOLDS and all(c["ok"] for c in ok["conditions"])
+    low = cnn(_acc(), config.parse({"world": {"n_species": 10}}))  # chance 10 %: 3 % is no success
+    assert [c["ok"] for c in low["conditions"] if "chance" in c["rule"]] == [False] and low["verdict"] == report.FAILS
+    hurt = cnn(_acc(cnn_test=-0.05), P)  # bought with 5 points of test
+    assert [c["ok"] for c in hurt["conditions"] if "in-distribution" in c["what"]] == [False]
+    assert hurt["verdict"] == report.FAILS
 
 
 def test_in_distribution_kept_within_tolerance(verdicts):
-    assert _find(verdicts, "in-distribution")["verdict"] == report.HOLDS  # −0.5 ± 0.25: above −1 point
+    row = _find(verdicts, "in-distribution")
+    assert row["verdict"] == report.HOLDS  # −0.5 ± 0.25: above −1 point
+    assert not _cmp(row, "ce")["decides"]
 
 
-def test_alignment_concept_masks_few_shot_and_untested_claims(verdicts):
+def test_colour_dfr_alignment_concept_masks_few_shot_and_untested_claims(verdicts):
+    assert _find(verdicts, "on-object shortcut")["verdict"] == report.HOLDS  # +6 over base, +5 over CE
+    dfr = _find(verdicts, "DFR")
+    assert dfr["verdict"] == report.FAILS and _cmp(dfr, "dfr")["mean"] == pytest.approx(0.11 - 0.2)
     assert _find(verdicts, "semantic parts")["verdict"] == report.HOLDS
-    # mean OOD gain of CFT over cft_fgmask: per seed (gains − 0.01·seed); positive on average? check exactly
     acc = pd.concat([_acc(), report.ood_mean(_acc())])
-    d = evaluate.paired_difference(acc, "top1", "cft", "cft_fgmask", split="ood_mean", group="all")
-    per_seed = [sum(GAIN[s][i] for s in SPLITS if s != "test") / 4 - 0.01 * i for i in range(3)]
-    assert d["mean"] == pytest.approx(sum(per_seed) / 3)
+    d = evaluate.paired_difference(acc, "top1", "cft", "cft_fgmask", split="ood_mean", group="all", model="vit")
+    assert _cmp(_find(verdicts, "segmentation"), "cft_fgmask")["mean"] == pytest.approx(d["mean"])
     assert _find(verdicts, "segmentation")["verdict"] == report.verdict(d)
     assert _find(verdicts, "suffice")["verdict"] == report.HOLDS  # unseen classes gain on bg_conflict
-    assert _find(verdicts, "CNN")["verdict"] == report.UNTESTABLE  # no CNN rows
-    assert "not measured" in _find(verdicts, "CNN")["evidence"]
     assert _find(verdicts, "ImageNet-scale")["verdict"] == report.UNTESTABLE
+    no_cnn = report.claims(_acc()[lambda f: f["model"] == "vit"], _align(), config.parse({}))
+    row = _find({r["claim"]: r for r in no_cnn}, "CNN")
+    assert row["verdict"] == report.UNTESTABLE and "not measured" in row["evidence"]
+
+
+def test_claims_json_carries_every_comparison_in_points(tmp_path):
+    import json
+
+    P = config.parse({})
+    rows = report.write_claims(tmp_path / "claims.md", _acc(), _align(), P, json_path=tmp_path / "claims.json")
+    j = json.loads((tmp_path / "claims.json").read_text())
+    assert j["counts"][report.HOLDS] == sum(r["verdict"] == report.HOLDS for r in rows)
+    (bg,) = [c for c in j["claims"] if "ImageNet-A" in c["claim"]]
+    assert bg["comparisons"][0] | {} == {**bg["comparisons"][0], "versus": "none", "mean": 11.0, "n": 3,
+                                         "verdict": report.HOLDS, "decides": True}
+    assert bg["data"] == "plots/evaluate_accuracy.csv" and "cftlib/report.py" in bg["code"]
+    text = (tmp_path / "claims.md").read_text()
+    assert "(../plots/evaluate_accuracy.csv)" in text and "does not hold (vs base holds, vs CE does not)" in text
 
 
 def _epochs(drops):
@@ -94,17 +151,18 @@ def test_single_seed_decides_on_the_point_estimate():
     assert report.verdict({"mean": 0.02, "ci": float("nan"), "n": 1}) == report.HOLDS
     assert report.verdict({"mean": 0.02, "ci": 0.03, "n": 3}) == report.FAILS
     assert report.verdict(None) == report.UNTESTABLE
+    assert report.verdict({"mean": float("nan"), "ci": float("nan"), "n": 0}) == report.UNTESTABLE
 
 
 def test_tables_and_report_text(tmp_path):
     P = config.parse({"finetune": {"lr": 0.0005}})
-    s = evaluate.summarise(_acc()[lambda f: f["group"] == "all"], ["arm", "split"], ["top1"])
+    s = evaluate.summarise(_acc()[lambda f: (f["group"] == "all") & (f["model"] == "vit")], ["arm", "split"], ["top1"])
     t = report.pivot(s, "arm", "split", "top1", order=list(SPLITS))
-    assert list(t.columns) == list(SPLITS) and list(t.index) == ["none", "cft", "cft_fgmask", "robustvit"]
-    assert t.loc["none", "test"] == "60.0 ± 0.0" and t.loc["cft", "bg_conflict"] == "71.0 ± 2.5"
+    assert list(t.columns) == list(SPLITS) and list(t.index) == ["none", "ce", "dfr", "cft", "cft_fgmask", "robustvit"]
+    assert t.loc["none", "test"] == "90.0 ± 0.0" and t.loc["cft", "bg_conflict"] == "61.0 ± 2.5"
     report.write_table(t, tmp_path / "acc", "Top-1")
     assert (tmp_path / "acc.md").read_text().startswith("# Top-1\n\n| arm | test |")
-    assert pd.read_csv(tmp_path / "acc.csv").shape == (4, 6)
+    assert pd.read_csv(tmp_path / "acc.csv").shape == (6, 7)
     rows = report.write_claims(tmp_path / "claims.md", _acc(), _align(), P)
     text = (tmp_path / "claims.md").read_text()
     assert f"**{sum(r['verdict'] == report.HOLDS for r in rows)} hold," in text
@@ -115,11 +173,11 @@ def test_metrics_json_has_means_intervals_and_null_for_one_seed():
     import json
 
     acc = _acc()
-    one = acc[acc["seed"] == 0]
+    one = acc[(acc["seed"] == 0) & (acc["model"] == "vit")]
     s = evaluate.summarise(one, ["model", "arm", "split", "group"], ["top1", "top5"])
     g = evaluate.summarise(evaluate.gaps_frame(one), ["model", "arm", "split"], ["gap"])
     a = evaluate.summarise(_align()[lambda f: f["seed"] == 0], ["model", "arm", "split"], ["concept_mass"])
     m = json.loads(json.dumps(report.metrics(s, g, a), allow_nan=False))
-    assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.7, "top1_ci": None, "top5": 1.0, "top5_ci": None}
-    assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(GAIN["test"][0] - GAIN["bg_conflict"][0])
+    assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.6, "top1_ci": None, "top5": 1.0, "top5_ci": None}
+    assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(BASE["test"] + GAIN["test"][0] - BASE["bg_conflict"] - GAIN["bg_conflict"][0])
     assert m["vit"]["cft"]["alignment"]["test"]["concept_mass"] == pytest.approx(0.4)

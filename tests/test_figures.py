@@ -1,0 +1,47 @@
+"""Figures draw the numbers they are given: paired differences in points with their intervals, and the
+qualitative figure's rows and title say which images the base gets wrong and CFT right."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cftlib import evaluate, figures
+
+
+def _frame():
+    rows = []
+    for seed in range(3):
+        for split, gain in (("test", -0.01), ("bg_conflict", 0.10 + 0.01 * seed)):
+            for arm, top1 in (("none", 0.5), ("ce", 0.52), ("cft", 0.5 + gain)):
+                rows.append(dict(model="vit", arm=arm, seed=seed, split=split, top1=top1))
+    return pd.DataFrame(rows)
+
+
+def test_paired_differences_are_drawn_in_points_with_their_intervals():
+    frame = _frame()
+    fig = figures.paired_differences(frame, "top1", ["test", "bg_conflict"], [("cft", "none"), ("cft", "ce")])
+    ax = fig.axes[0]
+    base, ce = ax.containers  # one errorbar series per pair, in the order given
+    assert base.lines[0].get_ydata() == pytest.approx([-1.0, 11.0])
+    assert ce.lines[0].get_ydata() == pytest.approx([-3.0, 9.0])
+    d = evaluate.paired_difference(frame, "top1", "cft", "none", split="bg_conflict", model="vit")
+    segment = base.lines[2][0].get_segments()[1]  # the whisker of bg_conflict
+    assert segment[:, 1] == pytest.approx([100 * (d["mean"] - d["ci"]), 100 * (d["mean"] + d["ci"])])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cft − none", "cft − ce"]
+
+
+def test_paired_differences_without_pairs_say_so():
+    fig = figures.paired_differences(_frame(), "top1", ["test"], [("cft", "dfr")], title="vs DFR")
+    assert "no paired runs" in fig.axes[0].texts[0].get_text()
+
+
+def test_corrected_picks_fixed_images_first_then_both_right():
+    labels = np.array([0, 1, 2, 3, 4])
+    base = np.array([9, 1, 9, 3, 4])  # wrong on 0 and 2
+    cft = np.array([0, 1, 9, 3, 4])  # fixes 0, not 2
+    assert figures.corrected(base, cft, labels, 3) == [(0, True), (1, False), (3, False)]
+    assert figures.corrected(labels, labels, labels, 2) == [(0, False), (1, False)]  # none fixed: both right
