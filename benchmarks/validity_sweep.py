@@ -12,7 +12,9 @@ Rule, written before the run: the validity figures are measured on fresh images 
 `test`, `bg_conflict` and `dfr` splits, never the committed ones), so the world's evaluation splits play no part
 in its design. A pre-training length is acceptable when its base has `test` ≥ 85 %, gap ≥ 30 points and
 DFR gap ≤ 15 points; the profile's pre-training is set to the acceptable length with the largest
-min(gap − 30, 15 − DFR gap), ties to the longer one; if none is acceptable, that is the finding.
+min(gap − 30, 15 − DFR gap), ties to the longer one; if none is acceptable, that is the finding. Added after the
+first table (none was), before the variants were run: the same rule over (variant, length), the variants being
+`world.rho_bg` and the probe's size `world.splits.dfr`. Results: reports/validity_sweep.md.
 
     python benchmarks/validity_sweep.py [params.yaml] [epoch ...] [section.key=value ...]
 
@@ -65,7 +67,8 @@ def snapshots(P: config.Params, keep: list[int]) -> tuple[dict, dict, int]:
     """{epoch: (state_dict, held-out parts accuracy)} of one pre-training run, the build and output count;
     cached on disk by the pre-training's parameters."""
     drawing = {k: v for k, v in config.as_dict(P.world).items() if k not in ("rho_bg", "rho_color", "splits")}
-    key = hashlib.sha256(json.dumps([config.as_dict(P.pretrain), drawing, P.base.seed],
+    recipe = config.as_dict(P.pretrain) | {"keep_epoch": 0}  # every epoch is snapshotted whatever is shipped
+    key = hashlib.sha256(json.dumps([recipe, drawing, P.base.seed],
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = CACHE / f"{key}.pt"
     if path.is_file():

@@ -1,4 +1,4 @@
-"""Ablations of CFT (the paper's ablation studies, cft_facts §5.1): CFT runs that differ from the main run
+"""Ablations of CFT (the paper's ablation studies, docs/paper.md §5.1): CFT runs that differ from the main run
 in one setting — k images per class, the world grounder's mask noise (a VLM's quality), the relevance
 method trained on — fine-tuned with `cftlib.finetune` and scored with `cftlib.evaluate`.
 
@@ -117,6 +117,26 @@ def summary(acc: pd.DataFrame, align: pd.DataFrame, splits: list[str], level: fl
     wide = a.join(m).reset_index()
     return evaluate.summarise(wide, ["ablation", "value"], [c for c in wide.columns if c not in
                                                             ("ablation", "value", "seed")], level)
+
+
+def findings(s: pd.DataFrame, split: str) -> list[str]:
+    """One sentence per ablation, from its `summary` rows: the range of `split` top-1 over its values and
+    whether the lowest and highest intervals overlap (then this run shows no effect of that setting)."""
+    out = []
+    for name, g in s.groupby("ablation", sort=False):
+        if split not in g or g[split].isna().all():
+            continue
+        m, ci = g[split] * 100, g[f"{split}_ci"] * 100
+        lo, hi = m.idxmin(), m.idxmax()
+        if ci.isna().any():
+            verdict = "one seed per value: no interval, so no effect can be claimed"
+        elif m[lo] + ci[lo] >= m[hi] - ci[hi]:
+            verdict = "the intervals overlap: no effect shown"
+        else:
+            verdict = f"the intervals are apart: {g.loc[hi, 'value']} is better"
+        out.append(f"{name}: `{split}` top-1 from {m[lo]:.1f} % ({g.loc[lo, 'value']}) to {m[hi]:.1f} % "
+                   f"({g.loc[hi, 'value']}); {verdict}")
+    return out
 
 
 def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):

@@ -1,4 +1,4 @@
-"""The paper's benchmarks at ImageNet scale (CFT §5; cft_facts §4): ImageNet val, ImageNet-A, -R, -v2,
+"""The paper's benchmarks at ImageNet scale (CFT §5; docs/paper.md §4): ImageNet val, ImageNet-A, -R, -v2,
 ObjectNet, SI-Score and ImageNet-Segmentation, read from their released layouts, and scored under two
 protocols. `chefer` is the official code's (RobustViT's): Resize(256), CenterCrop(224), mean = std = 0.5,
 1000-way top-k, ObjectNet's first mapped ImageNet index as the label. `standard` is the benchmarks' own:
@@ -207,7 +207,7 @@ def objectnet_mapping(mappings: str | Path) -> dict[str, list[int]]:
 
 
 def objectnet(root: str | Path) -> Benchmark:
-    """ObjectNet restricted to its mapped classes. Official label: the first mapped index (cft_facts
+    """ObjectNet restricted to its mapped classes. Official label: the first mapped index (docs/paper.md
     §4.1); standard: any mapped index, logits of all mapped classes, 1-px border cropped."""
     root = Path(root)
     mapping = objectnet_mapping(root / "mappings")
@@ -329,7 +329,7 @@ def load_image(path: str | Path, border: int = 0, resize: int = 256, crop: int =
 
 
 def normalisation(model: torch.nn.Module, protocol: str) -> tuple[tuple, tuple]:
-    """(mean, std): 0.5 for every model under `chefer` (cft_facts §3.1); the model's own under `standard`."""
+    """(mean, std): 0.5 for every model under `chefer` (docs/paper.md §3.1); the model's own under `standard`."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if protocol == "standard" and "mean" in cfg:
         return tuple(cfg["mean"]), tuple(cfg["std"])

@@ -1,4 +1,4 @@
-"""Concept discovery (CFT §3.1; cft_facts.md §1): per class, short visual part-level concepts ("long beak",
+"""Concept discovery (CFT §3.1; docs/paper.md §1): per class, short visual part-level concepts ("long beak",
 "wings") proposed label-free — by the world's field guide, a local LLM, WordNet part meronyms or an existing
 bank — filtered as in Label-free CBM (Oikarinen et al. 2023) and stored as a validated JSON bank named by
 its content hash."""
@@ -86,7 +86,7 @@ def validate(bank: dict, where: str = "bank") -> dict:
     {"schema": "cft-concept-bank/1",
      "header": {"proposer", "model", "prompt", "prompt_sha256", "params", "date"},
      "classes": [{"label": 0, "name": "...", "concepts": [{"text": "long beak", "weight": 1.0, "source": "..."}]}]}
-    Labels are 0..n-1 in order; every class has at least one concept; weights are positive (cft_facts §2.1).
+    Labels are 0..n-1 in order; every class has at least one concept; weights are positive (docs/paper.md §2.1).
     """
     if not isinstance(bank, dict):
         _err(where, f"must be a JSON object, got {type(bank).__name__}")
@@ -153,7 +153,7 @@ def sha256(text: str) -> str:
 
 def content_hash(bank: dict) -> str:
     """First 12 hex digits of the sha256 of the bank's canonical JSON: the bank's name (like the official
-    code's `bank_<hash>` output folders, cft_facts §1.1)."""
+    code's `bank_<hash>` output folders, docs/paper.md §1.1)."""
     return sha256(json.dumps(bank, sort_keys=True, separators=(",", ":"), ensure_ascii=False))[:12]
 
 
@@ -217,7 +217,7 @@ def similarity(a: str, b: str) -> float:
 
 def filter_concepts(concepts: list[dict], names: list[str], max_chars: int, name_similarity: float,
                     duplicate_similarity: float) -> tuple[list[dict], list[dict]]:
-    """Label-free CBM's filters (cft_facts §1.2): drop concepts over `max_chars` characters, those naming the
+    """Label-free CBM's filters (docs/paper.md §1.2): drop concepts over `max_chars` characters, those naming the
     class (contain a name or synonym, or similarity >= `name_similarity`), and near-duplicates of an earlier
     concept (similarity >= `duplicate_similarity`). Returns (kept, dropped with a reason)."""
     kept, dropped = [], []
@@ -502,7 +502,7 @@ OFFICIAL_BANK = "cft_official_concept_bank.json"
 
 def read_official(path: str | Path | None, dataset: str) -> list[dict]:
     """One dataset's concepts from a bank in the official repository's format {dataset: [[name, weight]]}
-    (names lowercase strings, weights numbers; cft_facts §1.1). None: the copy shipped in cftlib/data."""
+    (names lowercase strings, weights numbers; docs/paper.md §1.1). None: the copy shipped in cftlib/data."""
     text = (Path(path).read_text() if path else
             resources.files("cftlib").joinpath("data", OFFICIAL_BANK).read_text())
     where = str(path or OFFICIAL_BANK)

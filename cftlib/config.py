@@ -38,12 +38,12 @@ class World:
     image_size: int = 48
     supersample: int = 2
     n_species: int = 50
-    rho_bg: float = 0.92
+    rho_bg: float = 0.98
     rho_color: float = 0.9
     noise: float = 0.03
     splits: dict = field(default_factory=lambda: dict(
         train=5000, val=1000, test=1000, v2=1000, bg_conflict=1000, color_conflict=1000,
-        pose=1000, rendition=1000, bg_random=1000, parts_only=1000, dfr=500))
+        pose=1000, rendition=1000, bg_random=1000, parts_only=1000, dfr=1000))
     chunk: int = 500
 
     def check(self, err):
@@ -81,11 +81,14 @@ class Recipe:
     warmup: float = 0.05
     label_smoothing: float = 0.1
     flip: bool = True
+    keep_epoch: int = 0  # the model kept: 0 = the epoch of the best held-out accuracy; N = the model after epoch N
 
     def check(self, err):
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
+        if not 0 <= self.keep_epoch <= self.epochs:
+            err("keep_epoch", f"in [0, epochs = {self.epochs}] (0: the best held-out epoch)")
         if self.lr <= 0:
             err("lr", "must be > 0")
         if self.weight_decay < 0:
@@ -105,6 +108,7 @@ class Pretrain(Recipe):
     model_kwargs: dict = field(default_factory=lambda: dict(
         patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, conv_stem=32))
     epochs: int = 20
+    keep_epoch: int = 4  # ship the model after epoch 4 (benchmarks/validity_sweep.py); the run goes on to `epochs`
     images: int = 10000  # the pre-training set (habitat and colour random)
     val_images: int = 1000  # held out from the same distribution: the learnability figure
     attributes: bool = True  # the set is labelled with the part attributes too (one extra loss per attribute)
@@ -285,7 +289,7 @@ RELEVANCE = ("attnlrp", "cplrp", "gae_rollout", "grad_x_input", "gradcam")
 
 @dataclass(frozen=True)
 class Loss:
-    """CFT's loss as in the official code (cft_facts §3.5) and RobustViT's MSE version."""
+    """CFT's loss as in the official code (docs/paper.md §3.5) and RobustViT's MSE version."""
     lambda_align: float = 0.8
     lambda_acc: float = 0.2
     lambda_ctx: float = 1.2  # CFT: BCE(R ⊙ (1 − M), 0)
@@ -294,7 +298,7 @@ class Loss:
     lambda_fg: float = 0.3  # RobustViT: MSE(R ⊙ M, M)
     temperature: float = 1.0
     squeeze: float = 0.001  # δ: the map is squeezed into [δ, 1 − δ]; 0 = official (BCE(1, 0) saturates at 100)
-    reverse_mask: str = "complement"  # complement: 1 − M; official: only exact 0/1 flipped (cft_facts §6.16)
+    reverse_mask: str = "complement"  # complement: 1 − M; official: only exact 0/1 flipped (docs/paper.md §6.16)
     confidence_target: str = "argmax"  # argmax: the model's own prediction (official); label
 
     def check(self, err):
@@ -347,7 +351,7 @@ class FinetuneCNN:
 
 @dataclass(frozen=True)
 class Finetune:
-    """The few-shot fine-tuning protocol (cft_facts §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
+    """The few-shot fine-tuning protocol (docs/paper.md §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
     model selection by the lowest validation total loss (the last epoch kept too)."""
     arms: list = field(default_factory=lambda: ["none", "ce", "dfr", "robustvit", "cft_fgmask", "cft"])
     seeds: int = 1  # runs per arm and base model (bases.seeds), seeds numbered across bases (finetune.plan)
@@ -400,7 +404,7 @@ class Evaluate:
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.benchmarks."""
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "color_conflict", "pose", "rendition",
                                                   "bg_random"])
-    max_images: int = 300  # per split, the first N (a split's images are in random order); 0 = all
+    max_images: int = 0  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
     alignment_images: int = 64  # the first N images of each alignment split
@@ -462,7 +466,7 @@ class Ablations:
     k: list = field(default_factory=lambda: [1, 3])  # images per class (<= masks.k)
     noise: list = field(default_factory=lambda: [0.0, 1.0, 2.0])  # the world grounder's noise, × masks.world
     relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout"])  # ViT methods
-    seeds: int = 1
+    seeds: int = 2  # 2+ gives intervals
 
     def check(self, err):
         if any(type(k) is not int or k < 1 for k in self.k):

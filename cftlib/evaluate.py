@@ -1,7 +1,7 @@
 """Evaluation (CFT §5): top-1/top-5 accuracy per split, mean and 95% CI over seeds, classes seen in
 fine-tuning vs the others, shortcut gaps (test minus each OOD split), and where the relevance lands —
 RobustViT/Chefer segmentation alignment (map thresholded at its mean; pixel accuracy, mIoU over
-{bg, fg}, mean per-image AP; cft_facts §4.2) and concept alignment against the world's exact part masks
+{bg, fg}, mean per-image AP; docs/paper.md §4.2) and concept alignment against the world's exact part masks
 (share of relevance mass on concept parts; pointing game), the latter our own metric (§4.2 [INFER])."""
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def segmentation_counts(relevance: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image (Chefer et al. 2021's ImageNet-Segmentation protocol, cft_facts §4.2): the map is
+    """Per image (Chefer et al. 2021's ImageNet-Segmentation protocol, docs/paper.md §4.2): the map is
     binarised at its own mean; counts of correct/labelled pixels and of intersection/union for
     bg and fg; AP of the two-channel score [1−R, R] against the one-hot mask (micro over both).
     relevance: (N, H, W) in [0, 1]; gt: (N, H, W) bool."""
@@ -223,7 +223,7 @@ def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarr
 def relevance_maps(model: torch.nn.Module, images: np.ndarray, method: str, batch_size: int = 100,
                    amp: bool = False, build: dict | None = None) -> np.ndarray:
     """(N, H, W) min-max normalised relevance of each image's predicted class at pixel level (the
-    RobustViT segmentation test explains the prediction, cft_facts §4.2), computed on the model's device
+    RobustViT segmentation test explains the prediction, docs/paper.md §4.2), computed on the model's device
     (`amp`: under bfloat16 autocast there, CUDA only), the images normalised as the model of `build` (its
     checkpoint config) was fine-tuned (default 0.5)."""
     from .models import renormalise, to_tensor

@@ -1,4 +1,4 @@
-"""The few-shot data of CFT (§4.1; cft_facts §3.1): k images from each of a seeded half of the classes
+"""The few-shot data of CFT (§4.1; docs/paper.md §3.1): k images from each of a seeded half of the classes
 to fine-tune on, one image from each other class to validate on — from the world's training split or an
 ImageNet-style image folder. The concepts, masks and fine-tune stages share this one choice."""
 
@@ -14,7 +14,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def select(labels: np.ndarray, k: int, class_fraction: float, seed: int) -> dict:
     """Indices into `labels`. Train classes: a seeded choice of round(fraction · n) of the sorted classes;
     k images each, a seeded choice of that class's indices. Val: one image of every other class. The
-    official code takes unsorted `os.listdir` order (cft_facts §3.1); sorting first makes it reproducible.
+    official code takes unsorted `os.listdir` order (docs/paper.md §3.1); sorting first makes it reproducible.
     Returns {train, val, train_classes, val_classes}, each a sorted int array."""
     labels = np.asarray(labels)
     classes = np.unique(labels)

@@ -1,4 +1,4 @@
-"""Few-shot fine-tuning (CFT paper §3; the official protocol, cft_facts §3): arms looked up by name — `cft`,
+"""Few-shot fine-tuning (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name — `cft`,
 `cft_fgmask`, `robustvit`, `ce`, `none` — run on the masks stage's few-shot images under one seeded protocol
 (AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, selection by the lowest validation total
 loss), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0

@@ -1,4 +1,4 @@
-"""Concept grounding (CFT §3.1; cft_facts.md §2): each concept of an image's class is found in the image as
+"""Concept grounding (CFT §3.1; docs/paper.md §2): each concept of an image's class is found in the image as
 a binary mask m_c; the image's training target is their union M = 1[max_c m_c > 0], and the official
 weighted map W = max_c w_c·m_c is kept too. Grounders sit in a registry: `world` (exact part masks degraded
 by a VLM-like noise model), `groundingsam` (GroundingDINO boxes → SAM masks) and `foreground` (the whole
@@ -120,7 +120,7 @@ class WorldGrounder:
 class GroundingSAM:
     """GroundingDINO (one "concept." prompt per concept, the official box/text thresholds 0.35/0.65; every
     box over the box threshold is kept, as the official script does) → SAM or SAM 2, one box prompt per box,
-    `multimask_output=False`; a concept's boxes' masks are unioned; no box: an empty mask (cft_facts §2).
+    `multimask_output=False`; a concept's boxes' masks are unioned; no box: an empty mask (docs/paper.md §2).
     `many` grounds several images at once: up to `batch_size` images (each with all its concepts) per
     GroundingDINO forward and per SAM image-encoder forward."""
 
@@ -260,7 +260,7 @@ assert tuple(GROUNDERS) == config.GROUNDERS
 # ----------------------------------------------------------------------------- masks and their quality
 
 def combine(masks: np.ndarray, weights: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """(binary union M, weighted max W = max_c w_c·m_c) of per-concept masks (C, H, W) (cft_facts §2.1)."""
+    """(binary union M, weighted max W = max_c w_c·m_c) of per-concept masks (C, H, W) (docs/paper.md §2.1)."""
     w = np.asarray(weights, np.float32)[:, None, None]
     weighted = (masks * w).max(0) if len(masks) else np.zeros(masks.shape[1:], np.float32)
     return weighted > 0, weighted.astype(np.float32)

@@ -1,4 +1,4 @@
-"""CFT's training objective (paper §3.3; the official `train.py:254-283`, cft_facts §3.5) and RobustViT's:
+"""CFT's training objective (paper §3.3; the official `train.py:254-283`, docs/paper.md §3.5) and RobustViT's:
 
     L = λ_align (λ_ctx BCE(R ⊙ M̄, 0) + λ_concept BCE(R ⊙ M, M)) + λ_acc CE(z / T, argmax z)     (CFT)
     L = λ_align (λ_bg  MSE(R ⊙ M̄, 0) + λ_fg      MSE(R ⊙ M, M)) + λ_acc CE(z / T, argmax z)     (RobustViT)
@@ -20,13 +20,13 @@ KINDS = ("bce", "mse")
 def squeeze(r: torch.Tensor, delta: float) -> torch.Tensor:
     """δ + (1 − 2δ) R. Per-sample min-max puts a pixel at exactly 1 (and one at 0): in the context term
     BCE(1, 0) hits PyTorch's log clamp (loss 100, gradient ~1e12/N), likewise BCE(0, 1) in the concept
-    term (shared/paper/relevance.md §5). δ = 0 keeps the official behaviour."""
+    term (docs/paper.md §6.15–6.16). δ = 0 keeps the official behaviour."""
     return r if delta == 0 else delta + (1 - 2 * delta) * r
 
 
 def reverse_mask(m: torch.Tensor, mode: str = "complement") -> torch.Tensor:
     """M̄ = 1 − M; or the official quirk ("official"): only exact 0 and 1 are flipped, so a fractional
-    edge pixel (from bilinear mask resizing) stays M (cft_facts §3.5, §6.16)."""
+    edge pixel (from bilinear mask resizing) stays M (docs/paper.md §3.5, §6.16)."""
     if mode == "complement":
         return 1 - m
     if mode == "official":

@@ -66,7 +66,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def normalisation(build: dict) -> tuple[tuple, tuple]:
     """(mean, std) a model expects: a zoo model's own (ImageNet statistics for DeiT, DINOv2, ResNet; the
-    official code fed 0.5 to all of them, cft_facts §3.1), else the 0.5 of `to_tensor` it was trained with."""
+    official code fed 0.5 to all of them, docs/paper.md §3.1), else the 0.5 of `to_tensor` it was trained with."""
     if "zoo" in build:
         from .zoo import get
 

@@ -74,7 +74,8 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
           desc: str = "train", extra: tuple[np.ndarray, list[int]] | None = None,
           on_epoch: Callable[[dict, torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train every weight of `model` on `train_set` (arrays `images`, `label`). Returns the model at its best
-    `val_set` epoch (eval mode) and the per-epoch history (train loss/accuracy, val loss/accuracy, lr).
+    `val_set` epoch, or after epoch `cfg.keep_epoch` when set (eval mode), and the per-epoch history (train
+    loss/accuracy, val loss/accuracy, lr); the run always goes on to `cfg.epochs`.
     `extra` = (targets (N, A) of `train_set`, sizes), from `extra_labels`, adds `attribute_loss` (the model then
     has sum(sizes) more outputs, after the species); accuracies are the species'. `on_epoch(record, model)` is
     called after each epoch (studies snapshot the model there)."""
@@ -119,11 +120,12 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
                             train_acc=correct / len(x), val_loss=val_loss, val_acc=val_acc))
         if on_epoch is not None:
             on_epoch(history[-1], model)
-        if val_acc > best[0]:
+        if (val_acc > best[0]) if not cfg.keep_epoch else (epoch + 1 == cfg.keep_epoch):
             best = (val_acc, copy.deepcopy(model.state_dict()))
     bar.close()
     if not progress:  # papermill logs: one line per training
-        print(f"{desc}: {cfg.epochs} epochs, best val accuracy {best[0]:.3f}", flush=True)
+        print(f"{desc}: {cfg.epochs} epochs, kept " + (f"epoch {cfg.keep_epoch}" if cfg.keep_epoch else "the best")
+              + f" (val accuracy {best[0]:.3f})", flush=True)
     model.load_state_dict(best[1])
     return model.eval(), history
 

@@ -1,7 +1,7 @@
 """The evaluate stage's reports: paper-style tables (arms × splits, mean ± 95% CI over seeds) as Markdown
 and CSV, and `reports/claims.md` — each claim of the CFT paper, the evidence this run gives for it, and a
 verdict (holds / does not hold / not testable here) — with the table of deviations from the official code
-(cft_facts §6–7)."""
+(docs/paper.md §6–7)."""
 
 from __future__ import annotations
 
@@ -311,7 +311,7 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
 
 
 def deviations(P: config.Params) -> list[dict]:
-    """Where this run differs from the official code, with this run's values (cft_facts §3, §6–7)."""
+    """Where this run differs from the official code, with this run's values (docs/paper.md §3, §6–7)."""
     f, loss, world = P.finetune, P.finetune.loss, bool(P.evaluate.splits)
     sampled = f"; {P.evaluate.benchmark_images} images sampled per benchmark" if P.evaluate.benchmark_images else ""
     return [
@@ -324,7 +324,7 @@ def deviations(P: config.Params) -> list[dict]:
              why="runs on a laptop with exact part masks; the paper scale needs ImageNet and GPUs" if world else
                  "the paper's setting"),
         dict(what="concepts", official="none released (GPT-4o-mini in the paper; bank for CUB/CelebA only)",
-             here=f"proposer `{P.concepts.proposer}`", why="cft_facts §1: no concept-discovery code exists"),
+             here=f"proposer `{P.concepts.proposer}`", why="docs/paper.md §1: no concept-discovery code exists"),
         dict(what="masks", official="GroundingDINO + SAM 2 (box 0.35, text 0.65)",
              here=f"grounder `{P.masks.grounder}`" + (f" (exact parts, boundary ±{P.masks.world.boundary} px, "
                                                       f"p_miss {P.masks.world.p_miss}, q_spurious {P.masks.world.q_spurious})"
@@ -333,10 +333,10 @@ def deviations(P: config.Params) -> list[dict]:
                  "the paper's grounder"),
         dict(what="relevance", official="GAE rollout (named 'lrp'; the paper says AttnLRP)",
              here=f"`{f.relevance}` (evaluated with `{P.evaluate.relevance}`)",
-             why="cft_facts §3.4: the paper's method, differentiable twice through lxt's rules"),
+             why="docs/paper.md §3.4: the paper's method, differentiable twice through lxt's rules"),
         dict(what="min-max", official="no epsilon: a constant map gives NaN", here="range clamped at 1e-8",
-             why="cft_facts §6.15"),
-        dict(what="reverse mask", official="only exact 0/1 flipped", here=f"`{loss.reverse_mask}`", why="cft_facts §6.16"),
+             why="docs/paper.md §6.15"),
+        dict(what="reverse mask", official="only exact 0/1 flipped", here=f"`{loss.reverse_mask}`", why="docs/paper.md §6.16"),
         dict(what="BCE saturation", official="map reaches exactly 0 and 1: BCE(1, 0) = 100",
              here=f"map squeezed into [{loss.squeeze:g}, {1 - loss.squeeze:g}]",
              why="keeps gradients finite (0 restores the official behaviour)"),
@@ -345,14 +345,14 @@ def deviations(P: config.Params) -> list[dict]:
              why="chosen on validation data by benchmarks/finetune_budget.py (reports/finetune_budget.md)" if world
                  else "the paper's setting"),
         dict(what="sample choice", official="unsorted os.listdir (filesystem order)", here="sorted, then seeded",
-             why="cft_facts §6.20: reproducible"),
+             why="docs/paper.md §6.20: reproducible"),
         dict(what="seeds", official="one run, one base model",
              here=f"{P.bases.seeds} base model(s) × {f.seeds} seed(s) per arm, mean ± {P.evaluate.level:.0%} CI over "
                   f"(base, seed) pairs", why="the claims need intervals that contain the base model's own variance"),
         dict(what="IN-A/IN-R/ObjectNet protocol", official="1000-way argmax; ObjectNet first mapped index, no border crop",
-             here=f"protocols {', '.join(P.evaluate.protocols)} (cftlib.benchmarks)", why="cft_facts §4.1, §6.27"),
+             here=f"protocols {', '.join(P.evaluate.protocols)} (cftlib.benchmarks)", why="docs/paper.md §4.1, §6.27"),
         dict(what="hardware", official="CUDA only, single GPU", here=f"CPU or CUDA (finetune.device {f.device})",
-             why="cft_facts §6.11"),
+             why="docs/paper.md §6.11"),
     ]
 
 

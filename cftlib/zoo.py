@@ -1,4 +1,4 @@
-"""The paper-scale model zoo: pretrained ImageNet models (cft_facts §3.2-3.3) by the name `params.yaml`
+"""The paper-scale model zoo: pretrained ImageNet models (docs/paper.md §3.2-3.3) by the name `params.yaml`
 uses (`pretrain.zoo`, `finetune.cnn.zoo`), each with its own normalisation, RobustViT's per-model
 learning rate and temperature, and where its released weights come from.
 

@@ -3,6 +3,8 @@ grounder's noise model (0: exact masks)."""
 
 import json
 
+import pandas as pd
+
 from cftlib import ablations, config
 
 
@@ -50,3 +52,17 @@ def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_worl
     ablations.masks_for(other, 2.0, bank, pool, tmp_path, "unused")
     header = json.loads((store / "manifest.json").read_text())["header"]
     assert header["params"]["world"]["p_miss"] == 1.0  # regrounded at the new noise (0.5 × 2)
+
+
+def test_findings_say_whether_the_intervals_separate_the_values():
+    s = pd.DataFrame([
+        dict(ablation="k", value=1, bg_conflict=0.50, bg_conflict_ci=0.02),
+        dict(ablation="k", value=3, bg_conflict=0.60, bg_conflict_ci=0.02),
+        dict(ablation="noise", value=0.0, bg_conflict=0.55, bg_conflict_ci=0.05),
+        dict(ablation="noise", value=2.0, bg_conflict=0.58, bg_conflict_ci=0.05),
+        dict(ablation="relevance", value="attnlrp", bg_conflict=0.5, bg_conflict_ci=float("nan")),
+    ])
+    k, noise, rel = ablations.findings(s, "bg_conflict")
+    assert k.startswith("k: `bg_conflict` top-1 from 50.0 % (1) to 60.0 % (3)") and "apart: 3 is better" in k
+    assert "overlap: no effect shown" in noise
+    assert "one seed" in rel

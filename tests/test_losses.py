@@ -1,5 +1,5 @@
-"""CFT's loss (cft_facts §3.5) with known answers: the terms, the reverse mask, the saturation of the official
-min-max + BCE pairing (shared/paper/relevance.md §5) and the squeeze that removes it, the confidence target."""
+"""CFT's loss (docs/paper.md §3.5) with known answers: the terms, the reverse mask, the saturation of the official
+min-max + BCE pairing and the squeeze that removes it, the confidence target."""
 
 import dataclasses
 

@@ -1,5 +1,5 @@
 """Tiny random-initialised Hugging Face models built offline and saved to a folder, so tests exercise the
-real `from_pretrained` path of the paper profile (recipes: shared/paper/offline_models.md)."""
+real `from_pretrained` path of the paper profile (each built from its model class's config, no download)."""
 
 from __future__ import annotations
 

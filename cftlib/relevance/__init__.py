@@ -3,7 +3,7 @@ the name `params.yaml` uses, and `explain`, which returns the map and the logits
 
 CFT trains on its own explanations, so the map must be differentiable in the weights: with
 `create_graph=True` the loss backward runs through the relevance computation (a second-order
-backward). The paper names AttnLRP; the official code trains on GAE rollout (cft_facts §3.4).
+backward). The paper names AttnLRP; the official code trains on GAE rollout (docs/paper.md §3.4).
 
     rel, logits = explain(model, x, "attnlrp", target=y, create_graph=True)   # rel: (B, 1, H, W)
 """
@@ -32,9 +32,11 @@ class Method:
     differentiable: with `create_graph=True` the map carries a gradient to the weights (usable in
         CFT's loss). exact_gradient: that gradient is the true derivative of the map (checked against
         finite differences); False for GAE rollout, whose ds/dA are constants as in the official code.
-    conservative: the raw map sums to the target logit (up to the rule's known leak, additive sources
-        such as biases and position embeddings aside). levels: where the map can be read, "grid"
-        (ViT patch tokens, CNN last feature map) and/or "input" (pixels).
+    conservative: on a model without additive sources (biases, position embeddings, class token) the raw
+        map sums exactly to the target logit. Only CP-LRP is: AttnLRP's softmax rule in gradient × input
+        form lets part of the logit leave through the attention logits (about half at random init; lxt
+        behaves the same), so it is not. levels: where the map can be read, "grid" (ViT patch tokens, CNN
+        last feature map) and/or "input" (pixels).
     """
     name: str
     fn: Callable
@@ -47,7 +49,7 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("attnlrp", partial(input_x_gradient, rule="attnlrp"), ("vit",), ("grid", "input"),
-           differentiable=True, exact_gradient=True, conservative=True),
+           differentiable=True, exact_gradient=True, conservative=False),
     Method("cplrp", partial(input_x_gradient, rule="cp"), ("vit",), ("grid", "input"),
            differentiable=True, exact_gradient=True, conservative=True),
     Method("gae_rollout", gae_rollout, ("vit",), ("grid",),
@@ -79,7 +81,7 @@ def model_kind(model: torch.nn.Module) -> str:
 
 def minmax(r: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Per-sample min-max to [0, 1], as the official code does, but with the range clamped at `eps`
-    so that a constant map gives zeros instead of NaN (cft_facts §6.15)."""
+    so that a constant map gives zeros instead of NaN (docs/paper.md §6.15)."""
     lo = r.amin(tuple(range(1, r.ndim)), keepdim=True)
     hi = r.amax(tuple(range(1, r.ndim)), keepdim=True)
     return (r - lo) / (hi - lo).clamp_min(eps)

@@ -10,7 +10,7 @@ identity rule through LayerNorm (std held constant) and elementwise activations,
 for the two attention matmuls (1/4 on q and k, 1/2 on v), the plain softmax gradient (AttnLRP's
 softmax rule in this form), epsilon rule (plain gradient) for linear layers. CP-LRP (Ali et al.,
 ICML 2022) instead holds the attention map constant. Patches live on module instances, only inside
-`patched(...)`; no class is touched (unlike lxt's `monkey_patch`, see shared/paper/relevance.md).
+`patched(...)`; no class is touched (unlike lxt's `monkey_patch`, which replaces classes process-wide).
 """
 
 from __future__ import annotations

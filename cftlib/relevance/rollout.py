@@ -1,5 +1,5 @@
 """Gradient-weighted attention rollout (Chefer et al., ICCV 2021), the map the official CFT and RobustViT
-code trains on (its `method='lrp'`; shared/paper/cft_facts.md §3.4):
+code trains on (its `method='lrp'`; docs/paper.md §3.4):
 
     A_bar_l = mean_h clamp(G_l * A_l, min=0),  G_l = ds/dA_l held constant,
     R_0 = I,  R_l = R_{l-1} + A_bar_l R_{l-1},  relevance = R_L[CLS, patch tokens].
@@ -46,7 +46,7 @@ def gae_rollout(model, x, target=None, *, kind, level, create_graph=False):
 
 
 def gae_rollout_official(model, x, target=None):
-    """The released CFT code's procedure (cft_facts §3.4, §6.28), kept as the reference for tests and
+    """The released CFT code's procedure (docs/paper.md §3.4, §6.28), kept as the reference for tests and
     the benchmark: hooks keep the attention maps, one `autograd.grad` per block, upsampling and
     min-max without epsilon, then a second forward for the classification logits.
     Returns ((B, 1, H, W) map in [0, 1], logits of the second forward)."""
