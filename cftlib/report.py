@@ -148,13 +148,16 @@ ARM_NAMES = {"none": "base", "ce": "CE", "cft": "CFT", "cft_fgmask": "CFT on for
              "robustvit": "RobustViT", "dfr": "DFR"}
 
 
-def _comparison_text(c: dict) -> str:
+def _comparison_text(c: dict, where: bool = False) -> str:
+    """"CFT − base: +3.1 ± 1.2 (3 pairs) ✓"; `where` prefixes the metric, split and group (rows that mix them)."""
+    label = (f"{c['metric']} on `{c['split']}`" + (f" ({c['group']} classes)" if c.get("group", "all") != "all" else "")
+             + ", " if where else "")
     if c["n"] == 0:
-        return f"{ARM_NAMES[c['arm']]} − {ARM_NAMES[c['versus']]}: not measured"
+        return f"{label}{ARM_NAMES[c['arm']]} − {ARM_NAMES[c['versus']]}: not measured"
     ci = "" if math.isnan(c["ci"]) else f" ± {c['ci'] * 100:.1f}"
     mark = ("✓" if c["verdict"] == HOLDS else "✗") if c["decides"] else "(context)"
     bar = f" > {c['threshold'] * 100:+g}" if c["threshold"] else ""
-    return (f"{ARM_NAMES[c['arm']]} − {ARM_NAMES[c['versus']]}: {c['mean'] * 100:+.1f}{ci}{bar} "
+    return (f"{label}{ARM_NAMES[c['arm']]} − {ARM_NAMES[c['versus']]}: {c['mean'] * 100:+.1f}{ci}{bar} "
             f"({c['n']} pair{'s' * (c['n'] != 1)}) {mark}")
 
 
@@ -226,7 +229,9 @@ def _row(claim: str, source: str, comparisons: list[dict], conditions: list[dict
     held = [f"vs {ARM_NAMES[c['versus']]} {'holds' if c['verdict'] == HOLDS else 'does not'}"
             for c in comparisons if c["decides"] and c["verdict"] != UNTESTABLE]
     why = ("no shortcut gap on the base to remove" if not testable else "") if v == UNTESTABLE else ", ".join(held)
-    evidence = "; ".join([*map(_comparison_text, comparisons), *map(_condition_text, conditions), *([note] if note else [])])
+    mixed = len({(c["metric"], c["split"], c.get("group", "all")) for c in comparisons}) > 1
+    evidence = "; ".join([*(_comparison_text(c, mixed) for c in comparisons), *map(_condition_text, conditions),
+                          *([note] if note else [])])
     return dict(claim=claim, verdict=v, why=why, evidence=evidence, source=source, comparisons=comparisons,
                 conditions=conditions, data=data, code=CODE)
 

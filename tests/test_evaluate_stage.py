@@ -54,7 +54,9 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
     assert metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1_ci"] == 0.0  # the base model: identical seeds
     claims = (proj / "reports" / "claims.md").read_text()
     assert set(json.loads((proj / "metrics" / "ablations.json").read_text())) == {"k", "mask noise", "relevance"}
-    assert claims.count("| holds |") + claims.count("| does not hold |") + claims.count("| not testable here |") == 10
+    verdicts = json.loads((proj / "metrics" / "claims.json").read_text())
+    assert len(verdicts["claims"]) == 12 and sum(verdicts["counts"].values()) == 12
+    assert all(f"| {c['claim']} | {c['verdict']}" in claims for c in verdicts["claims"])  # the report shows the same
 
 
 @pytest.mark.slow

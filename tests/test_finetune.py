@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cftlib import concepts, config, fewshot, finetune, grounding, models, pretrain, world
+from cftlib import concepts, config, dfr, fewshot, finetune, grounding, models, pretrain, world
 from cftlib.grounding import GroundingError
 from conftest import ROOT
 
@@ -146,6 +146,29 @@ def test_none_arm_is_the_base_model(project, tmp_path):
     assert s["steps"] == 0 and all(torch.equal(base[k], best[k]) for k in base)
 
 
+def test_dfr_arm_is_the_base_with_its_head_refitted_on_the_dfr_split(project, tmp_path):
+    spec = finetune.RunSpec("vit", "dfr", 0, "attnlrp", 1e-4)
+    s, _ = _fit(project, spec, tmp_path)
+    base = _vit(project)
+    b = base.state_dict()
+    got = models.load_checkpoint(spec.folder(tmp_path) / "best.pt")[0].state_dict()
+    head = {"head.weight", "head.bias"}
+    assert s["steps"] == 0 and all(torch.equal(b[k], got[k]) for k in b if k not in head)  # features frozen
+    d = world.load_split(project / "data" / "world", "dfr")
+    want = dfr.reweight(base, d["images"], d["label"].astype(np.int64), config.load(project / "params.yaml").bases.dfr_l2)
+    assert all(torch.allclose(want.state_dict()[k], got[k]) for k in head)
+    assert not torch.equal(b["head.weight"], got["head.weight"])
+
+
+def test_dfr_arm_needs_the_worlds_balanced_split():
+    import yaml
+
+    data = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
+    data["finetune"]["arms"] = [*data["finetune"]["arms"], "dfr"]
+    with pytest.raises(config.ConfigError, match="finetune.arms: dfr refits the head on the world's habitat-balanced"):
+        config.parse(data, "paper.yaml")
+
+
 def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypatch):
     whole, _ = _fit(project, SPEC, tmp_path / "whole", epochs=3)
     real, calls = finetune.train_step, []
@@ -268,10 +291,10 @@ def test_wrong_names_fail_in_the_library_too():
 
 def test_plan_is_every_model_arm_base_seed():
     runs = finetune.plan(config.Finetune(seeds=3), 7)
-    assert len(runs) == 5 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
+    assert len(runs) == 6 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
     assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
     runs = finetune.plan(config.Finetune(seeds=2), 7, bases=3)
-    assert len(runs) == (5 + 3) * 3 * 2
+    assert len(runs) == (6 + 3) * 3 * 2
     for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, seed) pair
         mine = [(r.base, r.seed) for r in runs if r.model == "vit" and r.arm == arm]
         assert mine == [(0, 7), (0, 8), (1, 9), (1, 10), (2, 11), (2, 12)]

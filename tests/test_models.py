@@ -69,6 +69,21 @@ def test_training_learns_and_is_seeded(small_world, smoke_params):
     assert build["kwargs"] == p.model_kwargs
 
 
+def test_keep_epoch_ships_that_epochs_model_and_the_run_goes_on(small_world, smoke_params):
+    cfg, seed, out = small_world
+    tr, va = world.load_split(out, "train"), world.load_split(out, "val")
+    p = type(smoke_params.pretrain)(**{**smoke_params.pretrain.__dict__, "epochs": 3, "keep_epoch": 1})
+    torch.set_num_threads(1)
+    snaps = []
+    model, _ = pretrain.fresh(p, cfg.n_species, cfg.image_size, seed)
+    model, hist = pretrain.train(model, p, tr, va, seed, on_epoch=lambda r, m: snaps.append(
+        {k: v.clone() for k, v in m.state_dict().items()}))
+    assert [h["epoch"] for h in hist] == [1, 2, 3] and len(snaps) == 3
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], snaps[0][k]) for k in kept)  # the model after epoch 1, not the last
+    assert not all(torch.equal(kept[k], snaps[2][k]) for k in kept)
+
+
 def test_renormalise_gives_a_zoo_model_its_own_statistics_and_leaves_world_models_alone():
     from cftlib import zoo
 
