@@ -97,7 +97,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
                 scored[folder, seed] = (
                     evaluate.run_accuracy(model, arrays, seen, P.evaluate.batch_size),
                     evaluate.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
-                                           P.evaluate.alignment_images))
+                                           P.evaluate.alignment_images)[0])
             ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}
             acc += [{**ids, **r} for r in scored[folder, seed][0]]
             align += [{**ids, **r} for r in scored[folder, seed][1]]

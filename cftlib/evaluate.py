@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .models import predict
-from .world import load_split
+from .world import PARTS, load_split
 
 OOD = ("v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
 ALIGNMENT = ("pixAcc", "mIoU", "mAP", "concept_mass", "object_mass", "concept_area", "pointing")
@@ -191,6 +191,27 @@ def concept_alignment(relevance: np.ndarray, concept: np.ndarray, foreground: np
             "concept_area": m.mean((1, 2)), "pointing": m.reshape(len(m), -1)[np.arange(len(m)), peak]}
 
 
+def part_mass(relevance: np.ndarray, parts: np.ndarray, n_parts: int) -> np.ndarray:
+    """Per image (N, n_parts + 1): the share of relevance mass on each part of the part-label map (label i + 1
+    is part i), the last column the background; rows sum to 1."""
+    r = np.asarray(relevance, np.float64)
+    total = np.maximum(r.sum((1, 2)), 1e-12)
+    cols = [(r * (parts == i + 1)).sum((1, 2)) for i in range(n_parts)] + [(r * (parts == 0)).sum((1, 2))]
+    return np.stack(cols, 1) / total[:, None]
+
+
+def usage_rows(relevance: np.ndarray, parts: np.ndarray, labels: np.ndarray, part_names: tuple[str, ...]) -> list[dict]:
+    """Per class and part (and "background"): the mean share of relevance there over the class's images, and
+    their number — which concepts the model uses, class by class."""
+    mass, names = part_mass(relevance, parts, len(part_names)), [*part_names, "background"]
+    rows = []
+    for c in np.unique(labels):
+        mine = mass[labels == c]
+        rows += [{"label": int(c), "part": name, "mass": float(mine[:, j].mean()), "images": len(mine)}
+                 for j, name in enumerate(names)]
+    return rows
+
+
 def concept_parts(bank: dict) -> list[list[str]]:
     """Per class, the world parts its concepts name (the class's own concept mask; cftlib.grounding)."""
     from .grounding import concept_part
@@ -200,8 +221,6 @@ def concept_parts(bank: dict) -> list[list[str]]:
 
 def part_masks(parts: np.ndarray, labels: np.ndarray, class_parts: list[list[str]]) -> np.ndarray:
     """Exact concept masks: the union of each image's class's concept parts ("all" = the silhouette)."""
-    from .world import PARTS
-
     out = np.zeros(parts.shape, bool)
     for i, (p, y) in enumerate(zip(parts, labels)):
         for name in class_parts[int(y)]:
@@ -241,10 +260,11 @@ def relevance_maps(model: torch.nn.Module, images: np.ndarray, method: str, batc
 
 
 def run_alignment(model: torch.nn.Module, arrays: dict[str, dict], class_parts: list[list[str]], method: str,
-                  n: int) -> list[dict]:
-    """One row per split: segmentation scores against the bird's silhouette (pixAcc, mIoU, mAP) and concept
-    alignment against the exact parts of the image's class's concepts, on the first `n` images."""
-    rows = []
+                  n: int) -> tuple[list[dict], list[dict]]:
+    """On the first `n` images of each split: one row per split of segmentation scores against the bird's
+    silhouette (pixAcc, mIoU, mAP) and concept alignment against the exact parts of the image's class's
+    concepts; and the per-class part usage (`usage_rows`, with the split)."""
+    rows, usage = [], []
     for split, a in arrays.items():
         parts, labels = a["parts"][:n], a["label"][:n]
         r = relevance_maps(model, a["images"][:n], method)
@@ -252,7 +272,8 @@ def run_alignment(model: torch.nn.Module, arrays: dict[str, dict], class_parts: 
         seg = segmentation_scores(segmentation_counts(r, fg))
         ca = concept_alignment(r, part_masks(parts, labels, class_parts), fg)
         rows.append({"split": split, "method": method, **seg, **{k: float(v.mean()) for k, v in ca.items()}})
-    return rows
+        usage += [{"split": split, **u} for u in usage_rows(r, parts, labels, PARTS)]
+    return rows, usage
 
 
 def summarise(frame, by: list[str], metrics: list[str], level: float = 0.95):
@@ -328,8 +349,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: np.ndarray,
                   class_parts: list[list[str]], cfg, progress: bool = False):
-    """Accuracy and alignment rows (model, arm, seed, …) of every fine-tuning run's selected (best)
-    checkpoint. Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
+    """Accuracy, alignment and per-class part usage rows (model, arm, seed, …) of every fine-tuning run's
+    selected (best) checkpoint. Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
     Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
     import pandas as pd
     from tqdm import tqdm
@@ -337,18 +358,19 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
     from .finetune import load_run
 
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
-    acc, align, done = [], [], {}
+    acc, align, usage, done = [], [], [], {}
     for spec in tqdm(runs, desc="evaluate", disable=not progress, leave=False):
         model, _ = load_run(spec, finetune_dir)
         key = weights_digest(model)
         if key not in done:
             method = explainer(model, cfg.relevance, spec.relevance)
             done[key] = (run_accuracy(model, arrays, seen, cfg.batch_size),
-                         run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images))
+                         *run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images))
         ids = {"model": spec.model, "arm": spec.arm, "seed": spec.seed}
         acc += [{**ids, **r} for r in done[key][0]]
         align += [{**ids, **r} for r in done[key][1]]
-    return pd.DataFrame(acc), pd.DataFrame(align)
+        usage += [{**ids, **r} for r in done[key][2]]
+    return pd.DataFrame(acc), pd.DataFrame(align), pd.DataFrame(usage)
 
 
 def head(arrays: dict, n: int) -> dict:

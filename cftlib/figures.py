@@ -206,6 +206,24 @@ def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95)
     return fig
 
 
+def part_usage(usage: pd.DataFrame, split: str, model: str = "vit") -> plt.Figure:
+    """Arms × parts: the mean share of relevance on each part of the bird (and the background) on `split`, in
+    %, over classes and runs (cftlib.evaluate.usage_rows) — where each arm's evidence sits. No rows: a note."""
+    u = usage[(usage["model"] == model) & (usage["split"] == split)] if len(usage) else usage
+    if u.empty:
+        return note(f"part usage: nothing measured on {split} (no part masks)")
+    arms = [a for a in ARM_ORDER if a in set(u["arm"])]
+    parts = list(dict.fromkeys(u["part"]))
+    grid = u.groupby(["arm", "part"])["mass"].mean().unstack("part").reindex(index=arms, columns=parts) * 100
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(parts), 0.9 + 0.38 * len(arms)))
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", cbar=False, ax=ax, annot_kws={"fontsize": 7})
+    ax.set(xlabel="", ylabel="", title=f"{model}: share of relevance per part on {split} (%)")
+    ax.title.set_fontsize(9)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def pick_corrected(base, cft, arrays: dict, n: int) -> list[tuple[int, bool]]:
     """Up to n image indices for the qualitative figure: first those the base model gets wrong and CFT right
     (flag True), then those both get right (False)."""

@@ -108,6 +108,31 @@ def metrics(summary: pd.DataFrame, gaps: pd.DataFrame, align: pd.DataFrame) -> d
     return out
 
 
+USAGE_COLUMNS = ["model", "arm", "seed", "split", "label", "part", "mass", "images"]
+"""plots/evaluate_usage.csv: per run, split, class and part, the mean share of relevance there (cftlib.evaluate)."""
+
+
+def usage_table(usage: pd.DataFrame, class_parts: list[list[str]], names: list[str], split: str,
+                arms: tuple[str, ...] = ("none", "ce", "cft"), model: str = "vit") -> pd.DataFrame:
+    """Per class (rows) and arm (columns): the share of relevance on each of the class's concept parts, in %,
+    mean over the runs, as "beak 12.3 · wing 30.1"; the first column counts the class's images. Empty
+    without usage rows (paper scale: no part masks)."""
+    u = usage[(usage["model"] == model) & (usage["split"] == split) & usage["arm"].isin(arms)] if len(usage) else usage
+    if u.empty:
+        return pd.DataFrame(index=pd.Index([], name="class"))
+    mean = u.groupby(["arm", "label", "part"])["mass"].mean()
+    images = u.groupby("label")["images"].first()
+    rows = {}
+    for label in sorted(images.index):
+        own = [p for p in class_parts[label] if p != "all"]
+        rows[names[label]] = {"images": int(images[label]), **{
+            arm: " · ".join(f"{p} {mean.get((arm, label, p), math.nan) * 100:.1f}" for p in own)
+            for arm in arms if arm in set(u["arm"])}}
+    out = pd.DataFrame(rows).T
+    out.index.name = "class"
+    return out
+
+
 # ----------------------------------------------------------------------------- claims
 
 def compare(frame: pd.DataFrame, metric: str, arm: str, versus: str, level: float, threshold: float = 0.0,

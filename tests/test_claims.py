@@ -181,3 +181,15 @@ def test_metrics_json_has_means_intervals_and_null_for_one_seed():
     assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.6, "top1_ci": None, "top5": 1.0, "top5_ci": None}
     assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(BASE["test"] + GAIN["test"][0] - BASE["bg_conflict"] - GAIN["bg_conflict"][0])
     assert m["vit"]["cft"]["alignment"]["test"]["concept_mass"] == pytest.approx(0.4)
+
+
+def test_usage_table_lists_each_classes_concept_parts_per_arm():
+    usage = pd.DataFrame([dict(model="vit", arm=arm, seed=s, split="bg_conflict", label=label, part=part,
+                               mass=m + 0.1 * (arm == "cft"), images=2)
+                          for arm in ("none", "cft") for s in range(2) for label, part, m in
+                          ((0, "beak", 0.1), (0, "wing", 0.2), (0, "background", 0.7), (1, "tail", 0.3))])
+    t = report.usage_table(usage, [["beak", "wing"], ["tail", "all"]], ["finch", "wren"], "bg_conflict")
+    assert list(t.columns) == ["images", "none", "cft"]
+    assert t.loc["finch", "none"] == "beak 10.0 · wing 20.0" and t.loc["finch", "cft"] == "beak 20.0 · wing 30.0"
+    assert t.loc["wren", "cft"] == "tail 40.0" and t.loc["wren", "images"] == 2
+    assert report.usage_table(usage.iloc[:0], [], [], "bg_conflict").empty

@@ -117,3 +117,15 @@ def test_part_masks_are_the_union_of_the_class_concept_parts():
     m = evaluate.part_masks(parts, np.array([0, 1]), class_parts)
     assert m[0].tolist() == [[False, True, True, False]]
     assert m[1].tolist() == [[False, True, True, True]]
+
+
+def test_part_mass_and_usage_per_class():
+    parts = np.zeros((2, 2, 2), np.uint8)
+    parts[:, 0, 0], parts[:, 0, 1] = 1, 3  # part 0 top-left, part 2 top-right, background below
+    r = np.array([[[2.0, 1.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 4.0]]])
+    m = evaluate.part_mass(r, parts, 3)
+    assert m.shape == (2, 4) and np.allclose(m.sum(1), 1)
+    assert np.allclose(m[0], [0.5, 0.0, 0.25, 0.25]) and np.allclose(m[1], [0, 0, 0, 1])
+    rows = evaluate.usage_rows(r, parts, np.array([5, 5]), ("a", "b", "c"))
+    assert [(u["label"], u["part"]) for u in rows] == [(5, "a"), (5, "b"), (5, "c"), (5, "background")]
+    assert rows[0]["mass"] == pytest.approx(0.25) and rows[-1]["mass"] == pytest.approx(0.625) and rows[0]["images"] == 2

@@ -45,3 +45,13 @@ def test_corrected_picks_fixed_images_first_then_both_right():
     cft = np.array([0, 1, 9, 3, 4])  # fixes 0, not 2
     assert figures.corrected(base, cft, labels, 3) == [(0, True), (1, False), (3, False)]
     assert figures.corrected(labels, labels, labels, 2) == [(0, False), (1, False)]  # none fixed: both right
+
+
+def test_part_usage_heatmap_shows_the_mean_share_per_arm_and_part():
+    usage = pd.DataFrame([dict(model="vit", arm=arm, seed=0, split="bg_conflict", label=label, part=part, mass=m,
+                               images=1) for arm, m0 in (("none", 0.2), ("cft", 0.6)) for label in (0, 1)
+                          for part, m in (("beak", m0), ("background", 1 - m0))])
+    fig = figures.part_usage(usage, "bg_conflict")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["20.0", "80.0", "60.0", "40.0"]  # rows none, cft; columns beak, background
+    assert "no part masks" in figures.part_usage(usage, "test").axes[0].texts[0].get_text()
