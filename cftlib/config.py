@@ -402,8 +402,8 @@ PROTOCOLS = ("chefer", "standard")
 class Evaluate:
     """What the evaluate stage measures (CFT §5): top-1/top-5 on every world split per run, intervals over
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.benchmarks."""
-    splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "color_conflict", "pose", "rendition",
-                                                  "bg_random"])
+    splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "bg_random", "color_conflict", "pose",
+                                                  "rendition"])
     max_images: int = 0  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])

@@ -251,8 +251,10 @@ def _row(claim: str, source: str, comparisons: list[dict], conditions: list[dict
          data: str = ACCURACY_CSV, note: str = "", verdict_: str | None = None) -> dict:
     conditions = list(conditions)
     v = verdict_ or decide(comparisons, conditions, testable)
-    held = [f"vs {ARM_NAMES[c['versus']]} {'holds' if c['verdict'] == HOLDS else 'does not'}"
-            for c in comparisons if c["decides"] and c["verdict"] != UNTESTABLE]
+    deciding = [c for c in comparisons if c["decides"] and c["verdict"] != UNTESTABLE]
+    where = len({(c["metric"], c["split"], c.get("group", "all")) for c in deciding}) > 1
+    held = [f"vs {ARM_NAMES[c['versus']]}" + (f" on `{c['split']}`" if where else "")
+            + (" holds" if c["verdict"] == HOLDS else " does not") for c in deciding]
     why = ("no shortcut gap on the base to remove" if not testable else "") if v == UNTESTABLE else ", ".join(held)
     mixed = len({(c["metric"], c["split"], c.get("group", "all")) for c in comparisons}) > 1
     evidence = "; ".join([*(_comparison_text(c, mixed) for c in comparisons), *map(_condition_text, conditions),
@@ -332,7 +334,7 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
                         note=f"{focus} top-1; DFR refits the base's last layer on labelled, habitat-balanced images "
                              "that no other arm sees"))
     out.append(_row("The paper's ImageNet-scale numbers (ViT-B/16 etc. on IN-A, ObjectNet, SI-Score, IN-R, IN-v2)",
-                    "paper tables (not retrieved: docs/paper.md)", [], verdict_=UNTESTABLE,
+                    "paper tables (not retrieved: docs/paper.md §5.1)", [], verdict_=UNTESTABLE,
                     note="the default profile runs on the synthetic world; the loaders for the real benchmarks are in "
                          "cftlib.benchmarks (set evaluate.benchmarks at paper scale)" if world else
                          "no reference numbers to compare with; this run's are in reports/tables/accuracy.md "
@@ -348,7 +350,9 @@ def deviations(P: config.Params) -> list[dict]:
         dict(what="data", official="ImageNet, 500 classes × 3 images, ViT-B/16 pretrained",
              here=f"the synthetic bird world ({P.world.n_species} species), {f.k} images × "
                   f"{P.masks.class_fraction:.0%} of the classes; {P.bases.seeds} small ViTs with a convolutional stem, "
-                  f"pretrained on habitat- and colour-random birds, then trained on the biased split" if world else
+                  f"pretrained on habitat- and colour-random birds (" + (f"the checkpoint after epoch "
+                  f"{P.pretrain.keep_epoch} of {P.pretrain.epochs}" if P.pretrain.keep_epoch else "the best epoch")
+                  + "), then trained on the biased split" if world else
                   f"`{P.concepts.dataset}` ({P.concepts.image_dir}), {f.k} images × {P.masks.class_fraction:.0%} of "
                   f"the classes, pretrained `{P.pretrain.zoo}`{sampled}",
              why="runs on a laptop with exact part masks; the paper scale needs ImageNet and GPUs" if world else
