@@ -281,7 +281,7 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
                       "masks": {"grounder": "groundingsam", "k": 1, "policy": "drop",
                                 "groundingsam": {"detector": str(dino), "segmenter": str(sam), "device": "cpu",
                                                  "box_threshold": 0.0, "text_threshold": 0.0}},
-                      "finetune": {"k": 1, "cnn": {"arms": []}}, **NO_WORLD})
+                      "finetune": {"k": 1, "arms": ["none", "ce", "cft"], "cnn": {"arms": []}}, **NO_WORLD})
     pool = fewshot.Pool(P.concepts.dataset, image_dir=P.concepts.image_dir)
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_folder(pool.class_dirs), seed=0)
     path = concepts.save(bank, tmp_path / "concepts")
@@ -465,7 +465,7 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
                            "llm": {"model": str(llm), "cache_dir": str(tmp_path / "cache"), "device": "cpu"}},
               "masks": {"grounder": "groundingsam", "k": 2, "groundingsam": {
                   "detector": str(dino), "segmenter": str(sam), "device": "cpu"}},
-              "finetune": {"k": 2, "cnn": {"arms": []}}, **NO_WORLD}
+              "finetune": {"k": 2, "arms": ["none", "ce", "cft"], "cnn": {"arms": []}}, **NO_WORLD}
     proj = _project(tmp_path, yaml.safe_dump(params))
     _run(proj, "01_concepts", "02_masks")
     m = json.loads((proj / "metrics" / "masks.json").read_text())
