@@ -330,6 +330,7 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
         out.append(_row("CFT helps more than last-layer retraining (DFR)",
                         "the standard cheap reference (Kirichenko et al. 2023); not in the paper",
                         [compare(acc, "top1", "cft", "dfr", lv, **where),
+                         *(compare(acc, "top1", "cft", v, lv, decides=False, **where) for v in ("none", "ce")),
                          compare(acc, "top1", "dfr", "none", lv, decides=False, **where)],
                         note=f"{focus} top-1; DFR refits the base's last layer on labelled, habitat-balanced images "
                              "that no other arm sees"))
