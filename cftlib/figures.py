@@ -135,6 +135,7 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
         if chance is not None:
             ax.axhline(chance, ls="--", c="gray", lw=1)
         ax.set_title(f"{p}: {title}" if title else str(p), fontsize=9)
+        ax.set_xlabel("")  # the tick labels name the splits; the legend sits where the label would
         ax.legend(fontsize=7, ncols=len(here), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
         ax.tick_params(axis="x", rotation=15)
     fig.tight_layout()
