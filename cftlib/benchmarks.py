@@ -436,18 +436,22 @@ def segmentation_eval(model: torch.nn.Module, path: str | Path, method: str, bat
 # ----------------------------------------------------------------------------- every run on every benchmark
 
 RESULTS = ("model", "arm", "seed", "benchmark", "protocol", "group", "images", "top1", "top5", "method", "pixAcc",
-           "mIoU", "mAP")
-"""Columns of the results file (`main`): one row per run × benchmark × protocol × class group, and one per run
-on ImageNet-Segmentation (group all)."""
+           "mIoU", "mAP", "label", "part", "mass")
+"""Columns of the results file (`main`): one row per run × benchmark × protocol × class group, one per run
+on ImageNet-Segmentation (group all), and one per run, class and concept of the concept usage on the mask
+store's validation images (benchmark `cftlib.evaluate.MASKS_SPLIT`: label, part, mass)."""
 
 
 def evaluate_model(model: torch.nn.Module, benches: dict[str, Benchmark], seen: np.ndarray, cfg, method: str,
-                   seg_indices=None, workers: int = 1, build: dict | None = None) -> list[dict]:
+                   seg_indices=None, workers: int = 1, build: dict | None = None, store: dict | None = None) -> list[dict]:
     """Rows {benchmark, protocol, group, images, top1, top5} of each benchmark under each of `cfg.protocols`
-    (class groups all/seen/unseen), and {benchmark: imagenet_segmentation, method, pixAcc, mIoU, mAP} when
+    (class groups all/seen/unseen), {benchmark: imagenet_segmentation, method, pixAcc, mIoU, mAP} when
     `cfg.segmentation` is set (its images at `seg_indices`, default all; `build`: the model's checkpoint
-    config, for the normalisation of its maps). Under torch.distributed each
-    process computes its share of the batches; rank 0 returns the rows, the others []."""
+    config, for the normalisation of its maps), and with `store` (the mask store's validation images) the
+    concept usage rows {benchmark: MASKS_SPLIT, label, part, mass, images}, computed on rank 0. Under
+    torch.distributed each process computes its share of the batches; rank 0 returns the rows, the others []."""
+    from .evaluate import MASKS_SPLIT, concept_usage
+
     rank, world = rank_world()
     rows = []
     for name, bench in benches.items():
@@ -463,6 +467,11 @@ def evaluate_model(model: torch.nn.Module, benches: dict[str, Benchmark], seen: 
             n = len(seg_indices) if seg_indices is not None else segmentation_size(cfg.segmentation)
             rows.append({"benchmark": SEGMENTATION, "protocol": "chefer", "group": "all", "images": n,
                          "method": method, **seg})
+    if store is not None and rank == 0:
+        rows += [{"benchmark": MASKS_SPLIT, "protocol": "", "group": "all", "method": method,
+                  **{k: u[k] for k in ("label", "part", "mass", "images")}}
+                 for u in concept_usage(model, store, method, (build or {}).get("img_size"), cfg.batch_size, cfg.amp,
+                                       build)]
     return rows if rank == 0 else []
 
 
@@ -477,9 +486,10 @@ def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
 
 
 def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torch.device | str = "cpu",
-                  progress: bool = False, cache_dir: str | Path | None = None) -> list[dict]:
+                  progress: bool = False, cache_dir: str | Path | None = None, store: dict | None = None) -> list[dict]:
     """Result rows (RESULTS) of every fine-tuning run's selected checkpoint on every configured benchmark
-    (a seeded sample of `evaluate.benchmark_images` each) and on ImageNet-Segmentation. Maps use
+    (a seeded sample of `evaluate.benchmark_images` each), on ImageNet-Segmentation, and with `store` the
+    concept usage on the mask store's validation images (`evaluate_model`). Maps use
     `evaluate.relevance` where it explains the model, else the run's own method (the CNN's Grad-CAM); runs
     with identical weights are computed once. With `cache_dir`, each model's rows are kept there under the
     hash of its weights, the evaluate params, seed, seen classes and device, so an interrupted stage resumes
@@ -501,11 +511,12 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
         key = weights_digest(model)
         method = explainer(model, E.relevance, spec.relevance)
         cached = _cached(cache_dir, {"weights": key, "method": method, "evaluate": as_dict(E), "seed": P.base.seed,
-                                     "seen": [int(c) for c in seen], "device": torch.device(dev).type})
+                                     "seen": [int(c) for c in seen], "device": torch.device(dev).type,
+                                     "store": None if store is None else store["ids"]})
         if key not in done and cached is not None and cached.is_file():
             done[key] = read_json(cached)
         if key not in done:
-            done[key] = evaluate_model(model.to(dev), benches, seen, E, method, seg, P.base.threads, build)
+            done[key] = evaluate_model(model.to(dev), benches, seen, E, method, seg, P.base.threads, build, store)
             if cached is not None and rank_world()[0] == 0:
                 write_json(cached, done[key])
         rows += [{"model": spec.model, "arm": spec.arm, "seed": spec.seed, **r} for r in done[key]]
@@ -517,16 +528,18 @@ def frames(results, protocols: list[str]):
     gaps, claims and figures apply: (accuracy under the first protocol: model, arm, seed, split, group, top1,
     top5; the same under the other protocols with a `protocol` column; alignment on ImageNet-Segmentation:
     model, arm, seed, split, method and evaluate.ALIGNMENT, the concept metrics NaN — ImageNet has no part
-    masks)."""
-    from .evaluate import ALIGNMENT
+    masks; the concept usage on the mask store's validation images: model, arm, seed, split, label, part, mass,
+    images)."""
+    from .evaluate import ALIGNMENT, MASKS_SPLIT, USAGE_COLUMNS
 
     r = results.rename(columns={"benchmark": "split"})
-    cls, seg = r[r["split"] != SEGMENTATION], r[r["split"] == SEGMENTATION]
+    cls, seg = r[~r["split"].isin([SEGMENTATION, MASKS_SPLIT])], r[r["split"] == SEGMENTATION]
     keys = ["model", "arm", "seed", "split", "group", "top1", "top5"]
     acc = cls.loc[cls["protocol"] == protocols[0], keys].reset_index(drop=True)
     others = cls.loc[cls["protocol"] != protocols[0], [*keys[:3], "protocol", *keys[3:]]].reset_index(drop=True)
     align = seg[["model", "arm", "seed", "split", "method", *ALIGNMENT[:3]]].reset_index(drop=True)
-    return acc, others, align.assign(**{m: np.nan for m in ALIGNMENT[3:]})
+    usage = r.loc[r["split"] == MASKS_SPLIT, USAGE_COLUMNS].reset_index(drop=True).astype({"label": int, "images": int})
+    return acc, others, align.assign(**{m: np.nan for m in ALIGNMENT[3:]}), usage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from . import config, launch
+    from . import config, fewshot, launch
     from .evaluate import seen_classes
     from .finetune import plan
     from .io import write_csv
@@ -546,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                                              "evaluate.segmentation; one CSV row per run, benchmark, protocol, group.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--runs", default="models/finetune", help="the finetune stage's output folder")
-    ap.add_argument("--masks", default="data/masks", help="the mask store (its training classes are 'seen')")
+    ap.add_argument("--masks", default="data/masks", help="the mask store (its training classes are 'seen'; its "
+                                                            "validation images give the concept usage)")
+    ap.add_argument("--data", default="data/world", help="the world's data folder (concepts.dataset: world only)")
     ap.add_argument("--out", required=True, help="results CSV (written by rank 0, atomically)")
     ap.add_argument("--cache", help="keep each model's rows here, so an interrupted run resumes (e.g. cache/benchmarks)")
     ap.add_argument("--progress", action="store_true")
@@ -555,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(P.base.threads)
     dev = launch.device(P.evaluate.device, "evaluate.device")
     with launch.distributed(dev.type == "cuda", "evaluate.processes"):
-        rows = evaluate_runs(plan(P.finetune, P.base.seed), args.runs, seen_classes(args.masks), P, dev, args.progress,
-                             args.cache)
+        store = fewshot.load(args.masks, "val", fewshot.Pool(P.concepts.dataset, args.data, P.concepts.image_dir))
+        rows = evaluate_runs(plan(P.finetune, P.base.seed, P.bases.seeds), args.runs, seen_classes(args.masks), P, dev,
+                             args.progress, args.cache, store)
         if rank_world()[0] == 0:
             write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))
     return 0

@@ -212,6 +212,61 @@ def usage_rows(relevance: np.ndarray, parts: np.ndarray, labels: np.ndarray, par
     return rows
 
 
+USAGE_COLUMNS = ["model", "arm", "seed", "split", "label", "part", "mass", "images"]
+"""plots/evaluate_usage.csv: per run, split, class and part (or concept), the mean share of relevance there."""
+
+MASKS_SPLIT, ANY_CONCEPT, ELSEWHERE = "masks_val", "any concept", "elsewhere"
+"""Concept usage from the grounded masks: the split name of the mask store's validation images in usage rows,
+and the two summary parts (the union of the class's concept masks, and everything outside it)."""
+
+
+def concept_usage_rows(relevance: np.ndarray, concepts: list[np.ndarray], labels, texts: list[list[str]]) -> list[dict]:
+    """Per class and concept, from grounded concept masks (`concepts[i]`: (K, H, W) bool of image i, named by
+    `texts[i]`): the mean share of relevance inside that concept's mask over the class's images, then inside
+    any of them (`ANY_CONCEPT`) and outside all (`ELSEWHERE`). Masks may overlap, so the concepts' shares can
+    sum to more than `ANY_CONCEPT`'s — the usage measure for real images, which have no part labels."""
+    r = np.asarray(relevance, np.float64)
+    total = np.maximum(r.sum((1, 2)), 1e-12)
+    per: dict[tuple[int, str], list[float]] = {}
+    for i, (m, names) in enumerate(zip(concepts, texts)):
+        m = np.asarray(m, bool)
+        shares = (r[i] * m).sum((1, 2)) / total[i]
+        union = float((r[i] * m.any(0)).sum() / total[i])
+        for name, v in [*zip(names, shares.tolist()), (ANY_CONCEPT, union), (ELSEWHERE, 1.0 - union)]:
+            per.setdefault((int(labels[i]), name), []).append(v)
+    return [{"label": c, "part": name, "mass": float(np.mean(v)), "images": len(v)} for (c, name), v in per.items()]
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 H×W×3 image at size×size (bilinear, antialiased by PIL), unchanged when it already is."""
+    from PIL import Image
+
+    return image if image.shape[:2] == (size, size) else np.asarray(
+        Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def fit_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """A bool K×H×W stack of masks at K×size×size (nearest), unchanged when it already is."""
+    from PIL import Image
+
+    return masks if masks.shape[1:] == (size, size) else np.stack(
+        [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0 for m in masks])
+
+
+def concept_usage(model: torch.nn.Module, store: dict, method: str, size: int | None, batch_size: int = 100,
+                  amp: bool = False, build: dict | None = None) -> list[dict]:
+    """`concept_usage_rows` of `model`'s relevance (predicted class) on the mask store's images (`store`:
+    cftlib.fewshot.load), each image and mask brought to the model's input `size` (None, a model without a
+    fixed input size: the first image's), as split `MASKS_SPLIT`; none without images."""
+    if not store["images"]:
+        return []
+    size = size or int(np.asarray(store["images"][0]).shape[0])
+    images = np.stack([fit_image(np.asarray(x), size) for x in store["images"]])
+    r = relevance_maps(model, images, method, batch_size, amp, build)
+    masks = [fit_masks(np.asarray(m, bool), size) for m in store["concepts"]]
+    return [{"split": MASKS_SPLIT, **u} for u in concept_usage_rows(r, masks, store["labels"], store["texts"])]
+
+
 def concept_parts(bank: dict) -> list[list[str]]:
     """Per class, the world parts its concepts name (the class's own concept mask; cftlib.grounding)."""
     from .grounding import concept_part
@@ -348,9 +403,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: np.ndarray,
-                  class_parts: list[list[str]], cfg, progress: bool = False):
+                  class_parts: list[list[str]], cfg, progress: bool = False, store: dict | None = None):
     """Accuracy, alignment and per-class part usage rows (model, arm, seed, …) of every fine-tuning run's
-    selected (best) checkpoint. Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
+    selected (best) checkpoint; with `store` (the mask store's validation images, cftlib.fewshot.load), the
+    usage from their grounded concept masks too (`concept_usage`). Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
     Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
     import pandas as pd
     from tqdm import tqdm
@@ -360,12 +416,14 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
     acc, align, usage, done = [], [], [], {}
     for spec in tqdm(runs, desc="evaluate", disable=not progress, leave=False):
-        model, _ = load_run(spec, finetune_dir)
+        model, build = load_run(spec, finetune_dir)
         key = weights_digest(model)
         if key not in done:
             method = explainer(model, cfg.relevance, spec.relevance)
-            done[key] = (run_accuracy(model, arrays, seen, cfg.batch_size),
-                         *run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images))
+            rows, usage_ = run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images)
+            if store is not None:
+                usage_ += concept_usage(model, store, method, build.get("img_size"), cfg.batch_size)
+            done[key] = (run_accuracy(model, arrays, seen, cfg.batch_size), rows, usage_)
         ids = {"model": spec.model, "arm": spec.arm, "seed": spec.seed}
         acc += [{**ids, **r} for r in done[key][0]]
         align += [{**ids, **r} for r in done[key][1]]

@@ -113,17 +113,21 @@ class Pool:
 
 def load(store_dir: str | Path, split: str, pool: Pool) -> dict:
     """The few-shot data for fine-tuning: images, binary concept masks (the union M), foreground masks (real
-    images: the store's; None for the world, whose silhouette is exact) and labels of the items the masks
-    stage kept in `split` (train or val), as lists in store order, plus their ids."""
+    images: the store's; None for the world, whose silhouette is exact), each concept's own mask with its text
+    (`concepts`: (K, H, W) bool, `texts`) and labels of the items the masks stage kept in `split` (train or
+    val), as lists in store order at the images' own size, plus their ids."""
     from .grounding import load_store, read_masks
 
-    out = {"images": [], "masks": [], "foregrounds": [], "labels": [], "ids": []}
+    out = {"images": [], "masks": [], "foregrounds": [], "concepts": [], "texts": [], "labels": [], "ids": []}
     for r in load_store(store_dir)["items"]:
         if r["split"] == split and r["action"] != "dropped":
             out["images"].append(pool.item(int(r["id"]), split)["image"])
             m = read_masks(store_dir, r)
             out["masks"].append(m["union"].astype(bool))
             out["foregrounds"].append(m["foreground"].astype(bool) if "foreground" in m else None)
+            out["concepts"].append(m["concepts"].astype(bool))
+            out["texts"].append([c["text"] for c in r["concepts"]])
             out["labels"].append(r["label"])
             out["ids"].append(r["id"])
     return out
+

@@ -207,10 +207,14 @@ def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95)
     return fig
 
 
-def part_usage(usage: pd.DataFrame, split: str, model: str = "vit") -> plt.Figure:
+def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[str] | None = None) -> plt.Figure:
     """Arms × parts: the mean share of relevance on each part of the bird (and the background) on `split`, in
-    %, over classes and runs (cftlib.evaluate.usage_rows) — where each arm's evidence sits. No rows: a note."""
+    %, over classes and runs (cftlib.evaluate.usage_rows) — where each arm's evidence sits; `parts`: only
+    these columns (the grounded masks' "any concept" and "elsewhere", whose concepts differ per class).
+    No rows: a note."""
     u = usage[(usage["model"] == model) & (usage["split"] == split)] if len(usage) else usage
+    if parts is not None and len(u):
+        u = u[u["part"].isin(parts)]
     if u.empty:
         return note(f"part usage: nothing measured on {split} (no part masks)")
     arms = [a for a in ARM_ORDER if a in set(u["arm"])]

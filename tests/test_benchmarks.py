@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cftlib import benchmarks
+from cftlib import benchmarks, concepts, evaluate
 from conftest import ROOT
 from fakes import write_gtsegs
 
@@ -219,6 +219,10 @@ def test_shards_are_whole_batches_covering_every_image_once():
 
 # ----------------------------------------------------------------------------- the CLI, in one process and two
 
+TREE_CONCEPTS = ("long beak", "red wing")
+"""The concepts of the fake mask store's validation item (`_paper_tree`)."""
+
+
 def _paper_tree(tmp_path):
     """Tiny timm ViT and CNN runs with 1000 outputs, ImageNet val / -A / ObjectNet / segmentation fakes, a mask
     store whose class_index maps store label 0 to ImageNet class 1, and a paper-profile params file."""
@@ -245,9 +249,22 @@ def _paper_tree(tmp_path):
         img(tmp_path / "objectnet" / "images" / folder / "0.png")
     write_gtsegs(tmp_path / "seg.mat", [rng.integers(0, 256, (20, 18, 3), dtype=np.uint8) for _ in range(3)],
          [np.pad(np.ones((8, 8), np.uint8), 5)[:20, :18] for _ in range(3)])
-    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "val").mkdir(parents=True)
     (tmp_path / "masks" / "manifest.json").write_text(json.dumps(
-        {"header": {"class_index": [1, 7]}, "items": [{"split": "train", "label": 0}, {"split": "val", "label": 1}]}))
+        {"header": {"class_index": [1, 7]},
+         "items": [{"split": "train", "id": "000000", "label": 0, "action": "kept"},
+                   {"split": "val", "id": "000003", "label": 1, "action": "kept",  # the pool's 4th image: val/syn[2]/0
+                    "concepts": [{"text": t, "weight": 1.0} for t in TREE_CONCEPTS]}]}))
+    h, w = np.asarray(Image.open(tmp_path / "val" / syn[2] / "0.png")).shape[:2]
+    concept = np.zeros((2, h, w), np.uint8)
+    concept[0, : h // 2], concept[1, :, : w // 2] = 1, 1
+    concepts.save({"schema": concepts.SCHEMA, "classes": [
+        {"label": i, "name": name, "concepts": [{"text": t, "weight": 1.0, "source": "test"} for t in TREE_CONCEPTS]}
+        for i, name in enumerate(("goldfish", "great white shark"))],
+        "header": {"proposer": "test", "model": None, "prompt": None, "prompt_sha256": None, "params": {},
+                   "date": "2026-12-02"}}, tmp_path / "concepts")  # the class names of the usage table
+    np.savez(tmp_path / "masks" / "val" / "000003.npz", union=concept.max(0), weighted=concept.max(0).astype(np.float32),
+             concepts=concept, foreground=concept.max(0))
     torch.manual_seed(0)
     vit = dict(name="vit_tiny_patch16_224", num_classes=1000, img_size=224,
                kwargs=dict(patch_size=32, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0))
@@ -261,6 +278,7 @@ def _paper_tree(tmp_path):
     P["base"]["threads"] = 1
     P["finetune"].update(arms=["none", "cft"], seeds=1)
     P["finetune"]["cnn"]["arms"] = ["none"]
+    P["concepts"]["image_dir"] = str(tmp_path / "val")  # the few-shot pool: the store's val item is its 4th image
     P["evaluate"].update(benchmarks={"imagenet_val": str(tmp_path / "val"), "imagenet_a": str(tmp_path / "a"),
                                      "objectnet": str(tmp_path / "objectnet")},
                          segmentation=str(tmp_path / "seg.mat"), benchmark_images=5, batch_size=2, device="cpu")
@@ -286,7 +304,7 @@ def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(t
     assert one == (tmp_path / "two.csv").read_bytes()
     r = pd.read_csv(tmp_path / "one.csv")
     assert list(r.columns) == list(benchmarks.RESULTS)
-    cls = r[r["benchmark"] != benchmarks.SEGMENTATION]
+    cls = r[~r["benchmark"].isin([benchmarks.SEGMENTATION, evaluate.MASKS_SPLIT])]
     # 3 runs × 3 benchmarks × 2 protocols; ImageNet val holds seen class 1 and unseen class 2, the others no seen one
     assert len(cls[cls["group"] == "all"]) == 3 * 3 * 2
     val = cls[(cls["benchmark"] == "imagenet_val") & (cls["protocol"] == "chefer")].set_index(["model", "arm", "group"])
@@ -298,6 +316,10 @@ def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(t
     assert len(seg) == 3 and (seg["images"] == 3).all()
     assert seg.loc[("vit", "none"), "method"] == "attnlrp" and seg.loc[("cnn", "none"), "method"] == "gradcam"
     assert seg[["pixAcc", "mIoU", "mAP"]].notna().all().all()
+    usage = r[r["benchmark"] == evaluate.MASKS_SPLIT]  # the store's val image, on rank 0, per run and concept
+    assert len(usage) == 3 * 4 and set(usage["part"]) == {*TREE_CONCEPTS, evaluate.ANY_CONCEPT, evaluate.ELSEWHERE}
+    both = usage.pivot_table(index=["model", "arm"], columns="part", values="mass")
+    assert np.allclose(both[evaluate.ANY_CONCEPT] + both[evaluate.ELSEWHERE], 1) and (usage["images"] == 1).all()
 
 
 @pytest.mark.slow

@@ -129,3 +129,30 @@ def test_part_mass_and_usage_per_class():
     rows = evaluate.usage_rows(r, parts, np.array([5, 5]), ("a", "b", "c"))
     assert [(u["label"], u["part"]) for u in rows] == [(5, "a"), (5, "b"), (5, "c"), (5, "background")]
     assert rows[0]["mass"] == pytest.approx(0.25) and rows[-1]["mass"] == pytest.approx(0.625) and rows[0]["images"] == 2
+
+
+def test_concept_usage_from_overlapping_grounded_masks():
+    r = np.array([[[2.0, 1.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 4.0]]])
+    beak = np.array([[True, True], [False, False]])
+    wing = np.array([[True, False], [True, False]])  # overlaps the beak at the top-left pixel
+    concepts_ = [np.stack([beak, wing]), np.stack([beak, wing])]
+    rows = evaluate.concept_usage_rows(r, concepts_, np.array([4, 4]), [["beak", "wing"]] * 2)
+    got = {u["part"]: u["mass"] for u in rows}
+    assert [u["part"] for u in rows] == ["beak", "wing", evaluate.ANY_CONCEPT, evaluate.ELSEWHERE]
+    # image 0: beak 3/4, wing 3/4, any 1 (the overlap counted once); image 1: all relevance outside both
+    assert got["beak"] == pytest.approx(0.375) and got["wing"] == pytest.approx(0.375)
+    assert got[evaluate.ANY_CONCEPT] == pytest.approx(0.5) and got[evaluate.ELSEWHERE] == pytest.approx(0.5)
+    assert {u["images"] for u in rows} == {2} and {u["label"] for u in rows} == {4}
+
+
+def test_fit_brings_images_and_masks_to_the_model_size():
+    img = np.zeros((6, 4, 3), np.uint8)
+    img[:3] = 200
+    masks = np.zeros((2, 6, 4), bool)
+    masks[0, :3] = True
+    small = evaluate.fit_image(img, 4)
+    assert small.shape == (4, 4, 3) and small[0, 0, 0] == 200 and small[-1, 0, 0] == 0
+    m = evaluate.fit_masks(masks, 4)
+    assert m.shape == (2, 4, 4) and m.dtype == bool and m[0, :2].all() and not m[0, 2:].any() and not m[1].any()
+    square, stack = img[:4], masks[:, :4]
+    assert evaluate.fit_image(square, 4) is square and evaluate.fit_masks(stack, 4) is stack  # already the size

@@ -76,6 +76,7 @@ def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_pat
     (proj / "data").mkdir()
     shutil.move(args["--runs"], proj / "models" / "finetune")
     shutil.move(args["--masks"], proj / "data" / "masks")
+    shutil.move(tmp_path / "concepts", proj / "data" / "concepts")
     nbrun.run(proj / "notebooks" / "04_evaluate.ipynb", proj / "executed" / "04_evaluate.ipynb", {"progress": False},
               cwd=proj)
     nbrun.run(proj / "notebooks" / "05_figures.ipynb", proj / "executed" / "05_figures.ipynb", cwd=proj)
@@ -89,6 +90,9 @@ def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_pat
     assert set(pd.read_csv(proj / "plots" / "evaluate_alignment.csv")["split"]) == {"imagenet_segmentation"}
     tables = {p.name for p in (proj / "reports" / "tables").iterdir()}
     assert {"accuracy.md", "accuracy_standard.md", "gaps.md", "alignment.md", "seen_unseen.md"} <= tables
+    usage = pd.read_csv(proj / "plots" / "evaluate_usage.csv")  # from the grounded masks: real images have no parts
+    assert set(usage["split"]) == {"masks_val"} and set(usage["label"]) == {1}
+    assert "great white shark" in (proj / "reports" / "tables" / "concept_usage_masks.md").read_text()
     claims = (proj / "reports" / "claims.md").read_text()
     assert "OOD accuracy on ImageNet-A" in claims and "not testable at this scale" in claims
     metrics = json.loads((proj / "metrics" / "evaluate.json").read_text())

@@ -5,7 +5,7 @@ quality flags and the empty-mask policy do what they say, and the few-shot choic
 import numpy as np
 import pytest
 
-from cftlib import concepts, config, fewshot, grounding
+from cftlib import concepts, config, evaluate, fewshot, grounding, models
 from cftlib.grounding import GroundingError
 
 
@@ -301,6 +301,18 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     for r, img, fg in zip(kept, data["images"], data["foregrounds"]):
         want = gsam(img, [bank["classes"][r["label"]]["name"]]).any(0)
         assert fg is not None and np.array_equal(fg, want)
+    # the validation image's grounded concept masks measure a model's concept usage at its own input size
+    val = fewshot.load(tmp_path / "masks", "val", pool)
+    (rec,) = [r for r in manifest["items"] if r["split"] == "val" and r["action"] != "dropped"]
+    assert val["texts"] == [[c["text"] for c in rec["concepts"]]]
+    assert val["concepts"][0].shape == (len(rec["concepts"]), *val["images"][0].shape[:2])
+    vit = models.build_model("vit_tiny_patch16_224", 2, 32, patch_size=16, embed_dim=16, depth=1, num_heads=2)
+    rows = evaluate.concept_usage(vit, val, "attnlrp", 32)
+    got = {u["part"]: u["mass"] for u in rows}
+    assert {u["split"] for u in rows} == {evaluate.MASKS_SPLIT} and set(got) == {*val["texts"][0], evaluate.ANY_CONCEPT,
+                                                                              evaluate.ELSEWHERE}
+    assert got[evaluate.ANY_CONCEPT] + got[evaluate.ELSEWHERE] == pytest.approx(1)
+    assert max(got[t] for t in val["texts"][0]) <= got[evaluate.ANY_CONCEPT] + 1e-9
 
 
 # ----------------------------------------------------------------------------- the stage: resumable, sharded
