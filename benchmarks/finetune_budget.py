@@ -85,7 +85,7 @@ def figure(epochs: pd.DataFrame, lr: float) -> plt.Figure:
         sns.lineplot(data=e, x="epoch", y=metric, hue="run", style="arm", ax=ax, errorbar=("pi", 100),
                      legend=ax is axes[-1])
         ax.set(title=f"held-out classes: {title}")
-    axes[-1].legend(fontsize=7, loc="lower left")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7)  # beside the curves, not on them
     fig.suptitle(f"epoch 0 = the base models; chosen lr {lr:g}", fontsize=9)
     fig.tight_layout()
     return fig
