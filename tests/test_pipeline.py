@@ -62,3 +62,10 @@ def test_dvc_lock_in_sync():
                 if not missing:
                     problems.append((stage, kind, items))
     assert not problems, f"pipeline out of sync with dvc.lock: {problems}"
+
+
+def test_gitignore_patterns_match_the_paths_they_name():
+    """git reads a `#` after a pattern as part of it: every ignored working path must really be ignored."""
+    for path in ("data/masks.partial", "data/world", "models/base"):
+        res = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert res.returncode == 0, f".gitignore does not ignore {path}"
