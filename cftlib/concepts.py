@@ -244,10 +244,22 @@ def filter_concepts(concepts: list[dict], names: list[str], max_chars: int, name
 
 # ----------------------------------------------------------------------------- LLM answers
 
+MAX_ANSWER_CHARS = 20_000
+"""The longest LLM answer parsed: a list of a few short concepts is well under 2 kB; a longer answer is a runaway
+generation, refused before any parsing."""
+
+_BULLET = re.compile(r"[ \t]*(?:[-*•]|\d+[.)])[ \t]+(.+)")
+"""One bulleted or numbered line (matched line by line, so parsing stays linear in the answer's size)."""
+
+
 def parse_list(answer: str) -> list[str]:
     """Concept strings from an LLM answer, read as data (never evaluated): a JSON list of strings (or of
     objects with a concept/text/name field, or {"concepts": [...]}) anywhere in the text, tolerating prose
-    around it, code fences and trailing commas; else a bulleted or numbered list. Raises ConceptError."""
+    around it, code fences and trailing commas; else a bulleted or numbered list. An answer over
+    MAX_ANSWER_CHARS, or one with neither, raises ConceptError."""
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise ConceptError(f"answer of {len(answer):,} characters, over the {MAX_ANSWER_CHARS:,} parsed "
+                           f"(a runaway generation?): {answer[:120]!r}")
     text = re.sub(r"```(?:json)?", "", answer)
     start, end = text.find("["), text.rfind("]")
     if start != -1 and end > start:
@@ -267,7 +279,7 @@ def parse_list(answer: str) -> list[str]:
                     items.append(d.strip())
             if items:
                 return items
-    lines = [m.group(1).strip() for m in re.finditer(r"^\s*(?:[-*•]|\d+[.)])\s+(.+)$", text, re.M)]
+    lines = [m.group(1).strip() for line in text.splitlines() if (m := _BULLET.fullmatch(line))]
     if lines:
         return [re.sub(r"[.,;]+$", "", line) for line in lines]
     raise ConceptError(f"no JSON list or bulleted list in the answer: {answer[:120]!r}")

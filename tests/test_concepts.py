@@ -58,6 +58,14 @@ def test_parse_list_rejects_malformed_answers(answer):
         concepts.parse_list(answer)
 
 
+def test_parse_list_reads_bullets_line_by_line_and_refuses_runaway_answers():
+    with pytest.raises(ConceptError, match="no JSON list"):
+        concepts.parse_list("\n" * (concepts.MAX_ANSWER_CHARS - 1))  # blank lines only (was quadratic in them)
+    assert concepts.parse_list("Sure:\n\n  - long beak\n\t2) striped wings.\n") == ["long beak", "striped wings"]
+    with pytest.raises(ConceptError, match="over the 20,000 parsed"):
+        concepts.parse_list('["long beak"]' + " " * concepts.MAX_ANSWER_CHARS)
+
+
 def test_parse_list_never_evaluates():
     with pytest.raises(ConceptError):
         concepts.parse_list('[__import__("os").system("false")]')
