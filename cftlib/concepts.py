@@ -387,7 +387,7 @@ def load_generator(cfg: config.LLM) -> Callable[[list[dict], int], str]:
 def _llm(classes: list[ClassInfo], cfg: config.Concepts, seed: int = 0, generate=None):
     """One chat per class; an answer that does not parse, or leaves no concept after the filters, gets a
     repair turn, at most `retries` times."""
-    cache, dates, out = LLMCache(cfg.llm.cache_dir), [], []
+    cache, dates, out, repairs = LLMCache(cfg.llm.cache_dir), [], [], 0
     gen = dict(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature)
     for c in classes:
         messages, problem = llm_messages(c, cfg.llm.n_concepts), ""
@@ -410,13 +410,15 @@ def _llm(classes: list[ClassInfo], cfg: config.Concepts, seed: int = 0, generate
                 out.append(items)
                 break
             messages = messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": REPAIR_PROMPT}]
+            repairs += 1
         else:
             raise ConceptError(f"concepts.llm: class {c.label} ({c.name!r}): no usable answer from {cfg.llm.model!r} "
                                f"after {cfg.llm.retries + 1} tries ({problem}); raise concepts.llm.retries or use a "
                                "stronger model")
     prompt = SYSTEM_PROMPT + "\n\n" + USER_PROMPT
     return out, dict(model=cfg.llm.model, prompt=prompt, date=max(dates),
-                     params={**gen, "n_concepts": cfg.llm.n_concepts, "retries": cfg.llm.retries, "seed": seed})
+                     params={**gen, "n_concepts": cfg.llm.n_concepts, "retries": cfg.llm.retries, "seed": seed,
+                             "repairs": repairs})
 
 
 # WordNet: the noun database (wndb(5)) read directly: data.noun lines are addressed by byte offset, which
@@ -560,8 +562,12 @@ def propose(cfg: config.Concepts, classes: list[ClassInfo], seed: int = 0, **kwa
     entries, dropped = [], []
     filters = dict(max_chars=cfg.max_chars, name_similarity=cfg.name_similarity,
                    duplicate_similarity=cfg.duplicate_similarity)
+    cap = cfg.llm.n_concepts if spec.name == "llm" else None  # the number the model was asked for
     for c, concepts in zip(classes, per_class):
         kept, gone = filter_concepts(concepts, c.synonyms, **filters)
+        if cap is not None and len(kept) > cap:
+            gone += [{**k, "reason": f"beyond concepts.llm.n_concepts ({cap})"} for k in kept[cap:]]
+            kept = kept[:cap]
         if not kept:
             raise ConceptError(f"concepts.{cfg.proposer}: class {c.label} ({c.name!r}): every concept was "
                                f"filtered out: {[(d['text'], d['reason']) for d in gone]}")

@@ -101,6 +101,7 @@ def test_llm_proposer_retries_then_caches(tmp_path):
     assert len(calls) == 2 and calls[1][-1]["content"] == concepts.REPAIR_PROMPT
     assert [k["text"] for k in bank["classes"][0]["concepts"]] == ["long beak", "striped wings"]
     assert bank["header"]["prompt_sha256"] == concepts.sha256(bank["header"]["prompt"])
+    assert bank["header"]["params"]["repairs"] == 1  # the unparsable first answer, counted in the bank
 
     def fail(messages, seed):
         raise AssertionError("a re-run must not query the model")
@@ -108,6 +109,16 @@ def test_llm_proposer_retries_then_caches(tmp_path):
     again, _ = concepts.propose(_llm_cfg(tmp_path), classes, generate=fail)
     assert again == bank
     assert (tmp_path / "cache" / ".gitignore").read_text() == "*\n"
+
+
+def test_llm_proposer_keeps_at_most_n_concepts(tmp_path):
+    answer = "[" + ", ".join(f'"{w} wing"' for w in ("red", "blue", "green", "barred", "spotted", "plain")) + "]"
+    cfg = _cfg(proposer="llm", llm={"model": "stub", "cache_dir": str(tmp_path / "cache"), "n_concepts": 4})
+    bank, dropped = concepts.propose(cfg, [ClassInfo(0, "glen wren")], generate=lambda m, s: answer)
+    assert [k["text"] for k in bank["classes"][0]["concepts"]] == ["red wing", "blue wing", "green wing", "barred wing"]
+    assert [(d["text"], d["reason"]) for d in dropped] == [(t, "beyond concepts.llm.n_concepts (4)")
+                                                           for t in ("spotted wing", "plain wing")]
+    assert bank["header"]["params"]["repairs"] == 0
 
 
 def test_llm_proposer_gives_up_after_bounded_retries(tmp_path):
