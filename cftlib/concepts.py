@@ -244,6 +244,10 @@ def filter_concepts(concepts: list[dict], names: list[str], max_chars: int, name
 
 # ----------------------------------------------------------------------------- LLM answers
 
+PARSED_PER_CONCEPT = 4
+"""An LLM answer's first 4 × n_concepts items are filtered (room for duplicates and class names); the rest are
+never read, so the quadratic near-duplicate filter stays small whatever the answer's length."""
+
 MAX_ANSWER_CHARS = 20_000
 """The longest LLM answer parsed: a list of a few short concepts is well under 2 kB; a longer answer is a runaway
 generation, refused before any parsing."""
@@ -399,7 +403,8 @@ def _llm(classes: list[ClassInfo], cfg: config.Concepts, seed: int = 0, generate
                 entry = cache.put(request, generate(messages, seed + c.label))
             answer = entry["response"]
             try:
-                items = [{"text": t, "weight": 1.0, "source": f"llm:{cfg.llm.model}"} for t in parse_list(answer)]
+                items = [{"text": t, "weight": 1.0, "source": f"llm:{cfg.llm.model}"}
+                         for t in parse_list(answer)[:PARSED_PER_CONCEPT * cfg.llm.n_concepts]]  # bounds the filters
                 kept, _ = filter_concepts(items, c.synonyms, cfg.max_chars, cfg.name_similarity,
                                           cfg.duplicate_similarity)
                 problem = "" if kept else "every concept was filtered out"

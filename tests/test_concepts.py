@@ -119,6 +119,10 @@ def test_llm_proposer_keeps_at_most_n_concepts(tmp_path):
     assert [(d["text"], d["reason"]) for d in dropped] == [(t, "beyond concepts.llm.n_concepts (4)")
                                                            for t in ("spotted wing", "plain wing")]
     assert bank["header"]["params"]["repairs"] == 0
+    many = "[" + ", ".join(f'"wing {i}"' for i in range(1000)) + "]"  # the filters see only the first 4 × 4
+    cfg = _cfg(proposer="llm", llm={"model": "stub2", "cache_dir": str(tmp_path / "cache"), "n_concepts": 4})
+    bank, dropped = concepts.propose(cfg, [ClassInfo(0, "glen wren")], generate=lambda m, s: many)
+    assert len(bank["classes"][0]["concepts"]) + len(dropped) == 4 * 4  # every item read is kept or dropped
 
 
 def test_llm_proposer_gives_up_after_bounded_retries(tmp_path):
