@@ -28,8 +28,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .config import BENCHMARKS, PROTOCOLS
-from .evaluate import accuracy
+from . import config, fewshot, launch
+from .config import BENCHMARKS, PROTOCOLS, as_dict
+from .evaluate import (ALIGNMENT, MASKS_SPLIT, USAGE_COLUMNS, accuracy, concept_usage, explainer, relevance_maps,
+                       seen_classes, segmentation_counts, segmentation_scores, weights_digest)
+from .io import read_json, write_csv, write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SI_SUBSETS = ("location", "rotation", "area")
@@ -420,7 +423,6 @@ def segmentation_eval(model: torch.nn.Module, path: str | Path, method: str, bat
     `indices` (default all; §4.2), normalised as the model was fine-tuned (`build`: its checkpoint config;
     0.5, the official code's, for ViT-B). Under torch.distributed each process explains its share of the
     batches and rank 0 gets the scores (the others None)."""
-    from .evaluate import relevance_maps, segmentation_counts, segmentation_scores
 
     indices = np.arange(segmentation_size(path)) if indices is None else np.asarray(indices, int)
     batches = shard(len(indices), batch_size, *rank_world())
@@ -450,7 +452,6 @@ def evaluate_model(model: torch.nn.Module, benches: dict[str, Benchmark], seen: 
     config, for the normalisation of its maps), and with `store` (the mask store's validation images) the
     concept usage rows {benchmark: MASKS_SPLIT, label, part, mass, images}, computed on rank 0. Under
     torch.distributed each process computes its share of the batches; rank 0 returns the rows, the others []."""
-    from .evaluate import MASKS_SPLIT, concept_usage
 
     rank, world = rank_world()
     rows = []
@@ -496,10 +497,7 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
     at the first model not yet scored. Rank 0 gets the rows, other processes []."""
     from tqdm import tqdm
 
-    from .config import as_dict
-    from .evaluate import explainer, weights_digest
     from .finetune import load_run
-    from .io import read_json, write_json
 
     E = P.evaluate
     benches = {name: sample(load(name, root), E.benchmark_images, P.base.seed) for name, root in E.benchmarks.items()}
@@ -530,7 +528,6 @@ def frames(results, protocols: list[str]):
     model, arm, seed, split, method and evaluate.ALIGNMENT, the concept metrics NaN — ImageNet has no part
     masks; the concept usage on the mask store's validation images: model, arm, seed, split, label, part, mass,
     images)."""
-    from .evaluate import ALIGNMENT, MASKS_SPLIT, USAGE_COLUMNS
 
     r = results.rename(columns={"benchmark": "split"})
     cls, seg = r[~r["split"].isin([SEGMENTATION, MASKS_SPLIT])], r[r["split"] == SEGMENTATION]
@@ -549,10 +546,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from . import config, fewshot, launch
-    from .evaluate import seen_classes
     from .finetune import plan
-    from .io import write_csv
 
     ap = argparse.ArgumentParser(prog="python -m cftlib.benchmarks",
                                  description="Score every fine-tuning run on evaluate.benchmarks and "

@@ -130,4 +130,3 @@ def load(store_dir: str | Path, split: str, pool: Pool) -> dict:
             out["labels"].append(r["label"])
             out["ids"].append(r["id"])
     return out
-
