@@ -4,6 +4,7 @@ once with a message naming the file and the dotted key (nanoGPT-configurator sty
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,22 @@ import yaml
 
 class ConfigError(ValueError):
     """A parameter file that cannot be used; the message names the file and key."""
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a number, list or mapping (YAML's .nan and .inf parse as floats)."""
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _unique(err, key: str, values: list) -> None:
+    """A list that names each thing once: a repeated arm or split would be run, or counted, twice."""
+    repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+    if repeated:
+        err(key, f"{', '.join(repeated)} repeated; list each once")
 
 
 SPLITS = ("train", "val", "test", "v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random",
@@ -284,6 +301,20 @@ class Masks:
 
 
 ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "none", "dfr")
+REPORTED = ("none", "cft")
+"""Arms every later stage needs: each claim, table and figure compares CFT with the base model."""
+
+
+def _check_arms(err, key: str, arms: list) -> None:
+    for a in arms:
+        if a not in ARMS:
+            err(key, f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
+    _unique(err, key, arms)
+    missing = [a for a in REPORTED if a not in arms]
+    if missing:
+        err(key, f"{arms}: needs {' and '.join(missing)} (the evaluation compares cft with the base model, none)")
+
+
 RELEVANCE = ("attnlrp", "cplrp", "gae_rollout", "grad_x_input", "gradcam")
 
 
@@ -340,9 +371,8 @@ class FinetuneCNN:
     def check(self, err):
         if self.weights and not self.zoo:
             err("weights", "set zoo too (the model these weights belong to)")
-        for a in self.arms:
-            if a not in ARMS:
-                err("arms", f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
+        if self.arms:
+            _check_arms(err, "arms", self.arms)
         if self.relevance not in RELEVANCE:
             err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
         if self.lr <= 0:
@@ -373,11 +403,11 @@ class Finetune:
     cnn: FinetuneCNN = field(default_factory=FinetuneCNN)
 
     def check(self, err):
-        for a in self.arms:
-            if a not in ARMS:
-                err("arms", f"unknown arm {a!r}; choose from {', '.join(ARMS)}")
+        _check_arms(err, "arms", self.arms)
         if self.relevance not in RELEVANCE:
             err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
+        if self.weight_decay < 0:
+            err("weight_decay", "must be >= 0")
         for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite", "processes"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
@@ -434,6 +464,8 @@ class Evaluate:
             err("tolerance", "in [0, 1)")
         if not 0 <= self.shortcut_gap < 1:
             err("shortcut_gap", "in [0, 1)")
+        for key in ("splits", "alignment_splits", "protocols"):
+            _unique(err, key, getattr(self, key))
         for key in ("splits", "alignment_splits"):
             for s in getattr(self, key):
                 if s not in SPLITS:
@@ -469,6 +501,8 @@ class Ablations:
     seeds: int = 2  # 2+ gives intervals
 
     def check(self, err):
+        for key in ("k", "noise", "relevance"):
+            _unique(err, key, getattr(self, key))
         if any(type(k) is not int or k < 1 for k in self.k):
             err("k", "positive integers")
         if any(type(s) not in (int, float) or s < 0 for s in self.noise):
@@ -531,6 +565,8 @@ def _build(cls: type, data: Any, where: str, prefix: str):
         elif not _type_ok(value, hint):
             raise ConfigError(f"{where}: {prefix}{f.name} must be {hint.__name__}, "
                               f"got {type(value).__name__} {value!r}")
+        elif not _finite(value):
+            raise ConfigError(f"{where}: {prefix}{f.name}: {value!r}; need a finite number (no NaN or infinity)")
         else:
             values[f.name] = float(value) if hint is float else value
     obj = cls(**values)
@@ -574,9 +610,10 @@ def _cross_check(p: Params, where: str) -> None:
     if isinstance(patch, int) and p.world.image_size % patch:
         raise ConfigError(f"{where}: world.image_size {p.world.image_size} is not divisible by "
                           f"pretrain.model_kwargs.patch_size {patch}")
-    if p.finetune.k > p.masks.k:
-        raise ConfigError(f"{where}: finetune.k {p.finetune.k} is larger than masks.k {p.masks.k}, the images per "
-                          f"class the masks stage grounds")
+    for key, k in [("finetune.k", p.finetune.k)] + [("ablations.k", k) for k in p.ablations.k]:
+        if k > p.masks.k:
+            raise ConfigError(f"{where}: {key} {k} is larger than masks.k {p.masks.k}, the images per class the masks "
+                              f"stage grounds")
     if p.masks.grounder == "world" and p.concepts.dataset != "world":
         raise ConfigError(f"{where}: masks.grounder world needs the world's part maps; "
                           f"concepts.dataset is {p.concepts.dataset!r} (use groundingsam)")

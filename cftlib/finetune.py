@@ -370,6 +370,10 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
                 losses_.append(row["loss"])
             bar.update()
             bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if st["nonfinite"] == len(st["history"]):  # the weights never moved: later epochs would be the same
+            raise NonFiniteLoss(f"{folder}: every one of the {st['nonfinite']} training steps so far (epoch "
+                                f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
+                                f"finetune.lr, and keep finetune.loss.squeeze > 0")
         v = validate(model, arm, val, cfg, spec.relevance, amp)
         best = v["val_loss"] <= st["best"][0]  # official: is_best = val_loss <= best_loss
         if best:

@@ -269,7 +269,7 @@ def _paper_tree(tmp_path):
     vit = dict(name="vit_tiny_patch16_224", num_classes=1000, img_size=224,
                kwargs=dict(patch_size=32, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0))
     cnn = dict(name="resnet10t", num_classes=1000, img_size=None, kwargs=dict(channels=[4, 4, 4, 4], stem_width=4))
-    for model, arm, build in (("vit", "none", vit), ("vit", "cft", vit), ("cnn", "none", cnn)):
+    for model, arm, build in (("vit", "none", vit), ("vit", "cft", vit), ("cnn", "none", cnn), ("cnn", "cft", cnn)):
         m = models.build_model(build["name"], build["num_classes"], build["img_size"], **build["kwargs"])
         models.save_checkpoint(tmp_path / "runs" / model / arm / "seed0" / "best.pt", m.eval(), build)
         epochs = [dict(epoch=e, val_cft_align=0.5 - 0.1 * e, best=int(e > 0)) for e in range(2)]  # a run's epochs.csv
@@ -277,7 +277,7 @@ def _paper_tree(tmp_path):
     P = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
     P["base"]["threads"] = 1
     P["finetune"].update(arms=["none", "cft"], seeds=1)
-    P["finetune"]["cnn"]["arms"] = ["none"]
+    P["finetune"]["cnn"]["arms"] = ["none", "cft"]
     P["concepts"]["image_dir"] = str(tmp_path / "val")  # the few-shot pool: the store's val item is its 4th image
     P["evaluate"].update(benchmarks={"imagenet_val": str(tmp_path / "val"), "imagenet_a": str(tmp_path / "a"),
                                      "objectnet": str(tmp_path / "objectnet")},
@@ -305,19 +305,19 @@ def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(t
     r = pd.read_csv(tmp_path / "one.csv")
     assert list(r.columns) == list(benchmarks.RESULTS)
     cls = r[~r["benchmark"].isin([benchmarks.SEGMENTATION, evaluate.MASKS_SPLIT])]
-    # 3 runs × 3 benchmarks × 2 protocols; ImageNet val holds seen class 1 and unseen class 2, the others no seen one
-    assert len(cls[cls["group"] == "all"]) == 3 * 3 * 2
+    # 4 runs × 3 benchmarks × 2 protocols; ImageNet val holds seen class 1 and unseen class 2, the others no seen one
+    assert len(cls[cls["group"] == "all"]) == 4 * 3 * 2
     val = cls[(cls["benchmark"] == "imagenet_val") & (cls["protocol"] == "chefer")].set_index(["model", "arm", "group"])
     assert val.loc[("vit", "cft", "all"), "images"] == 5  # benchmark_images: 5 of 6
     assert val.loc[("vit", "cft", "seen"), "images"] + val.loc[("vit", "cft", "unseen"), "images"] == 5
     assert set(cls.loc[cls["benchmark"] == "imagenet_a", "group"]) == {"all", "unseen"}
-    assert len(cls[cls["benchmark"] == "objectnet"]) == 3 * 2 * 2  # its 2 mapped images: all + unseen
+    assert len(cls[cls["benchmark"] == "objectnet"]) == 4 * 2 * 2  # its 2 mapped images: all + unseen
     seg = r[r["benchmark"] == benchmarks.SEGMENTATION].set_index(["model", "arm"])
-    assert len(seg) == 3 and (seg["images"] == 3).all()
+    assert len(seg) == 4 and (seg["images"] == 3).all()
     assert seg.loc[("vit", "none"), "method"] == "attnlrp" and seg.loc[("cnn", "none"), "method"] == "gradcam"
     assert seg[["pixAcc", "mIoU", "mAP"]].notna().all().all()
     usage = r[r["benchmark"] == evaluate.MASKS_SPLIT]  # the store's val image, on rank 0, per run and concept
-    assert len(usage) == 3 * 4 and set(usage["part"]) == {*TREE_CONCEPTS, evaluate.ANY_CONCEPT, evaluate.ELSEWHERE}
+    assert len(usage) == 4 * 4 and set(usage["part"]) == {*TREE_CONCEPTS, evaluate.ANY_CONCEPT, evaluate.ELSEWHERE}
     both = usage.pivot_table(index=["model", "arm"], columns="part", values="mass")
     assert np.allclose(both[evaluate.ANY_CONCEPT] + both[evaluate.ELSEWHERE], 1) and (usage["images"] == 1).all()
 

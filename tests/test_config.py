@@ -43,6 +43,38 @@ def test_bad_params_fail_naming_the_key(tmp_path, data, key):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("finetune: {loss: {lambda_ctx: .nan}}", "finetune.loss.lambda_ctx: nan; need a finite number"),
+    ("finetune: {lr: .nan}", "finetune.lr: nan; need a finite number"),
+    ("bases: {lr: .inf}", "bases.lr: inf; need a finite number"),
+    ("evaluate: {tolerance: -.inf}", "evaluate.tolerance: -inf; need a finite number"),
+    ("ablations: {noise: [0.0, .nan]}", "ablations.noise: [0.0, nan]; need a finite number"),
+    ("pretrain: {model_kwargs: {mlp_ratio: .nan}}", "pretrain.model_kwargs: {'mlp_ratio': nan}; need a finite"),
+    ("finetune: {weight_decay: -5}", "finetune.weight_decay: must be >= 0"),
+    ("bases: {weight_decay: -5}", "bases.weight_decay: must be >= 0"),
+    ("finetune: {arms: [none, cft, cft]}", "finetune.arms: 'cft' repeated; list each once"),
+    ("finetune: {cnn: {arms: [none, none, cft]}}", "finetune.cnn.arms: 'none' repeated"),
+    ("evaluate: {splits: [test, pose, pose]}", "evaluate.splits: 'pose' repeated"),
+    ("ablations: {k: [1, 1]}", "ablations.k: 1 repeated"),
+    ("finetune: {arms: [ce]}", "finetune.arms: ['ce']: needs none and cft (the evaluation compares cft with the base"),
+    ("finetune: {arms: [none, ce]}", "finetune.arms: ['none', 'ce']: needs cft"),
+    ("finetune: {cnn: {arms: [cft]}}", "finetune.cnn.arms: ['cft']: needs none"),
+    ("ablations: {k: [5]}", "ablations.k 5 is larger than masks.k 3"),
+])
+def test_non_finite_negative_repeated_and_unreportable_values_fail_naming_the_key(tmp_path, text, message):
+    """YAML's .nan and .inf are floats, and NaN passes every `<` check: they are refused by type, before the checks;
+    an arm list the report cannot compare, or a repeated entry, fails here rather than stages later."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(config.ConfigError, match=re.escape(message)) as err:
+        config.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_cnn_may_be_left_out():
+    assert config.parse({"finetune": {"cnn": {"arms": []}}}).finetune.cnn.arms == []
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(config.ConfigError, match="not found"):
         config.load(tmp_path / "nope.yaml")

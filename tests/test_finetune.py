@@ -216,8 +216,12 @@ def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project,
         return terms, logits
 
     monkeypatch.setattr(finetune, "objective", always_nan)
-    with pytest.raises(finetune.NonFiniteLoss, match="3 consecutive"):
-        _fit(project, SPEC, tmp_path / "always", epochs=3, max_nonfinite=3)
+    with pytest.raises(finetune.NonFiniteLoss, match="2 consecutive"):  # within the first epoch's 2 steps
+        _fit(project, SPEC, tmp_path / "always", epochs=3, max_nonfinite=2)
+    # fewer steps in an epoch than max_nonfinite: the first epoch, all skipped, stops the run (not "no checkpoint")
+    with pytest.raises(finetune.NonFiniteLoss, match=r"every one of the \d+ training steps so far \(epoch 1\)"):
+        _fit(project, SPEC, tmp_path / "every", epochs=3, max_nonfinite=10_000)
+    assert not (SPEC.folder(tmp_path / "every") / "best.pt").exists()
 
 
 # ----------------------------------------------------------------------------- data and errors
