@@ -32,9 +32,8 @@ from . import config, fewshot, launch
 from .config import BENCHMARKS, PROTOCOLS, as_dict
 from .evaluate import (ALIGNMENT, MASKS_SPLIT, USAGE_COLUMNS, accuracy, concept_usage, explainer, relevance_maps,
                        seen_classes, segmentation_counts, segmentation_scores, weights_digest)
-from .io import read_json, write_csv, write_json
+from .io import list_images, read_image, read_json, write_csv, write_json
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SI_SUBSETS = ("location", "rotation", "area")
 
 
@@ -132,10 +131,6 @@ class Benchmark:
         raise ValueError(f"protocol {protocol!r}: choose one of {PROTOCOLS}")
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _class_folders(name: str, root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
@@ -152,7 +147,7 @@ def _by_folder(name: str, root, label_of: Callable[[str], int | None], **kw) -> 
         label = label_of(d.name)
         if label is None:
             raise missing(name, d, f"folder {d.name!r} is not a class of this benchmark")
-        found = _images(d)
+        found = list_images(d)
         paths += found
         labels += [label] * len(found)
     if not paths:
@@ -217,7 +212,7 @@ def objectnet(root: str | Path) -> Benchmark:
     paths, labels, accepted = [], [], []
     for d in _class_folders("objectnet", root / "images"):
         if d.name in mapping:
-            found = _images(d)
+            found = list_images(d)
             paths += found
             labels += [mapping[d.name][0]] * len(found)
             accepted += [tuple(mapping[d.name])] * len(found)
@@ -319,16 +314,15 @@ def load_image(path: str | Path, border: int = 0, resize: int = 256, crop: int =
     (torchvision's Resize(256) + CenterCrop(224) arithmetic)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if border:
-            im = im.crop((border, border, im.width - border, im.height - border))
-        w, h = im.size
-        short, long = (w, h) if w <= h else (h, w)
-        size_long = int(resize * long / short)
-        im = im.resize((resize, size_long) if w <= h else (size_long, resize), Image.BILINEAR)
-        left, top = int(round((im.width - crop) / 2)), int(round((im.height - crop) / 2))
-        return np.asarray(im.crop((left, top, left + crop, top + crop)))
+    im = read_image(path)
+    if border:
+        im = im.crop((border, border, im.width - border, im.height - border))
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    size_long = int(resize * long / short)
+    im = im.resize((resize, size_long) if w <= h else (size_long, resize), Image.BILINEAR)
+    left, top = int(round((im.width - crop) / 2)), int(round((im.height - crop) / 2))
+    return np.asarray(im.crop((left, top, left + crop, top + crop)))
 
 
 def normalisation(model: torch.nn.Module, protocol: str) -> tuple[tuple, tuple]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import config, hub, launch
-from .io import atomic_path
+from .io import atomic_path, read_json
 
 SCHEMA = "cft-concept-bank/1"
 _BANK_NAME = re.compile(r"^bank-([0-9a-f]{12})\.json$")
@@ -55,7 +55,7 @@ def classes_from_folder(class_dirs: list[str], names_file: str | Path | None = N
         path = Path(names_file)
         if not path.is_file():
             raise ConceptError(f"{path}: class-names file not found (concepts.class_names)")
-        names = json.loads(path.read_text())
+        names = read_json(path, fix="save it as UTF-8 JSON {folder: \"name, synonym, ...\"} (concepts.class_names)")
     return [ClassInfo(i, str(names.get(d, d.replace("_", " "))), wnid=d if re.fullmatch(r"n\d{8}", d) else "")
             for i, d in enumerate(class_dirs)]
 
@@ -63,7 +63,6 @@ def classes_from_folder(class_dirs: list[str], names_file: str | Path | None = N
 def classes_from_imagenet(class_dirs: list[str]) -> list[ClassInfo]:
     """Classes of ImageNet's wnid folders, named by their WordNet lemmas and described by their glosses
     (the lists timm ships), so a proposer sees "tench, Tinca tinca" and not n01440764."""
-    from importlib import resources
 
     info = resources.files("timm") / "data" / "_info"
     lemma, gloss = ({w: t.strip() for w, t in (line.split("\t", 1) for line in (info / f).read_text().splitlines())}
@@ -177,11 +176,7 @@ def load(path: str | Path) -> dict:
         path = found[0]
     if not path.is_file():
         raise ConceptError(f"{path}: concept bank not found; run the concepts stage")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConceptError(f"{path}: not valid JSON: {e}") from None
-    bank = validate(data, str(path))
+    bank = validate(read_json(path, fix=BANK_FIX), str(path))
     m = _BANK_NAME.match(path.name)
     if m and m.group(1) != content_hash(bank):
         raise ConceptError(f"{path}: content hash is {content_hash(bank)}, not the {m.group(1)} in its name "
@@ -516,16 +511,16 @@ def _wordnet(classes: list[ClassInfo], cfg: config.Concepts):
     return out, dict(model=f"wordnet:{wn.dir}", prompt=None, date=None, params=dataclasses.asdict(cfg.wordnet))
 
 
-OFFICIAL_BANK = "cft_official_concept_bank.json"
+BANK_FIX = ("write it again as UTF-8 JSON (a bank of ours, or the official {dataset: [[name, weight]]}), or point "
+            "concepts.bank.path at another")
 
 
-def read_official(path: str | Path | None, dataset: str) -> list[dict]:
+def read_official(path: str | Path, dataset: str) -> list[dict]:
     """One dataset's concepts from a bank in the official repository's format {dataset: [[name, weight]]}
-    (names lowercase strings, weights numbers; docs/paper.md §1.1). None: the copy shipped in cftlib/data."""
-    text = (Path(path).read_text() if path else
-            resources.files("cftlib").joinpath("data", OFFICIAL_BANK).read_text())
-    where = str(path or OFFICIAL_BANK)
-    data = json.loads(text)
+    (names lowercase strings, weights numbers; docs/paper.md §1.1), such as the copy shipped
+    (config.OFFICIAL_BANK)."""
+    where = str(path)
+    data = read_json(path, fix=BANK_FIX)
     if dataset not in data:
         raise ConceptError(f"{where}: no dataset {dataset!r} (concepts.bank.dataset); has {', '.join(sorted(data))}")
     out = []
@@ -543,15 +538,15 @@ def _bank(classes: list[ClassInfo], cfg: config.Concepts):
     """A bank of ours must list the same classes; an official per-dataset bank gives every class the same
     concepts and weights (the official code applies one list to the whole dataset)."""
     path = cfg.bank.path
-    if path and "schema" in json.loads(Path(path).read_text()):
+    if "schema" in read_json(path, fix=BANK_FIX):
         bank = load(path)
         names = [c["name"] for c in bank["classes"]]
         if names != [c.name for c in classes]:
             raise ConceptError(f"{path}: its classes {names} are not the dataset's {[c.name for c in classes]}")
         return [c["concepts"] for c in bank["classes"]], {**bank["header"], "params": {"path": path}}
-    concepts = read_official(path or None, cfg.bank.dataset)
+    concepts = read_official(path, cfg.bank.dataset)
     return [list(concepts) for _ in classes], dict(model=None, prompt=None, date=None,
-                                                   params={"path": path or OFFICIAL_BANK, "dataset": cfg.bank.dataset})
+                                                   params={"path": path, "dataset": cfg.bank.dataset})
 
 
 assert tuple(PROPOSERS) == config.PROPOSERS

@@ -199,17 +199,27 @@ class WordNetProposer:
             err("max_concepts", "must be >= 1")
 
 
+OFFICIAL_BANK = "cftlib/data/cft_official_concept_bank.json"
+"""The official repository's bank, shipped: the bank proposer's default."""
+WORLD_DIR = "data/world"
+"""The world stage's output: the world's images (concepts.image_dir of the world dataset)."""
+
+
 @dataclass(frozen=True)
 class BankProposer:
-    path: str = ""  # empty: the official repository's bank shipped in cftlib/data
+    path: str = OFFICIAL_BANK  # a bank of ours or in the official format; a DVC dependency of the concepts stage
     dataset: str = "cub_birds"
+
+    def check(self, err):
+        if not self.path:
+            err("path", f"empty; give a bank file (the official one: {OFFICIAL_BANK})")
 
 
 @dataclass(frozen=True)
 class Concepts:
     proposer: str = "fieldguide"
     dataset: str = "world"  # world: data/world; folder: <image_dir>/<class>/<image>; imagenet: wnid folders
-    image_dir: str = ""
+    image_dir: str = WORLD_DIR  # the images (a DVC dependency of the stages that read them)
     class_names: str = ""  # folder dataset: optional JSON {folder: "name, synonym, ..."}
     max_chars: int = 30  # Label-free CBM filters
     name_similarity: float = 0.85
@@ -223,8 +233,11 @@ class Concepts:
             err("proposer", f"unknown proposer {self.proposer!r}; choose {', '.join(PROPOSERS)}")
         if self.dataset not in DATASETS:
             err("dataset", f"unknown dataset {self.dataset!r}; choose {', '.join(DATASETS)}")
-        if self.dataset != "world" and not self.image_dir:
-            err("image_dir", f"required when dataset is {self.dataset}")
+        if self.dataset == "world" and self.image_dir != WORLD_DIR:
+            err("image_dir", f"{self.image_dir!r}: the world's images are the world stage's {WORLD_DIR}; set that "
+                             f"when dataset is world")
+        if self.dataset != "world" and self.image_dir in ("", WORLD_DIR):
+            err("image_dir", f"required when dataset is {self.dataset}: the folder of <class>/<image>")
         if self.proposer == "fieldguide" and self.dataset != "world":
             err("proposer", "fieldguide reads the world's field guide; use llm, wordnet or bank for a folder")
         if self.proposer == "llm" and not self.llm.model:

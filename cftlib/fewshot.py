@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from .io import IMAGE_SUFFIXES, list_images, read_image
 
 
 def select(labels: np.ndarray, k: int, class_fraction: float, seed: int) -> dict:
@@ -45,7 +45,7 @@ def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
         raise FileNotFoundError(f"{root}: no class folders; expected <class>/<image> inside")
     paths, labels = [], []
     for i, name in enumerate(class_dirs):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = list_images(root / name)
         if not found:
             raise FileNotFoundError(f"{root / name}: class {name!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
         paths += found
@@ -54,11 +54,8 @@ def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An RGB uint8 H×W×3 array at native resolution."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """An RGB uint8 H×W×3 array at native resolution, as a viewer shows it (cftlib.io.read_image)."""
+    return np.asarray(read_image(path))
 
 
 def imagenet_index(class_dirs: list[str], root: str | Path = "") -> np.ndarray:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import config, dfr, fewshot, grounding, launch, losses, models, pretrain, relevance, world
-from .io import atomic_path, write_csv, write_json
+from .io import atomic_path, read_json, read_torch, write_csv, write_json
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
 EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_context", "val_concept", "val_confidence",
@@ -314,8 +314,8 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
     conf = run_config(spec, cfg, base, data)
     rank, world = _world()
     done = folder / "run.json"
-    if done.is_file() and json.loads(done.read_text())["config"]["hash"] == conf["hash"]:
-        return json.loads(done.read_text())
+    if done.is_file() and (summary := read_json(done))["config"]["hash"] == conf["hash"]:
+        return summary
     device = launch.device(cfg.device, "finetune.device")
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
            else contextlib.nullcontext())
@@ -332,7 +332,8 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
     gen = torch.Generator().manual_seed(spec.seed)
     st = {"epoch": 0, "history": [], "epochs": [], "best": (math.inf, 0), "nonfinite": 0, "consecutive": 0}
     state_path = folder / "state.pt"
-    saved = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
+    saved = (read_torch(state_path, "delete it to restart this run from its first epoch", device)
+             if state_path.is_file() else None)
     if saved is not None and saved["hash"] == conf["hash"]:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from . import config, hub, launch
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_json, read_npz, write_json
 from .world import PARTS, save_npz
 
 FLAGS = ("ok", "empty", "too_small", "too_large")
@@ -352,7 +352,7 @@ def load_store(store_dir: str | Path) -> dict:
     path = Path(store_dir) / "manifest.json"
     if not path.is_file():
         raise GroundingError(f"{path}: no mask store; run the masks stage")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
@@ -360,8 +360,7 @@ def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
     path = Path(store_dir) / record["split"] / f"{record['id']}.npz"
     if not path.is_file():
         raise GroundingError(f"{path}: missing ({record['id']} was {record['action']})")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return read_npz(path)
 
 
 def summary(records: list[dict]) -> dict:
@@ -467,8 +466,7 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
                 record = read_json(work / s / f"{i}.json")
                 npz = work / s / f"{i}.npz"
                 if npz.is_file():
-                    with np.load(npz, allow_pickle=False) as z:
-                        yield record, {k: z[k] for k in z.files}
+                    yield record, read_npz(npz, fix="delete it: the masks stage grounds that image again")
                 else:
                     yield record, None
 

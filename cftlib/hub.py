@@ -38,7 +38,15 @@ def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
     only_local = not local and offline()
     try:
         return loader(str(Path(name).expanduser()) if local else name, local_files_only=only_local, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError, RuntimeError) as e:
+        if local:  # there, but unreadable: a partial copy, a damaged weights file, another library's format
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise ModelUnavailable(
+                f"{what}: the folder {Path(name).expanduser()} is there but does not load ({type(e).__name__}: "
+                f"{first}). Save the model there again with save_pretrained, or fetch it anew "
+                f"(`huggingface-cli download <hub id> --local-dir {name}`).") from e
+        if not isinstance(e, OSError):
+            raise
         raise ModelUnavailable(
             f"{what}: cannot load {name!r}: it is not a local folder"
             + (" and is not in the Hugging Face cache, and the hub is unreachable (or HF_HUB_OFFLINE is set)"

@@ -1,14 +1,54 @@
-"""Atomic writes: every file or folder appears complete under its final name or not at all."""
+"""Files in and out: atomic writes (every file or folder appears complete under its final name or not at all)
+and reads whose every failure names the file and what to do about it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
+
+RERUN = "re-run the stage that writes it (`dvc repro -f <stage>`)"
+"""The usual remedy for a damaged pipeline output; `remedy` names the stage where the path tells it."""
+
+_STAGE_OF = {("data", "world"): "world", ("data", "concepts"): "concepts", ("data", "masks"): "masks",
+             ("models", "base"): "world", ("models", "finetune"): "finetune", ("models", "ablations"): "ablations"}
+
+
+def remedy(path: str | Path, stage: str = "") -> str:
+    """What to do about a missing or damaged pipeline output at `path`: restore it from the DVC cache or re-run
+    the stage that writes it (models/pretrain: the committed checkpoints); `stage`: the writer, when the path
+    is not one of the pipeline's own folders."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 1):
+        if parts[i:i + 2] == ("models", "pretrain"):
+            return "restore it (`git checkout models/pretrain`) or rebuild it (`make pretrain`)"
+        writer = _STAGE_OF.get(parts[i:i + 2])
+        if writer:
+            out = Path(*parts[:i + 2])
+            return f"restore it from the DVC cache (`dvc checkout {out}`) or re-run its stage (`dvc repro -f {writer}`)"
+    return f"re-run the {stage} stage (`dvc repro -f {stage}`)" if stage else RERUN
+
+
+class CorruptFile(ValueError):
+    """A file that exists but cannot be read as what it should be; the message names it and the remedy."""
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextmanager
@@ -32,11 +72,98 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, fix: str | None = None) -> Any:
+    """A JSON file; missing, non-UTF-8 or truncated, the error names it and says `fix` (default: `remedy`)."""
     path = Path(path)
+    fix = fix or remedy(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the stage that writes it (`dvc repro`)")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"{path}: missing; {fix}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CorruptFile(f"{path}: not UTF-8 text (byte {e.start}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFile(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {fix}") from None
+
+
+def read_npz(path: str | Path, fix: str | None = None, sha: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), read in full so that damage shows here; `sha`: the SHA-256 its
+    manifest recorded, checked first. Errors name the file and say `fix` (default: `remedy`)."""
+    path = Path(path)
+    fix = fix or remedy(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {fix}")
+    if sha is not None and sha256(path) != sha:
+        raise CorruptFile(f"{path}: its SHA-256 is not the one its manifest recorded (changed or damaged "
+                          f"since it was written); {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        raise CorruptFile(f"{path}: damaged or truncated ({type(e).__name__}: {e}); {fix}") from None
+
+
+def read_torch(path: str | Path, fix: str | None = None, map_location: Any = "cpu") -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only, never code. A file holding anything
+    else is refused, and a damaged one named, each with `fix` (never the advice to allow pickled code)."""
+    import torch  # heavy; this module is also the notebooks' light-weight file layer
+
+    path = Path(path)
+    fix = fix or remedy(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {fix}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        raise CorruptFile(f"{path}: refused: it holds objects other than tensors and plain containers"
+                          f"{' (' + why[0].strip()[:200] + ')' if why else ''}, and cftlib loads no pickled code; "
+                          f"{fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CorruptFile(f"{path}: damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          f"{fix}") from None
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files in `folder`, sorted; hidden files (macOS `._x.jpg` resource forks, `.DS_Store`) skipped."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+MIN_SIDE = 8
+"""Images smaller than this a side are refused: a thumbnail or a broken file, whose resizing to a model input would
+invent nearly every pixel."""
+
+
+def read_image(path: str | Path):
+    """An 8-bit RGB PIL image as a viewer shows it: EXIF orientation applied, 16-bit grey scaled to 8 bits (PIL's
+    own conversion clips it to white), palette images through RGBA (their transparency honoured, then dropped
+    as for any alpha). A damaged, unreadable or too small (< MIN_SIDE px) image is an error naming the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    fix = "replace it, or remove it from the folder"
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+    except UnidentifiedImageError:
+        raise CorruptFile(f"{path}: not an image PIL can read; {fix}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptFile(f"{path}: damaged or truncated image ({e}); {fix}") from None
+    if min(im.size) < MIN_SIDE:
+        raise CorruptFile(f"{path}: {im.width}×{im.height} px; images need at least {MIN_SIDE} px a side; {fix}")
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey (PNG): scale 0..65535 to 0..255
+        grey = np.asarray(im, dtype=np.float64) / 257.0
+        im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise CorruptFile(f"{path}: a floating-point image (mode F), whose range is unknown; save it as 8-bit; {fix}")
+    elif im.mode == "P":
+        im = im.convert("RGBA")
+    return im.convert("RGB")
 
 
 def write_csv(path: str | Path, frame) -> None:

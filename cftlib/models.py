@@ -12,7 +12,7 @@ import timm
 import torch
 from timm.layers import PatchEmbed
 
-from .io import atomic_path
+from .io import atomic_path, read_torch, remedy
 
 MEAN, STD = 0.5, 0.5  # timm's ViT normalisation (inception style)
 
@@ -95,8 +95,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     `zoo` key, through `zoo.rebuild`; no weights are downloaded)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint; run the stage that trains it (`dvc repro`)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        raise FileNotFoundError(f"{path}: no checkpoint; {remedy(path)}")
+    ckpt = read_torch(path, map_location=map_location)
     cfg = ckpt["config"]
     if "zoo" in cfg:
         from . import zoo  # zoo imports this module

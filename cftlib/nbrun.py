@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import papermill as pm
 import yaml
+from papermill.exceptions import PapermillExecutionError
 
 from .io import atomic_path
 
@@ -68,12 +71,20 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def failed_path(output: str | Path) -> Path:
+    """Where a failed run's notebook is kept, scrubbed, for reading (until the next success)."""
+    return Path(output).with_suffix(".failed.ipynb")
+
+
 def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | None = None,
         cwd: str | Path | None = None, log_output: bool = False) -> Path:
-    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub."""
-    import papermill as pm
-
+    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub. A success
+    removes what earlier runs left: the failed notebook, and the temporary folders of a killed run (DVC runs
+    one stage at a time, so no other writer of `output` is alive)."""
     output = Path(output)
+    for stale in output.parent.glob(f".{output.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     with atomic_path(output) as tmp:
         try:
             pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name="python3",
@@ -84,7 +95,8 @@ def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | N
                 nb = scrub(nbformat.read(tmp, as_version=4))
                 nbformat.write(nb, tmp)
                 if not _succeeded(nb):
-                    nbformat.write(nb, output.with_suffix(".failed.ipynb"))
+                    nbformat.write(nb, failed_path(output))
+    failed_path(output).unlink(missing_ok=True)
     return output
 
 
@@ -105,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.paths) != 2:
         ap.error("give a notebook and an output path")
     params = {name: yaml.safe_load(value) for name, value in args.parameter}
-    run(*args.paths, parameters=params, log_output=bool(os.environ.get("CI")))
+    try:
+        run(*args.paths, parameters=params, log_output=bool(os.environ.get("CI")))
+    except PapermillExecutionError as e:  # one line naming the cause; the traceback is in the failed notebook
+        cause = " ".join(str(e.evalue).split())
+        print(f"{args.paths[0]} failed in cell {e.exec_count}: {e.ename}: {cause} (traceback: "
+              f"{failed_path(args.paths[1])})", file=sys.stderr)
+        return 1
     return 0
 
 

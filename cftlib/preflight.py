@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.metadata
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -218,6 +219,21 @@ def _zoo_model(stage: str, key: str, name: str, weights: str, weights_key: str) 
     return Check(stage, "weights", key, True, name + (f" ({weights})" if weights else ""))
 
 
+INPUTS = "inputs"
+"""Where files the user brings belong: a DVC dependency of the stages that read them (inputs/README.md)."""
+
+
+def _brought(stage: str, key: str, value: str) -> Check:
+    """A file of the user's that `key` names; outside inputs/ it works, but DVC does not see edits to it."""
+    if not Path(value).is_file():
+        return Check(stage, "data", key, False, f"{value}: no such file")
+    if Path(os.path.abspath(value)).is_relative_to(Path(os.path.abspath(INPUTS))):
+        return Check(stage, "data", key, True, value)
+    return Check(stage, "data", key, True, f"{value}: outside {INPUTS}/, so DVC does not see edits to it and keeps "
+                                           f"old results; move or link it into {INPUTS}/ ({INPUTS}/README.md)",
+                 warning=True)
+
+
 def _wordnet(stage: str, dict_dir: str) -> Check:
     from .concepts import ConceptError, WordNet
 
@@ -248,12 +264,20 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
                              "the project; restore it (`git checkout models/pretrain`) or rebuild it (`make pretrain`)"))
     if stage == "world" and P.pretrain.zoo:
         out.append(_zoo_model(stage, "pretrain.zoo", P.pretrain.zoo, P.pretrain.weights, "pretrain.weights"))
+    cnn = P.finetune.cnn
+    for key, readers, used, weights in (("pretrain.weights", ("world",), P.pretrain.zoo, P.pretrain.weights),
+                                        ("finetune.cnn.weights", ("world", "finetune"), cnn.zoo and cnn.arms,
+                                         cnn.weights)):
+        if stage in readers and used and weights:
+            out.append(_brought(stage, key, weights))
     if stage in ("world", "concepts", "masks", "finetune") and real:
         out.append(_image_dir(stage, P.concepts))
     if stage == "world" and real:  # 00_imagenet scores the base model on the benchmarks
         out += [_benchmark(stage, name, root) for name, root in P.evaluate.benchmarks.items()]
         out.append(_device(stage, "evaluate.device", P.evaluate.device, real))
     if stage == "concepts":
+        if real and P.concepts.class_names:
+            out.append(_brought(stage, "concepts.class_names", P.concepts.class_names))
         if P.concepts.proposer == "llm":
             out += [_hub_model(stage, "concepts.llm.model", P.concepts.llm.model),
                     _device(stage, "concepts.llm.device", P.concepts.llm.device, real)]

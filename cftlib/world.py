@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import SPLITS, World
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, read_npz, remedy, sha256, write_json
 
 PARTS = ("body", "head", "beak", "wing", "tail", "crest", "eye", "breast", "cap")
 """Part names; the part-label map stores index + 1 (0 is background)."""
@@ -482,7 +481,8 @@ def generate(cfg: World, seed: int, out_dir: str | Path, progress: bool = False)
             save_npz(tmp / f"{split}.npz", arrays)
             manifests[split] = dict(split=split, n=len(arrays["label"]), seed=seed, spec=SPLIT_SPECS[split],
                                     target=split_targets(cfg, split), measured=measure(arrays, species),
-                                    counts=np.bincount(arrays["label"], minlength=len(species)).tolist())
+                                    counts=np.bincount(arrays["label"], minlength=len(species)).tolist(),
+                                    sha256=sha256(tmp / f"{split}.npz"))
             write_json(tmp / f"{split}.json", manifests[split])
         write_json(tmp / "field_guide.json", field_guide(species))
         write_json(tmp / "world.json", dict(parts=list(PARTS), attributes=ATTRIBUTES, habitats=list(HABITATS),
@@ -497,13 +497,12 @@ def load_split(data_dir: str | Path, split: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         have = sorted(p.stem for p in Path(data_dir).glob("*.npz")) if Path(data_dir).is_dir() else []
         raise FileNotFoundError(f"{path}: no such split (have: {', '.join(have) or 'nothing'}); run the world stage")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    manifest = path.with_suffix(".json")
+    sha = read_json(manifest).get("sha256") if manifest.is_file() else None  # checked: DVC sees size and mtime only
+    return read_npz(path, remedy(path, "world"), sha)
 
 
 def load_guide(data_dir: str | Path) -> list[dict]:
     """The field guide written by `generate`."""
     path = Path(data_dir) / "field_guide.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the world stage")
-    return json.loads(path.read_text())
+    return read_json(path, remedy(path, "world"))

@@ -12,6 +12,7 @@ the released .pth / .npz, timm's model.safetensors, or any state dict of the sam
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import hub
+from .io import CorruptFile, read_torch
 from .models import explicit_attention
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -172,11 +174,18 @@ def build(name: str, weights: str = "", num_classes: int = 1000, *, what: str = 
     msg = missing(name, weights, what)
     if msg:
         raise WeightsMissing(msg)
-    model = _create(e, num_classes, True, weights, **overrides)
+    try:
+        model = _create(e, num_classes, True, weights, **overrides)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+        if not weights:
+            raise
+        raise CorruptFile(f"{weights} ({what}): timm could not load it as {name}'s weights "
+                          f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); download it again "
+                          f"({e.url})") from None
     if e.head_file and num_classes == 1000:
         path = _head_path(e, weights)
         if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_torch(path, fix=f"delete it and download it again ({e.head_url})")
         else:  # online, not cached: missing() allowed the download
             state = torch.hub.load_state_dict_from_url(e.head_url, map_location="cpu", weights_only=True)
         model.head.load_state_dict(state)

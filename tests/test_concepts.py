@@ -2,6 +2,7 @@
 filtered as in Label-free CBM, and a bank is validated and named by its content."""
 
 import json
+import re
 import time
 
 import pytest
@@ -145,6 +146,20 @@ def test_llm_hub_id_offline_fails_at_once_naming_the_model(tmp_path, monkeypatch
     assert time.time() - start < 30
 
 
+def test_a_local_model_folder_that_does_not_load_is_not_called_missing(tmp_path):
+    """A damaged folder is there: the error says so and how to save it again, never "not a local folder"."""
+    from transformers import AutoConfig
+
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": ')  # cut short
+    with pytest.raises(hub.ModelUnavailable) as err:
+        hub.load(str(folder), "concepts.llm.model", AutoConfig.from_pretrained)
+    msg = str(err.value)
+    assert msg.startswith(f"concepts.llm.model: the folder {folder} is there but does not load")
+    assert "save_pretrained" in msg and "not a local folder" not in msg
+
+
 def test_llm_proposer_end_to_end_with_a_tiny_causal_lm(tmp_path):
     """A real transformers text-generation pipeline over a 2-layer Llama saved to disk: one answer wrapped
     in prose with a trailing comma and the class name, one numbered list with a duplicate."""
@@ -267,9 +282,16 @@ def test_bad_bank_errors_name_the_class_and_field(edit, match):
 
 
 def test_bank_file_that_is_not_json_or_missing(tmp_path):
-    (tmp_path / "bank.json").write_text('{"schema": ')
-    with pytest.raises(ConceptError, match="not valid JSON"):
-        concepts.load(tmp_path / "bank.json")
+    from cftlib.io import CorruptFile
+
+    bank = tmp_path / "bank.json"
+    for content, what in ((b'{"schema": ', r"not valid JSON \(line 1, column 12"),
+                          ('{"cub_birds": [["bec", 1]]}'.encode("latin-1").replace(b"bec", b"b\xe9c"),
+                           r"not UTF-8 text \(byte 18\)")):
+        bank.write_bytes(content)
+        for read in (lambda: concepts.load(bank), lambda: concepts.read_official(bank, "cub_birds")):
+            with pytest.raises(CorruptFile, match=f"^{re.escape(str(bank))}: {what}.*point concepts.bank.path at"):
+                read()
     with pytest.raises(ConceptError, match="expected one bank-<hash>.json, found 0"):
         concepts.load(tmp_path)
 

@@ -87,3 +87,25 @@ def test_failing_notebook_reports_and_writes_no_output(tmp_path):
     assert not (proj / "out.ipynb").exists()
     assert (proj / "out.failed.ipynb").exists()
     assert not (proj / "data").exists()  # failed before any work
+
+
+@pytest.mark.slow
+def test_a_failure_is_one_line_and_a_later_success_leaves_no_litter(tmp_path, capsys):
+    """The CLI's error names the cause in one line; after a success no failed notebook and no temporary folder
+    of a killed run (`kill -9` skips atomic_path's cleanup) are left."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("fail = True", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("if fail:\n    raise ValueError('params.yaml: finetune.lr: must be > 0')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "n.ipynb", tmp_path / "executed" / "n.ipynb"
+    nbformat.write(nb, src)
+    assert nbrun.main([str(src), str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{src} failed in cell 2: ValueError: params.yaml: finetune.lr: must be > 0 "
+                   f"(traceback: {tmp_path / 'executed' / 'n.failed.ipynb'})"]
+    assert not out.exists() and nbrun.failed_path(out).is_file()
+    killed = tmp_path / "executed" / ".n.ipynb.abc123"
+    killed.mkdir()
+    (killed / "n.ipynb").write_text("half")
+    assert nbrun.main([str(src), str(out), "-p", "fail", "false"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["n.ipynb"]

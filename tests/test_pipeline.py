@@ -66,6 +66,75 @@ def test_dvc_lock_in_sync():
 
 def test_gitignore_patterns_match_the_paths_they_name():
     """git reads a `#` after a pattern as part of it: every ignored working path must really be ignored."""
-    for path in ("data/masks.partial", "data/world", "models/base"):
+    for path in ("data/masks.partial", "data/world", "models/base", "executed/03_finetune.failed.ipynb",
+                 "inputs/vit_b.bin"):
         res = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
         assert res.returncode == 0, f".gitignore does not ignore {path}"
+    for path in ("inputs/README.md", "executed/03_finetune.ipynb"):
+        res = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert res.returncode == 1, f".gitignore ignores {path}"
+
+
+def _dvc(cwd, *args):
+    res = subprocess.run([DVC, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def _stub_stage(proj, stage):
+    """Every dep and out of `stage` as a stub (a path without a suffix as a folder), then `dvc commit`: the
+    stage is up to date without running it."""
+    from dvc.repo import Repo
+
+    with Repo(str(proj)) as repo:
+        (st,) = repo.stage.collect(stage)
+        paths = [(d.def_path, d) for d in st.deps] + [(o.def_path, o) for o in st.outs]
+    for path, _ in paths:
+        p = proj / path
+        if not p.exists():
+            if p.suffix:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text("{}\n")
+            else:
+                p.mkdir(parents=True)
+                (p / "stub").write_text("stub\n")
+    _dvc(proj, "commit", "-f", "-q", stage)
+    return [path for path, _ in paths[:len(st.deps)]]
+
+
+@pytest.mark.slow
+def test_editing_a_file_that_params_name_makes_its_stage_changed(tmp_path, monkeypatch):
+    """The bank at concepts.bank.path, an image under concepts.image_dir and a file in inputs/ are dependencies:
+    editing one is what `dvc status` reports (and `dvc repro` re-runs), never a silent 'up to date'."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    monkeypatch.chdir(proj)  # DVC's Python API resolves ${...} with the params.yaml of the working directory
+    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    _dvc(proj, "init", "-q")
+    shutil.copy(ROOT / "dvc.yaml", proj)
+    P = yaml.safe_load((ROOT / "params.yaml").read_text())
+    images = tmp_path / "images"  # a folder dataset outside the project, as at paper scale
+    (images / "wren").mkdir(parents=True)
+    (images / "wren" / "1.png").write_bytes(b"one")
+    P["concepts"].update(dataset="folder", image_dir=str(images), proposer="bank",
+                         bank={"path": "inputs/bank.json", "dataset": "cub_birds"})
+    (proj / "params.yaml").write_text(yaml.safe_dump(P))
+    (proj / "inputs").mkdir()
+    (proj / "inputs" / "bank.json").write_text('{"cub_birds": [["long beak", 1.0]]}\n')
+    deps = _stub_stage(proj, "concepts")
+    assert {"inputs/bank.json", str(images), "inputs"} <= set(deps)
+    assert "concepts" not in _dvc(proj, "status", "concepts")
+
+    def changed(edit):
+        edit()
+        status = _dvc(proj, "status", "concepts")
+        _dvc(proj, "commit", "-f", "-q", "concepts")
+        return status
+
+    assert "modified:           inputs/bank.json" in changed(
+        lambda: (proj / "inputs" / "bank.json").write_text('{"cub_birds": [["short beak", 1.0]]}\n'))
+    assert f"modified:           {images}" in changed(lambda: (images / "wren" / "1.png").write_bytes(b"two"))
+    status = changed(lambda: (proj / "inputs" / "names.json").write_text("{}\n")).split()
+    assert status[status.index("modified:") + 1] == "inputs"
+    assert "concepts" not in _dvc(proj, "status", "concepts")  # committed again: up to date

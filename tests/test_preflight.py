@@ -222,3 +222,16 @@ def test_hub_missing(tmp_path, bare):
     assert "holds no config.json" in hub.missing(str(tmp_path / "m"), "k")
     (tmp_path / "m" / "config.json").write_text("{}")
     assert hub.missing(str(tmp_path / "m"), "k") is None
+
+
+def test_a_file_of_yours_outside_inputs_works_but_is_flagged_as_untracked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for where in ("inputs", "elsewhere"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "names.json").write_text("{}")
+    inside = preflight._brought("concepts", "concepts.class_names", "inputs/names.json")
+    assert inside.ok and not inside.warning
+    outside = preflight._brought("concepts", "concepts.class_names", str(tmp_path / "elsewhere" / "names.json"))
+    assert outside.ok and outside.warning and "DVC does not see edits to it" in outside.detail
+    gone = preflight._brought("concepts", "concepts.class_names", "inputs/nope.json")
+    assert not gone.ok and gone.detail == "inputs/nope.json: no such file"

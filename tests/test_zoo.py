@@ -10,7 +10,7 @@ import safetensors.torch
 import timm
 import torch
 
-from cftlib import models, relevance, zoo
+from cftlib import io, models, relevance, zoo
 
 TINY = {"vit": dict(embed_dim=32, depth=2, num_heads=2),
         "cnn": dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)}
@@ -201,6 +201,17 @@ def test_missing_weights_say_what_to_download(name, tmp_path):
         zoo.build(name, str(gone), what="finetune.cnn.weights", **tiny(name))
     for part in (str(gone), e.url, "finetune.cnn.weights"):
         assert part in str(err.value), part
+
+
+@pytest.mark.parametrize("name", ["vit_b", "resnet50"])
+def test_damaged_weights_name_the_file_the_key_and_the_download(name, tmp_path):
+    path, _, _ = write_weights(name, tmp_path / "w")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(io.CorruptFile) as err:
+        zoo.build(name, str(path), what="finetune.cnn.weights", **tiny(name))
+    msg = str(err.value)
+    assert msg.startswith(f"{path} (finetune.cnn.weights): timm could not load it as {name}'s weights")
+    assert zoo.ZOO[name].url in msg
 
 
 def test_dinov2_without_its_head_file_names_it(tmp_path):
