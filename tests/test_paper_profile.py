@@ -45,7 +45,7 @@ def _on(params: dict, device: str) -> dict:
 def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
     proj = tmp_path / "proj"
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
-    for folder in ("notebooks", "cftlib"):
+    for folder in ("notebooks", "cftlib", "inputs"):
         shutil.copytree(ROOT / folder, proj / folder, ignore=ignore)
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
     for out in _outputs("imagenet", "pretrain"):  # the frozen stage's committed outputs, as a fresh clone has them

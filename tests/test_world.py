@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cftlib import config, world
+from cftlib import config, io, world
 
 SPLITS = list(config.SPLITS)
 
@@ -29,6 +29,8 @@ def test_same_seed_gives_identical_bytes(tmp_path, small_world):
     world.generate(cfg, seed, tmp_path / "again")
     for f in sorted(out.iterdir()):
         assert (tmp_path / "again" / f.name).read_bytes() == f.read_bytes(), f.name
+    for split in cfg.splits:  # each manifest carries its split's checksum, which load_split verifies
+        assert json.loads((out / f"{split}.json").read_text())["sha256"] == io.sha256(out / f"{split}.npz")
 
 
 def test_other_seed_gives_other_world(small_world, splits):
