@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 
-.PHONY: setup repro pretrain preflight test test-fast test-gpu clean-notebooks
+.PHONY: setup repro profile notebooks pretrain preflight test test-fast test-gpu clean-notebooks
 
 setup: $(VENV)/.installed
 
@@ -15,14 +15,38 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# `make repro PROFILE=paper` switches the profile first (profiles/<name>.yaml over params.yaml), checks that
-# everything the profile needs is on disk (cftlib.preflight), then runs the pipeline.
+# `make repro PROFILE=paper` switches the profile first (`make profile`), checks that everything the profile
+# needs is on disk (cftlib.preflight), then runs the pipeline.
 repro: setup
 ifdef PROFILE
-	cp profiles/$(PROFILE).yaml params.yaml
+	$(MAKE) --no-print-directory profile PROFILE=$(PROFILE)
 endif
 	$(PY) -m cftlib.preflight
 	. $(VENV)/bin/activate && dvc repro
+
+# The committed results are the default profile's (profiles/default.yaml = params.yaml, a test checks it).
+# `make profile PROFILE=<name>` puts profiles/<name>.yaml in params.yaml, refusing when params.yaml holds edits
+# that are in no profile; PROFILE=default also restores the committed outputs (git, then the DVC cache), so that
+# git status is clean again after a run of another profile.
+OUTPUTS := dvc.lock executed metrics plots figures reports
+profile:
+	@test -n "$(PROFILE)" -a -f "profiles/$(PROFILE).yaml" || \
+		{ echo "make profile: PROFILE=<name> of profiles/<name>.yaml: $$(cd profiles && ls *.yaml | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
+	@for f in profiles/*.yaml; do cmp -s "$$f" params.yaml && exit 0; done; \
+		echo "make profile: params.yaml holds edits that are in no profile; save them (cp params.yaml profiles/<name>.yaml) or drop them (git checkout params.yaml)"; exit 1
+	cp profiles/$(PROFILE).yaml params.yaml
+ifeq ($(PROFILE),default)
+	git checkout -- $(OUTPUTS)
+	git clean -fdq -- $(OUTPUTS)
+	@if [ -x $(VENV)/bin/dvc ]; then $(VENV)/bin/dvc checkout -q || echo "make profile: some DVC outputs are not in this cache; \`make repro\` rebuilds them"; fi
+endif
+
+# A student's path: Jupyter in the project's environment, the stage outputs the notebooks read (from the DVC
+# cache, else rebuilt by `dvc repro`), then JupyterLab on notebooks/.
+notebooks: setup
+	$(PY) -m pip install -q -e ".[test,interactive]"
+	. $(VENV)/bin/activate && (dvc checkout -q 2>/dev/null || dvc repro)
+	. $(VENV)/bin/activate && jupyter lab notebooks/
 
 # The world's pretrained checkpoints (models/pretrain, committed): the stage is frozen so that `dvc repro` uses
 # them as released weights; this rebuilds them (README: time) and freezes the stage again.

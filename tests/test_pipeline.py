@@ -25,7 +25,7 @@ def test_stage_params_are_known_sections():
         assert any(str(d).startswith("notebooks/") for d in stage["deps"]), name
 
 
-@pytest.mark.parametrize("profile", ["params.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"])
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/default.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"])
 def test_every_stage_param_is_in_every_profile(profile):
     """DVC reads the keys a stage declares from params.yaml; a profile copied over it must have them all."""
     data = yaml.safe_load((ROOT / profile).read_text())
@@ -138,3 +138,37 @@ def test_editing_a_file_that_params_name_makes_its_stage_changed(tmp_path, monke
     status = changed(lambda: (proj / "inputs" / "names.json").write_text("{}\n")).split()
     assert status[status.index("modified:") + 1] == "inputs"
     assert "concepts" not in _dvc(proj, "status", "concepts")  # committed again: up to date
+
+
+def test_default_profile_is_the_committed_params():
+    """`make profile PROFILE=default` must give back params.yaml byte for byte."""
+    assert (ROOT / "profiles" / "default.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_switching_to_smoke_and_back_leaves_git_clean(tmp_path):
+    """A run of another profile rewrites params.yaml and the committed outputs; switching back restores both."""
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "profiles", proj / "profiles")
+    for f in ("Makefile", "params.yaml"):
+        shutil.copy(ROOT / f, proj / f)
+    (proj / "metrics").mkdir()
+    (proj / "metrics" / "evaluate.json").write_text('{"cft": 1}\n')
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "default results"]):
+        subprocess.run(git + cmd, cwd=proj, check=True)
+
+    def make(*args):
+        return subprocess.run(["make", "--no-print-directory", "profile", *args], cwd=proj, capture_output=True,
+                              text=True)
+
+    assert make("PROFILE=smoke").returncode == 0
+    assert (proj / "params.yaml").read_bytes() == (ROOT / "profiles" / "smoke.yaml").read_bytes()
+    (proj / "metrics" / "evaluate.json").write_text('{"cft": 2}\n')  # what the smoke run writes
+    (proj / "metrics" / "extra.json").write_text("{}\n")
+    assert make("PROFILE=default").returncode == 0
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=proj, capture_output=True, text=True).stdout == ""
+    with (proj / "params.yaml").open("a") as f:  # an edit in no profile is not overwritten
+        f.write("# mine\n")
+    refused = make("PROFILE=smoke")
+    assert refused.returncode != 0 and "holds edits that are in no profile" in refused.stdout
+    assert (proj / "params.yaml").read_text().endswith("# mine\n")
