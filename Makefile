@@ -36,7 +36,7 @@ profile:
 		echo "make profile: params.yaml holds edits that are in no profile; save them (cp params.yaml profiles/<name>.yaml) or drop them (git checkout params.yaml)"; exit 1
 	cp profiles/$(PROFILE).yaml params.yaml
 ifeq ($(PROFILE),default)
-	git checkout -- $(OUTPUTS)
+	@tracked="$$(git ls-files -- $(OUTPUTS))"; if [ -n "$$tracked" ]; then git checkout -- $$tracked; fi
 	git clean -fdq -- $(OUTPUTS)
 	@if [ -x $(VENV)/bin/dvc ]; then $(VENV)/bin/dvc checkout -q || echo "make profile: some DVC outputs are not in this cache; \`make repro\` rebuilds them"; fi
 endif

@@ -332,7 +332,7 @@ def test_cli_resumes_from_its_cache_and_recomputes_when_the_params_change(tmp_pa
     threads = torch.get_num_threads()
     try:
         launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "first.csv")], 1)
-        assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # one per distinct model (none shares weights)
+        assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one per distinct model (none shares weights)
         computed = []
         real = benchmarks.evaluate_model
         monkeypatch.setattr(benchmarks, "evaluate_model", lambda *a, **k: computed.append(1) or real(*a, **k))
@@ -342,6 +342,6 @@ def test_cli_resumes_from_its_cache_and_recomputes_when_the_params_change(tmp_pa
         P["evaluate"]["benchmark_images"] = 4
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(P))
         launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "other.csv")], 1)
-        assert len(computed) == 3  # another sample: nothing reused
+        assert len(computed) == 4  # another sample: nothing reused
     finally:
         torch.set_num_threads(threads)
