@@ -119,9 +119,9 @@ def read_torch(path: str | Path, fix: str | None = None, map_location: Any = "cp
         raise CorruptFile(f"{path}: refused: it holds objects other than tensors and plain containers"
                           f"{' (' + why[0].strip()[:200] + ')' if why else ''}, and cftlib loads no pickled code; "
                           f"{fix}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CorruptFile(f"{path}: damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                          f"{fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:  # an EOFError may carry no message
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise CorruptFile(f"{path}: damaged or truncated ({type(e).__name__}: {first}); {fix}") from None
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

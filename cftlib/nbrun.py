@@ -78,9 +78,9 @@ def failed_path(output: str | Path) -> Path:
 
 def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | None = None,
         cwd: str | Path | None = None, log_output: bool = False) -> Path:
-    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub. A success
-    removes what earlier runs left: the failed notebook, and the temporary folders of a killed run (DVC runs
-    one stage at a time, so no other writer of `output` is alive)."""
+    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub. Every run
+    first removes the temporary folders a killed run left (DVC runs one stage at a time, so no other writer of
+    `output` is alive); a success also removes the failed notebook of an earlier run."""
     output = Path(output)
     for stale in output.parent.glob(f".{output.name}.*"):
         if stale.is_dir():
