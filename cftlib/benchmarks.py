@@ -33,6 +33,7 @@ from .config import BENCHMARKS, PROTOCOLS, as_dict
 from .evaluate import (ALIGNMENT, MASKS_SPLIT, USAGE_COLUMNS, accuracy, concept_usage, explainer, relevance_maps,
                        seen_classes, segmentation_counts, segmentation_scores, weights_digest)
 from .io import list_images, read_image, read_json, write_csv, write_json
+from .progress import bar
 
 SI_SUBSETS = ("location", "rotation", "area")
 
@@ -489,8 +490,6 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
     with identical weights are computed once. With `cache_dir`, each model's rows are kept there under the
     hash of its weights, the evaluate params, seed, seen classes and device, so an interrupted stage resumes
     at the first model not yet scored. Rank 0 gets the rows, other processes []."""
-    from tqdm import tqdm
-
     from .finetune import load_run
 
     E = P.evaluate
@@ -498,7 +497,7 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
     seg = (choose(segmentation_size(E.segmentation), E.benchmark_images, rng_for(P.base.seed, SEGMENTATION))
            if E.segmentation else None)
     rows, done = [], {}
-    for spec in tqdm(runs, desc="benchmarks", disable=not progress or rank_world()[0] > 0, leave=False):
+    for spec in bar(runs, desc="benchmarks", progress=progress, rank=rank_world()[0], unit="runs"):
         model, build = load_run(spec, finetune_dir)
         key = weights_digest(model)
         method = explainer(model, E.relevance, spec.relevance)

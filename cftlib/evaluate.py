@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .models import predict
+from .progress import bar
 from .world import PARTS, load_split
 
 OOD = ("v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
@@ -409,13 +410,11 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
     usage from their grounded concept masks too (`concept_usage`). Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
     Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
     import pandas as pd
-    from tqdm import tqdm
-
     from .finetune import load_run
 
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
     acc, align, usage, done = [], [], [], {}
-    for spec in tqdm(runs, desc="evaluate", disable=not progress, leave=False):
+    for spec in bar(runs, desc="evaluate", progress=progress, unit="runs"):
         model, build = load_run(spec, finetune_dir)
         key = weights_digest(model)
         if key not in done:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from . import config, dfr, fewshot, grounding, launch, losses, models, pretrain, relevance, world
 from .io import atomic_path, read_json, read_torch, write_csv, write_json
+from .progress import bar
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
 EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_context", "val_concept", "val_confidence",
@@ -96,8 +97,12 @@ class RunSpec:
     lr: float
     base: int = 0
 
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.arm}/seed{self.seed}"
+
     def folder(self, out_dir: str | Path) -> Path:
-        return Path(out_dir) / self.model / self.arm / f"seed{self.seed}"
+        return Path(out_dir) / self.name
 
 
 def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
@@ -346,8 +351,8 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
                              **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
     epochs = cfg.epochs if arm.trains else 0
     n, steps = len(train["y"]), math.ceil(len(train["y"]) / cfg.batch_size)
-    bar = tqdm(total=epochs * steps, initial=st["epoch"] * steps, desc=f"{spec.model}/{spec.arm}/seed{spec.seed}",
-               disable=not progress or rank != 0, leave=False)
+    steps_bar = tqdm(total=epochs * steps, initial=st["epoch"] * steps, desc=spec.name, unit="steps",
+                     disable=not progress or rank != 0, leave=False)  # without a bar: run_all's line per run
     mask_key = arm.mask or "concept"
     for epoch in range(st["epoch"], epochs):
         lr = lr_at(epoch, spec.lr, cfg)
@@ -369,8 +374,8 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
             st["history"].append({"epoch": epoch + 1, "step": len(st["history"]) + 1, "lr": lr, **row})
             if not row["skipped"]:
                 losses_.append(row["loss"])
-            bar.update()
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            steps_bar.update()
+            steps_bar.set_postfix(loss=f"{row['loss']:.3f}")
         if st["nonfinite"] == len(st["history"]):  # the weights never moved: later epochs would be the same
             raise NonFiniteLoss(f"{folder}: every one of the {st['nonfinite']} training steps so far (epoch "
                                 f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
@@ -388,7 +393,7 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
             with atomic_path(state_path) as tmp:
                 torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "state": st}, tmp)
-    bar.close()
+    steps_bar.close()
     summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"], "epochs": epochs,
                "steps": len(st["history"]),
                "best_epoch": st["best"][1], "best_val_loss": st["best"][0] if epochs else st["epochs"][0]["val_loss"],
@@ -420,8 +425,12 @@ def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, 
             if stale not in keep:
                 shutil.rmtree(stale)
     rows = []
-    for spec in tqdm(runs, desc="runs", disable=not progress or _world()[0] != 0):
+    for spec in bar(runs, desc="fine-tuning", progress=progress, rank=_world()[0], unit="runs"):
+        line = None if progress else bar(desc=spec.name, rank=_world()[0], unit="epochs")  # the same when reused
         s = fit(spec, *bases[spec.model, spec.base], data, cfg, out_dir, progress)
+        if line is not None:
+            line.update(cfg.epochs if ARMS[spec.arm].trains else 0)
+            line.close()
         rows.append({"model": spec.model, "arm": spec.arm, "base": spec.base, "seed": spec.seed,
                      "best_epoch": s["best_epoch"],
                      "best_val_loss": s["best_val_loss"],

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import config, hub, launch
 from .io import atomic_path, read_json, read_npz, write_json
+from .progress import bar
 from .world import PARTS, save_npz
 
 FLAGS = ("ok", "empty", "too_small", "too_large")
@@ -427,8 +428,6 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
     data) is discarded. Under torch.distributed, rank r grounds items r, r + world, ..., then rank 0
     assembles the store in selection order. The store's bytes do not depend on processes, batch size or
     interruptions (the world grounder's noise is drawn per item from (seed, item key))."""
-    from tqdm import tqdm
-
     from . import concepts, fewshot
 
     rank, world = _rank_world()
@@ -453,8 +452,8 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
     mine = [(s, i) for s, i in order[rank::world] if not (work / s / f"{i}.json").is_file()]
     results = ground_items((pool.item(i, s) for s, i in mine), bank, P.masks, P.base.seed, grounder=grounder,
                            truth=truth_for(P))
-    for (s, i), (record, arrays) in tqdm(zip(mine, results), desc="masks", total=len(mine),
-                                         disable=not progress or rank > 0, leave=False):
+    for (s, i), (record, arrays) in bar(zip(mine, results), desc="masks", total=len(mine), progress=progress,
+                                        rank=rank, unit="images"):
         if arrays is not None:
             save_npz(work / s / f"{i}.npz", arrays)
         write_json(work / s / f"{i}.json", record)  # last: the item is done

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
+from .io import first_line
+
 T = TypeVar("T")
 
 
@@ -40,10 +42,8 @@ def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
         return loader(str(Path(name).expanduser()) if local else name, local_files_only=only_local, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         if local:  # there, but unreadable: a partial copy, a damaged weights file, another library's format
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             raise ModelUnavailable(
-                f"{what}: the folder {Path(name).expanduser()} is there but does not load ({type(e).__name__}: "
-                f"{first}). Save the model there again with save_pretrained, or fetch it anew "
+                f"{what}: the folder {Path(name).expanduser()} is there but does not load ({first_line(e, 300)}). Save the model there again with save_pretrained, or fetch it anew "
                 f"(`huggingface-cli download <hub id> --local-dir {name}`).") from e
         if not isinstance(e, OSError):
             raise

@@ -103,6 +103,13 @@ def read_npz(path: str | Path, fix: str | None = None, sha: str | None = None) -
         raise CorruptFile(f"{path}: damaged or truncated ({type(e).__name__}: {e}); {fix}") from None
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """`TypeName: first line of the message` (at most `limit` characters of it), for one-line errors; safe for
+    exceptions without a message."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
+
+
 def read_torch(path: str | Path, fix: str | None = None, map_location: Any = "cpu") -> Any:
     """`torch.load(weights_only=True)`: tensors and plain containers only, never code. A file holding anything
     else is refused, and a damaged one named, each with `fix` (never the advice to allow pickled code)."""
@@ -120,8 +127,7 @@ def read_torch(path: str | Path, fix: str | None = None, map_location: Any = "cp
                           f"{' (' + why[0].strip()[:200] + ')' if why else ''}, and cftlib loads no pickled code; "
                           f"{fix}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:  # an EOFError may carry no message
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise CorruptFile(f"{path}: damaged or truncated ({type(e).__name__}: {first}); {fix}") from None
+        raise CorruptFile(f"{path}: damaged or truncated ({first_line(e)}); {fix}") from None
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -1,6 +1,9 @@
 """Run a stage notebook with papermill and scrub what changes between runs, so executed notebooks
 are byte-identical for identical inputs and can be committed as DVC outputs.
 
+A notebook opened by hand writes under `scratch/` (its `out` parameter); run here, as a stage, it writes the
+project's own folders (`out` "."), unless the parameters say otherwise. Cell output goes to the log as it runs.
+
     python -m cftlib.nbrun notebooks/00_world.ipynb executed/00_world.ipynb [-p name value ...]
     python -m cftlib.nbrun --strip notebooks/*.ipynb     # clear outputs of source notebooks
 """
@@ -8,7 +11,6 @@ are byte-identical for identical inputs and can be committed as DVC outputs.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import sys
@@ -21,14 +23,15 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 
 from .io import atomic_path
+from .progress import SUMMARY
 
 _VOLATILE_NB = ("start_time", "end_time", "duration", "input_path", "output_path")
 _KERNEL_TMP = re.compile(r"/tmp/ipykernel_\d+/")
 
 
 def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop timestamps, random cell ids, kernel PIDs, the venv's path (warnings print it) and the Python
-    patch version; order stream outputs stdout-first."""
+    """Drop timestamps, random cell ids, kernel PIDs, the venv's path (warnings print it), the Python patch
+    version and the seconds of progress summaries; order stream outputs stdout-first."""
     meta = nb.metadata.get("papermill", {})
     for key in _VOLATILE_NB:
         meta.pop(key, None)
@@ -45,7 +48,7 @@ def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         outputs, run = [], []
         for out in cell.outputs + [None]:
             if out is not None and out.output_type == "stream":
-                out.text = _KERNEL_TMP.sub("/tmp/ipykernel/", out.text).replace(sys.prefix, "<venv>")
+                out.text = SUMMARY.sub(r"\1", _KERNEL_TMP.sub("/tmp/ipykernel/", out.text).replace(sys.prefix, "<venv>"))
                 run.append(out)
                 continue
             outputs += sorted(run, key=lambda o: o.name != "stdout")
@@ -78,10 +81,13 @@ def failed_path(output: str | Path) -> Path:
 
 def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | None = None,
         cwd: str | Path | None = None, log_output: bool = False) -> Path:
-    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub. Every run
+    """Execute `notebook` into `output` (atomically) with papermill's `python3` kernel, then scrub; a notebook
+    with an `out` parameter gets "." (the pipeline's folders) unless `parameters` set it. Every run
     first removes the temporary folders a killed run left (DVC runs one stage at a time, so no other writer of
     `output` is alive); a success also removes the failed notebook of an earlier run."""
     output = Path(output)
+    if _declares(notebook, "out"):
+        parameters = {"out": ".", **(parameters or {})}
     for stale in output.parent.glob(f".{output.name}.*"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -89,6 +95,8 @@ def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | N
         try:
             pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name="python3",
                                 cwd=str(cwd) if cwd else None, progress_bar=False, log_output=log_output,
+                                stdout_file=sys.stdout if log_output else None,
+                                stderr_file=sys.stderr if log_output else None,
                                 request_save_on_cell_execute=False)
         finally:  # keep the failed notebook next to the output for reading, scrubbed
             if tmp.exists():
@@ -98,6 +106,13 @@ def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | N
                     nbformat.write(nb, failed_path(output))
     failed_path(output).unlink(missing_ok=True)
     return output
+
+
+def _declares(notebook: str | Path, name: str) -> bool:
+    """Whether the notebook's `parameters` cell assigns `name`."""
+    assign = re.compile(rf"^{re.escape(name)}\s*=", re.M)
+    return any("parameters" in c.metadata.get("tags", []) and assign.search(c.source)
+               for c in nbformat.read(notebook, as_version=4).cells)
 
 
 def _succeeded(nb: nbformat.NotebookNode) -> bool:
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a notebook and an output path")
     params = {name: yaml.safe_load(value) for name, value in args.parameter}
     try:
-        run(*args.paths, parameters=params, log_output=bool(os.environ.get("CI")))
+        run(*args.paths, parameters=params, log_output=True)
     except PapermillExecutionError as e:  # one line naming the cause; the traceback is in the failed notebook
         cause = " ".join(str(e.evalue).split())
         print(f"{args.paths[0]} failed in cell {e.exec_count}: {e.ename}: {cause} (traceback: "

@@ -12,3 +12,9 @@ def root(start: str | Path | None = None) -> Path:
         if (d / "params.yaml").is_file():
             return d
     raise FileNotFoundError(f"no params.yaml at or above {here}: run from inside the cft project")
+
+
+def under(out: str | Path, *dirs: str) -> list[str]:
+    """`dirs` moved under `out`: a notebook run by hand writes to `scratch/…`, the pipeline (out ".") to the
+    project's own folders."""
+    return [str(Path(out) / d) for d in dirs]

@@ -439,7 +439,7 @@ def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldou
         "its bar. An improvement claim holds when both hold, CFT stays above chance on the split and keeps "
         f"in-distribution accuracy (above −{E.tolerance * 100:g} points); it is not testable here when the base "
         f"shows no shortcut gap on the split (≤ {E.shortcut_gap * 100:g} points below `test`). The numbers are in "
-        "`metrics/claims.json`, computed from the per-run rows each row links."
+        "`reports/claims.json`, computed from the per-run rows each row links."
         + ("" if E.splits else f" Accuracy under the `{E.protocols[0]}` protocol."),
         "",
         f"**{n[HOLDS]} hold, {n[FAILS]} do not hold, {n[UNTESTABLE]} not testable here.**",
@@ -458,7 +458,7 @@ def _points(v: float | None) -> float | None:
 
 
 def claims_json(rows: list[dict], heldout: dict | None = None) -> dict:
-    """metrics/claims.json: per claim its verdict, each comparison (mean and interval half-width in points, n
+    """reports/claims.json: per claim its verdict, each comparison (mean and interval half-width in points, n
     pairs, verdict), each condition, and the CSV and code it comes from; the held-out alignment difference."""
     out = {"counts": {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, UNTESTABLE)}, "claims": []}
     for r in rows:
@@ -476,7 +476,7 @@ def claims_json(rows: list[dict], heldout: dict | None = None) -> dict:
 
 def write_claims(path: str | Path, acc: pd.DataFrame, align: pd.DataFrame, P: config.Params,
                  epochs: pd.DataFrame | None = None, json_path: str | Path | None = None) -> list[dict]:
-    """reports/claims.md and, given `json_path`, metrics/claims.json; with the runs' `epochs`
+    """reports/claims.md and, given `json_path`, reports/claims.json; with the runs' `epochs`
     (plots/finetune_epochs.csv), the held-out alignment sentence."""
     rows = claims(acc, align, P)
     d = heldout_alignment(epochs, P.evaluate.level) if epochs is not None else None

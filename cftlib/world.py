@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .config import SPLITS, World
 from .io import atomic_path, read_json, read_npz, remedy, sha256, write_json
+from .progress import bar
 
 PARTS = ("body", "head", "beak", "wing", "tail", "crest", "eye", "breast", "cap")
 """Part names; the part-label map stores index + 1 (0 is background)."""
@@ -438,7 +438,7 @@ def make_split(cfg: World, species: list[Species], split: str, seed: int, progre
     noise = cfg.noise * 1.5 if v2 else cfg.noise
     images = np.empty((n, cfg.image_size, cfg.image_size, 3), np.uint8)
     parts = np.empty((n, cfg.image_size, cfg.image_size), np.uint8)
-    for a in tqdm(range(0, n, cfg.chunk), desc=f"world/{split}", disable=not progress, leave=False):
+    for a in bar(range(0, n, cfg.chunk), desc=f"world/{split}", progress=progress, unit="chunks"):
         b = min(a + cfg.chunk, n)
         images[a:b], parts[a:b] = render(labels[a:b], hab[a:b], col[a:b], poses[a:b], species, cfg.image_size,
                                          supersample, spec.get("style", "natural"), noise, rng)

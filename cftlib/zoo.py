@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import hub
-from .io import CorruptFile, read_torch
+from .io import CorruptFile, first_line, read_torch
 from .models import explicit_attention
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -180,7 +180,7 @@ def build(name: str, weights: str = "", num_classes: int = 1000, *, what: str = 
         if not weights:
             raise
         raise CorruptFile(f"{weights} ({what}): timm could not load it as {name}'s weights "
-                          f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); download it again "
+                          f"({first_line(err)}); download it again "
                           f"({e.url})") from None
     if e.head_file and num_classes == 1000:
         path = _head_path(e, weights)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from cftlib import finetune, nbrun
+from cftlib import finetune, headline, nbrun
 from conftest import ROOT
 
 
@@ -49,13 +49,17 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
                 files[str(f.relative_to(proj))] = f.read_bytes()
         runs.append(files)
     assert runs[0] == runs[1], "evaluate/figures outputs must be byte-identical for identical inputs"
-    metrics = json.loads((proj / "metrics" / "evaluate.json").read_text())
+    metrics = json.loads((proj / "reports" / "evaluate.json").read_text())
     assert set(metrics) == {"vit", "cnn"} and "cft" in metrics["vit"]
     assert metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1_ci"] == 0.0  # the base model: identical seeds
     claims = (proj / "reports" / "claims.md").read_text()
-    assert set(json.loads((proj / "metrics" / "ablations.json").read_text())) == {"k", "mask noise", "relevance"}
-    verdicts = json.loads((proj / "metrics" / "claims.json").read_text())
+    assert set(json.loads((proj / "reports" / "ablations.json").read_text())) == {"k", "mask noise", "relevance"}
+    verdicts = json.loads((proj / "reports" / "claims.json").read_text())
     assert len(verdicts["claims"]) == 12 and sum(verdicts["counts"].values()) == 12
+    small = {f: headline.check(json.loads((proj / "metrics" / f"{f}.json").read_text()), f)
+             for f in ("evaluate", "claims", "ablations")}
+    assert small["evaluate"]["vit_none"]["test_top1"] == round(100 * metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1"], 1)
+    assert sum(small["claims"]["verdicts"].values()) == 12
     assert all(f"| {c['claim']} | {c['verdict']}" in claims for c in verdicts["claims"])  # the report shows the same
 
 
@@ -95,5 +99,5 @@ def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_pat
     assert "great white shark" in (proj / "reports" / "tables" / "concept_usage_masks.md").read_text()
     claims = (proj / "reports" / "claims.md").read_text()
     assert "OOD accuracy on ImageNet-A" in claims and "not testable at this scale" in claims
-    metrics = json.loads((proj / "metrics" / "evaluate.json").read_text())
+    metrics = json.loads((proj / "reports" / "evaluate.json").read_text())
     assert "imagenet_segmentation" in metrics["vit"]["cft"]["alignment"]

@@ -356,8 +356,9 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
                   cwd=proj)
         out.append((proj / "executed" / f"{name}.ipynb").read_bytes())
     assert out[2] == out[3], "executed notebook must be byte-identical for identical inputs"
-    m = json.loads((proj / "metrics" / "finetune.json").read_text())
+    m = json.loads((proj / "reports" / "finetune.json").read_text())
     assert len(m["runs"]) == len(finetune.plan(P.finetune, P.base.seed, P.bases.seeds))
+    assert json.loads((proj / "metrics" / "finetune.json").read_text())["runs"]["runs"] == len(m["runs"])
     for f in ("plots/finetune_steps.csv", "plots/finetune_epochs.csv", "plots/finetune_val_align.csv",
               "figures/finetune_curves.png", "figures/relevance_methods.png", "figures/relevance_cnn.png",
               "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt", "models/finetune/cnn/cft/seed1/best.pt"):

@@ -445,8 +445,9 @@ def test_concepts_and_masks_stages_run_on_smoke_profile_deterministically(tmp_pa
     shutil.copytree(small_world[2], proj / "data" / "world")
     first = _run(proj, "01_concepts", "02_masks")
     assert _run(proj, "01_concepts", "02_masks") == first, "executed notebooks must be byte-identical"
-    m = json.loads((proj / "metrics" / "masks.json").read_text())
-    assert m["images"] == 8 and m["bank"] == json.loads((proj / "metrics" / "concepts.json").read_text())["bank"]
+    m = json.loads((proj / "reports" / "masks.json").read_text())
+    assert m["images"] == 8 and m["bank"] == json.loads((proj / "reports" / "concepts.json").read_text())["bank"]
+    assert json.loads((proj / "metrics" / "masks.json").read_text())["masks"]["images"] == 8
     for f in ("figures/concepts.png", "figures/masks_concepts.png", "figures/masks_failures.png",
               "data/masks/manifest.json"):
         assert (proj / f).is_file(), f
@@ -480,8 +481,10 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
               "finetune": {"k": 2, "arms": ["none", "ce", "cft"], "cnn": {"arms": []}}, **NO_WORLD}
     proj = _project(tmp_path, yaml.safe_dump(params))
     _run(proj, "01_concepts", "02_masks")
-    m = json.loads((proj / "metrics" / "masks.json").read_text())
+    m = json.loads((proj / "reports" / "masks.json").read_text())
     assert m["images"] == 2 * 2 + 2 and m["grounder"] == "groundingsam" and "mean_iou" not in m
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one LLM answer per class, cached
-    cm = json.loads((proj / "metrics" / "concepts.json").read_text())
-    assert cm["concepts"] == 8 and cm["repairs"] == 0  # every answer parsed at the first try
+    cm = json.loads((proj / "reports" / "concepts.json").read_text())
+    assert cm["concepts"] == 8 and cm["repairs"] == 0
+    assert json.loads((proj / "metrics" / "concepts.json").read_text())["bank"] == {
+        "classes": 4, "concepts": 8, "dropped": 0, "repairs": 0}  # every answer parsed at the first try

@@ -17,7 +17,7 @@ STAGES = ("00_pretrain", "00_world", "01_concepts", "02_masks", "03_finetune", "
 
 
 def verdicts(claims_json: str) -> dict[str, str]:
-    """claim → verdict, from metrics/claims.json."""
+    """claim → verdict, from reports/claims.json."""
     return {c["claim"]: c["verdict"] for c in json.loads(claims_json)["claims"]}
 
 
@@ -33,7 +33,7 @@ def _pipeline(proj, env):
     res = subprocess.run([sys.executable, "-c", code], cwd=proj, env={**os.environ, **env}, capture_output=True,
                          text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
-    return (proj / "metrics" / "claims.json").read_text()
+    return (proj / "reports" / "claims.json").read_text()
 
 
 @pytest.mark.slow

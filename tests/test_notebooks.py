@@ -66,11 +66,14 @@ def test_pretrain_and_world_stages_run_on_smoke_profile_deterministically(tmp_pa
         runs.append(out.read_bytes())
     assert runs[0] == runs[1], "executed notebooks must be byte-identical for identical inputs"
     P = config.load(proj / "params.yaml")
-    base = json.loads((proj / "metrics" / "base.json").read_text())
+    base = json.loads((proj / "reports" / "base.json").read_text())
     assert base["bases"] == P.bases.seeds and base["species"] == P.world.n_species
     assert set(base["learnability"]) == {"vit", "cnn"} and set(base["validity"]["bars"]) == {
         "test >= 0.85", "test - bg_conflict >= 0.30", "DFR: test - bg_conflict <= 0.15"}
     assert set(base["accuracy"]["vit"]) == set(P.world.splits) - {"train", "val", "dfr"}
+    small = json.loads((proj / "metrics" / "base.json").read_text())  # the headline: the same numbers in percent
+    assert small["vit"]["shortcut_gap"] == round(100 * base["validity"]["gap"], 1)
+    assert small["cnn"]["pretrain_held_out"] == round(100 * learn["models"]["cnn"]["held_out"], 1)
     for f in ("figures/world_samples.png", "figures/base_accuracy.png", "figures/pretrain_curves.png",
               "plots/pretrain_history.csv", "plots/bases_history.csv", "models/pretrain/vit.pt", "models/pretrain/cnn.pt",
               *[f"models/base/{r}/base{b}.pt" for r in ("vit", "cnn") for b in range(P.bases.seeds)],
@@ -109,3 +112,59 @@ def test_a_failure_is_one_line_and_a_later_success_leaves_no_litter(tmp_path, ca
     (killed / "n.ipynb").write_text("half")
     assert nbrun.main([str(src), str(out), "-p", "fail", "false"]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["n.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_stage_notebook_writes_under_out(path):
+    """A hand run writes under scratch/: each notebook declares `out = "scratch"` and moves what it writes."""
+    nb = json.loads(path.read_text())
+    params = next("".join(c["source"]) for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert 'out = "scratch"' in params
+    assert any("= paths.under(out, " in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def _writer(tmp_path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('metrics_dir = "metrics"\nout = "scratch"', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import os\nfrom pathlib import Path\nfrom cftlib import paths\n"
+                                          "metrics_dir, = paths.under(out, metrics_dir)\nPath(metrics_dir).mkdir(parents=True)\n"
+                                          "(Path(metrics_dir) / 'm.json').write_text('{}')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "w.ipynb"
+    nbformat.write(nb, src)
+    return src
+
+
+def test_nbrun_writes_the_project_folders_and_a_plain_papermill_run_writes_scratch(tmp_path):
+    import papermill as pm
+
+    src = _writer(tmp_path)
+    nbrun.run(src, tmp_path / "executed" / "w.ipynb", cwd=tmp_path)
+    assert (tmp_path / "metrics" / "m.json").is_file() and not (tmp_path / "scratch").exists()
+    (tmp_path / "metrics" / "m.json").unlink()
+    pm.execute_notebook(str(src), str(tmp_path / "hand.ipynb"), cwd=str(tmp_path), progress_bar=False)  # as Jupyter would
+    assert (tmp_path / "scratch" / "metrics" / "m.json").is_file() and not (tmp_path / "metrics" / "m.json").exists()
+    nbrun.run(src, tmp_path / "executed" / "w2.ipynb", {"out": "elsewhere"}, cwd=tmp_path)
+    assert (tmp_path / "elsewhere" / "metrics" / "m.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_notebook_run_by_hand_leaves_git_status_clean(tmp_path, small_world):
+    """01_concepts run the way Jupyter runs it (no parameters) in a git repo of the project's files: its outputs
+    go to the ignored scratch/, the committed ones are untouched."""
+    import subprocess
+
+    import papermill as pm
+
+    proj = _smoke_project(tmp_path)
+    shutil.copy(ROOT / ".gitignore", proj / ".gitignore")
+    shutil.copytree(small_world[2], proj / "data" / "world")
+    git = lambda *a: subprocess.run(["git", *a], cwd=proj, capture_output=True, text=True, check=True).stdout  # noqa: E731
+    git("init", "-q")
+    git("add", "-f", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
+    pm.execute_notebook(str(proj / "notebooks" / "01_concepts.ipynb"), str(tmp_path / "hand.ipynb"),
+                        parameters={"progress": False}, cwd=str(proj), progress_bar=False)
+    assert (proj / "scratch" / "metrics" / "concepts.json").is_file() and (proj / "scratch" / "data" / "concepts").is_dir()
+    assert not (proj / "metrics").exists() and not (proj / "data" / "concepts").exists()
+    assert git("status", "--porcelain") == ""

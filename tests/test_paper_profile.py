@@ -67,13 +67,13 @@ def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
     missing = [f for f in _outputs("imagenet") if not (proj / f).exists()]
     assert not missing, missing
     bench = set(paper_params(paper_fakes)["evaluate"]["benchmarks"])
-    base = json.loads((proj / "metrics" / "base.json").read_text())
+    base = json.loads((proj / "reports" / "base.json").read_text())
     assert base["model"] == "vit_b" and set(base["accuracy"]) == bench
     bank = json.loads(next((proj / "data" / "concepts").glob("bank-*.json")).read_text())
     assert bank["header"]["proposer"] == "llm" and len(bank["classes"]) == len(CLASSES)
-    masks = json.loads((proj / "metrics" / "masks.json").read_text())
+    masks = json.loads((proj / "reports" / "masks.json").read_text())
     assert masks["grounder"] == "groundingsam" and masks["images"] == 3 * 3 + 3  # k=3 × half the classes + 1 each
-    runs = json.loads((proj / "metrics" / "finetune.json").read_text())["runs"]
+    runs = json.loads((proj / "reports" / "finetune.json").read_text())["runs"]
     assert set(runs) == {f"vit/{a}/seed0" for a in ("none", "ce", "robustvit", "cft_fgmask", "cft")} | \
         {f"cnn/{a}/seed0" for a in ("none", "ce", "cft")}
     acc = pd.read_csv(proj / "plots" / "evaluate_accuracy.csv")

@@ -65,7 +65,7 @@ def test_stages_are_dvcs():
 
 
 def test_package_versions():
-    assert preflight._package("x", "transformers>=4.46,<5").ok
+    assert preflight._package("x", "transformers>=4.56,<5").ok
     bad = preflight._package("x", "transformers>=99")
     assert not bad.ok and "need >=99" in bad.detail and "lxt breaks" in bad.detail
     absent = preflight._package("x", "no-such-package-cft>=1")
