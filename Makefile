@@ -16,12 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # `make repro PROFILE=paper` switches the profile first (`make profile`), checks that everything the profile
-# needs is on disk (cftlib.preflight), then runs the pipeline.
+# needs is on disk (cftlib.stages.preflight), then runs the pipeline.
 repro: setup
 ifdef PROFILE
 	$(MAKE) --no-print-directory profile PROFILE=$(PROFILE)
 endif
-	$(PY) -m cftlib.preflight
+	$(PY) -m cftlib.stages.preflight
 	. $(VENV)/bin/activate && dvc repro
 
 # The committed results are the default profile's (profiles/default.yaml = params.yaml, a test checks it).
@@ -52,11 +52,11 @@ notebooks: setup
 # them as released weights; this rebuilds them (README: time) and freezes the stage again.
 # (The stage's cmd, run directly: `dvc unfreeze`/`freeze` would rewrite dvc.yaml; `dvc commit` records the result.)
 pretrain: setup
-	. $(VENV)/bin/activate && python -m cftlib.nbrun notebooks/00_pretrain.ipynb executed/00_pretrain.ipynb \
+	. $(VENV)/bin/activate && python -m cftlib.stages.nbrun notebooks/00_pretrain.ipynb executed/00_pretrain.ipynb \
 		-p progress false && dvc commit -f pretrain
 
 preflight: setup
-	$(PY) -m cftlib.preflight
+	$(PY) -m cftlib.stages.preflight
 
 # Tests never reach the hub (every hub call would otherwise hang for minutes without network).
 test test-fast test-gpu: export HF_HUB_OFFLINE := 1
@@ -72,4 +72,4 @@ test-gpu: setup
 	. $(VENV)/bin/activate && pytest -m gpu
 
 clean-notebooks: setup
-	$(PY) -m cftlib.nbrun --strip notebooks/*.ipynb
+	$(PY) -m cftlib.stages.nbrun --strip notebooks/*.ipynb

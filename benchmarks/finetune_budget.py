@@ -30,7 +30,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from cftlib import config, figures, finetune
+from cftlib.core import config
+from cftlib.report import figures
+from cftlib.stages import finetune
+from cftlib.training import trainer
 
 LRS = {"vit": (1e-4, 3e-4, 1e-3), "cnn": (1e-5, 1e-4)}  # the CNN's 3e-4: the pipeline's first run (README)
 MAX_EPOCHS = 20
@@ -52,7 +55,7 @@ def sweep(P: config.Params, model: str = "vit") -> pd.DataFrame:
             first.setdefault((r.arm, r.base), r)
         for spec in [dataclasses.replace(r, lr=lr) for r in first.values()]:
             folder = OUT / (f"lr{lr:g}" if model == "vit" else f"{model}_lr{lr:g}")
-            finetune.fit(spec, *bases[spec.model, spec.base], data, cfg, folder)
+            trainer.fit(spec, *bases[spec.model, spec.base], data, cfg, folder)
             frames.append(pd.read_csv(spec.folder(folder) / "epochs.csv").assign(arm=spec.arm, lr=lr, base=spec.base))
     return pd.concat(frames, ignore_index=True)
 

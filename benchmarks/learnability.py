@@ -17,8 +17,10 @@ import time
 import numpy as np
 import torch
 
-from cftlib import config, pretrain, world
-from cftlib.models import predict
+from cftlib.core import config
+from cftlib.data import world
+from cftlib.models.factory import predict
+from cftlib.training import pretrain
 
 VARIANTS = {  # name -> (role, model_kwargs overrides, attribute labels)
     "vit-linear": ("vit", {"conv_stem": 0}, True),  # timm's patch embedding: one strided convolution

@@ -21,10 +21,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from cftlib import losses
-from cftlib.config import Loss
+from cftlib.core.config import Loss
 from cftlib.relevance import explain
 from cftlib.relevance.rollout import gae_rollout_official
+from cftlib.training import losses
 
 MODELS = {  # name -> (timm architecture, kwargs, batch size)
     "default world ViT, B=32": ("vit_tiny_patch16_224", dict(

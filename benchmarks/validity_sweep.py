@@ -37,8 +37,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from cftlib import config, dfr, pretrain, world
-from cftlib.models import build_model, predict
+from cftlib.core import config
+from cftlib.data import world
+from cftlib.models.factory import build_model, predict
+from cftlib.training import dfr, pretrain
 
 CACHE = Path(os.environ.get("CFT_SWEEP_CACHE", "/tmp/cft_validity_sweep"))
 

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cftlib import config, world
-from cftlib.models import build_model
+from cftlib.core import config
+from cftlib.data import world
+from cftlib.models.factory import build_model
 
 
 def main(path: str = "params.yaml") -> None:

@@ -1,12 +1,17 @@
 """cftlib: Concept-Guided Fine-Tuning (Elisha, Barkan, Koenigstein, CVPR 2026), reproducible.
 
-One module per concept of the paper, in pipeline order: `world` (the synthetic benchmark),
-`models` and `pretrain` (timm factory, checkpoints, the shortcut-biased base model), `concepts`
-(proposers and the concept bank), `grounding` (concept masks) and `fewshot` (the k-shot protocol),
-`relevance` (differentiable relevance maps), `losses` and `finetune` (CFT, RobustViT and baselines),
-`evaluate` and `benchmarks` (metrics and paper-scale loaders), `figures` and `report` (plots, tables,
-claims); plus `config` (validated params), `io` (atomic writes), `hub` (local/hub models),
-`nbrun` (papermill runner) and `paths`.
+Packages in layers; each imports only layers below it (the `layers` contract in pyproject.toml, checked by
+`lint-imports` in CI and by tests/test_layers.py):
+
+    8  stages      ground · finetune · evaluate · benchmarks · ablations · preflight · nbrun   (what DVC runs)
+    7  report      tables · claims · figures · headline                                       (what a reader sees)
+    6  training    losses · pretrain · dfr · runspec · trainer  |  metrics  accuracy · alignment · intervals
+    5  grounding   concept masks: world parts, GroundingDINO + SAM, foreground
+    4  concepts    proposers (field guide, LLM, WordNet, bank) and the concept bank
+    3  relevance   differentiable relevance maps: attnlrp · gradients · rollout
+    2  models      factory · zoo · checkpoints
+    1  data        world · datasets · fewshot · maskstore                                     (data and formats)
+    0  core        config · io · paths · progress · launch · hub
 """
 
 __version__ = "0.1.0"

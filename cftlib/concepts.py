@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from . import config, hub, launch
-from .io import atomic_path, read_json
+from cftlib.core import config, hub, launch
+from cftlib.core.io import atomic_path, read_json
 
 SCHEMA = "cft-concept-bank/1"
 _BANK_NAME = re.compile(r"^bank-([0-9a-f]{12})\.json$")

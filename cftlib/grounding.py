@@ -2,65 +2,24 @@
 a binary mask m_c; the image's training target is their union M = 1[max_c m_c > 0], and the official
 weighted map W = max_c w_c·m_c is kept too. Grounders sit in a registry: `world` (exact part masks degraded
 by a VLM-like noise model), `groundingsam` (GroundingDINO boxes → SAM masks) and `foreground` (the whole
-object). The mask store keeps per image the union, the weighted map, per-concept masks and a quality flag;
-`run_stage` / `python -m cftlib.grounding` write it resumably, sharded over torchrun processes."""
+object). Each image's record keeps the union, the weighted map, per-concept masks and a quality flag (the store's
+format: `cftlib.data.maskstore`; the stage run: `cftlib.stages.ground`)."""
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import shutil
-import sys
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import config, hub, launch
-from .io import atomic_path, read_json, read_npz, write_json
-from .progress import bar
-from .world import PARTS, save_npz
+from cftlib.concepts import content_hash
+from cftlib.data.maskstore import GroundingError
+from cftlib.core import config, hub, launch
+from cftlib.data import world
+from cftlib.data.world import PARTS
 
 FLAGS = ("ok", "empty", "too_small", "too_large")
-
-
-class GroundingError(ValueError):
-    """A concept, image or mask store the grounders cannot use; the message names it."""
-
-
-# ----------------------------------------------------------------------------- the world's vocabulary
-
-PART_WORDS = {
-    "eye": ("eye", "eyes", "eyering"),
-    "beak": ("beak", "beaks", "bill", "nostril", "nostrils"),
-    "crest": ("crest", "tuft", "tufted"),
-    "tail": ("tail", "tails"),
-    "wing": ("wing", "wings", "feathers", "shoulder"),
-    "cap": ("cap", "crown"),
-    "breast": ("breast", "belly", "chest"),
-    "head": ("head", "face", "throat"),
-    "body": ("body", "back", "plumage"),
-}
-"""Words naming each world part, most specific first: "bird tail feathers" is the tail, "bird eye ring"
-the eye. "bird" alone (or "object") is the whole bird."""
-WHOLE = ("bird", "object")
-
-
-def concept_part(text: str) -> str | None:
-    """The world part a concept phrase names ("long thin beak" → beak, "bird" → all), else None."""
-    words = set(text.lower().replace("-", " ").split())
-    for part, names in PART_WORDS.items():
-        if words & set(names):
-            return part
-    return "all" if words and words <= {*WHOLE, "a", "an", "the", "whole"} else None
-
-
-def part_mask(parts: np.ndarray, part: str) -> np.ndarray:
-    """Exact mask of a part (or "all": the silhouette) from a part-label map (index + 1, 0 background)."""
-    return parts > 0 if part == "all" else parts == PARTS.index(part) + 1
 
 
 # ----------------------------------------------------------------------------- the VLM-like noise model
@@ -105,16 +64,16 @@ class WorldGrounder:
         rng = np.random.default_rng([self.seed, 5501, key])
         out = np.zeros((len(concepts), *parts.shape), bool)
         for i, text in enumerate(concepts):
-            part = concept_part(text)
+            part = world.concept_part(text)
             if part is None:
                 if self.unknown == "error":
                     raise GroundingError(
                         f"concept {text!r} (class {name!r}) names no world part; the world has "
-                        f"{', '.join(PARTS)} (words: {', '.join(w for ws in PART_WORDS.values() for w in ws)}); "
+                        f"{', '.join(PARTS)} (words: {', '.join(w for ws in world.PART_WORDS.values() for w in ws)}); "
                         "set masks.unknown_concept: empty to treat it as not found")
                 degrade(np.zeros(parts.shape, bool), self.noise, rng)  # not found; keeps the stream aligned
                 continue
-            out[i] = degrade(part_mask(parts, part), self.noise, rng)
+            out[i] = degrade(world.part_mask(parts, part), self.noise, rng)
         return out
 
 
@@ -230,7 +189,7 @@ class Foreground:
 
     def __call__(self, image, concepts, *, parts=None, key=0, name=""):
         if parts is not None:
-            return part_mask(parts, "all")[None]
+            return world.part_mask(parts, "all")[None]
         self._gsam = self._gsam or GroundingSAM(self.cfg)
         return self._gsam(image, [name.split(",")[0]]).any(0, keepdims=True)
 
@@ -331,39 +290,6 @@ def _record(it: dict, job: dict, weights: list[float], masks: np.ndarray, cfg: c
     return record, arrays
 
 
-# ----------------------------------------------------------------------------- the mask store
-
-def write_store(out_dir: str | Path, results, header: dict) -> dict:
-    """Write `<out_dir>/<split>/<id>.npz` (union, weighted, concepts) per kept item and `manifest.json`
-    ({header, items}); the folder appears atomically. Returns the manifest."""
-    items = []
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for record, arrays in results:
-            if arrays is not None:
-                save_npz(tmp / record["split"] / f"{record['id']}.npz", arrays)
-            items.append(record)
-        manifest = {"header": header, "items": items}
-        write_json(tmp / "manifest.json", manifest)
-    return manifest
-
-
-def load_store(store_dir: str | Path) -> dict:
-    """The manifest of a mask store."""
-    path = Path(store_dir) / "manifest.json"
-    if not path.is_file():
-        raise GroundingError(f"{path}: no mask store; run the masks stage")
-    return read_json(path)
-
-
-def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
-    """{union, weighted, concepts, and on real images foreground} of one kept item of a store."""
-    path = Path(store_dir) / record["split"] / f"{record['id']}.npz"
-    if not path.is_file():
-        raise GroundingError(f"{path}: missing ({record['id']} was {record['action']})")
-    return read_npz(path)
-
-
 def summary(records: list[dict]) -> dict:
     """Image counts (all, the few-shot training and validation images), counts per quality flag (overall and
     per class), per policy action, and mean fractions (and IoU with the exact masks when known): the masks
@@ -395,8 +321,6 @@ def store_header(P: config.Params, bank: dict, selection: dict, class_index=None
     """The store's header: bank, grounder, the masks params that decide the masks (not `processes` or
     `groundingsam.batch_size`, so the store is the same however it was run), seed and the class split; with
     `class_index` (`fewshot.Pool.class_index`, when it is not the identity) the model output of each label."""
-    from .concepts import content_hash
-
     params = config.as_dict(P.masks)
     del params["processes"], params["groundingsam"]["batch_size"]
     header = {"bank": f"bank-{content_hash(bank)}.json", "grounder": P.masks.grounder, "params": params,
@@ -405,94 +329,3 @@ def store_header(P: config.Params, bank: dict, selection: dict, class_index=None
     if class_index is not None and not np.array_equal(class_index, np.arange(len(class_index))):
         header["class_index"] = [int(i) for i in class_index]
     return header
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, out_dir: str | Path,
-              progress: bool = False, grounder=None) -> dict:
-    """The masks stage: the few-shot selection grounded with the bank into the store at `out_dir`; returns
-    its manifest. Each grounded item is written at once to `<out_dir>.partial/<split>/<index>.{npz,json}`, so
-    a rerun after an interruption grounds only the rest; a work folder left by other inputs (header, bank,
-    data) is discarded. Under torch.distributed, rank r grounds items r, r + world, ..., then rank 0
-    assembles the store in selection order. The store's bytes do not depend on processes, batch size or
-    interruptions (the world grounder's noise is drawn per item from (seed, item key))."""
-    from . import concepts, fewshot
-
-    rank, world = _rank_world()
-    bank = concepts.load(concepts_dir)
-    pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
-    selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
-    header = store_header(P, bank, selection, pool.class_index)
-    inputs = {"header": header, "bank": bank, "data": [str(data_dir), P.concepts.dataset, P.concepts.image_dir,
-                                                       config.as_dict(P.world)]}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    work = Path(f"{out_dir}.partial")
-    if rank == 0:
-        marker = work / "inputs.json"
-        if work.exists() and (not marker.is_file() or read_json(marker)["hash"] != digest):
-            shutil.rmtree(work)
-        if not marker.is_file():
-            write_json(marker, {"hash": digest})
-    _barrier(world)
-
-    order = [(split, int(i)) for split in ("train", "val") for i in selection[split]]
-    # shard first, then skip what is done: a rank only ever looks at its own items, which only it writes
-    mine = [(s, i) for s, i in order[rank::world] if not (work / s / f"{i}.json").is_file()]
-    results = ground_items((pool.item(i, s) for s, i in mine), bank, P.masks, P.base.seed, grounder=grounder,
-                           truth=truth_for(P))
-    for (s, i), (record, arrays) in bar(zip(mine, results), desc="masks", total=len(mine), progress=progress,
-                                        rank=rank, unit="images"):
-        if arrays is not None:
-            save_npz(work / s / f"{i}.npz", arrays)
-        write_json(work / s / f"{i}.json", record)  # last: the item is done
-    _barrier(world)
-
-    if rank == 0:
-        def done():
-            for s, i in order:
-                record = read_json(work / s / f"{i}.json")
-                npz = work / s / f"{i}.npz"
-                if npz.is_file():
-                    yield record, read_npz(npz, fix="delete it: the masks stage grounds that image again")
-                else:
-                    yield record, None
-
-        write_store(out_dir, done(), header)
-        shutil.rmtree(work)
-    _barrier(world)
-    return load_store(out_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m cftlib.grounding`: the masks stage's grounding; under torchrun, one process per GPU."""
-    import torch
-
-    ap = argparse.ArgumentParser(prog="python -m cftlib.grounding", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", default="data/world")
-    ap.add_argument("--concepts", default="data/concepts")
-    ap.add_argument("--out", default="data/masks")
-    ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    P = config.load(args.params)
-    torch.set_num_threads(P.base.threads)
-    cuda = launch.device(P.masks.groundingsam.device, "masks.groundingsam.device").type == "cuda"
-    with launch.distributed(cuda, "masks.processes"):
-        run_stage(P, args.data, args.concepts, args.out, args.progress)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def smoke_params():
-    from cftlib import config
+    from cftlib.core import config
 
     return config.load(ROOT / "profiles" / "smoke.yaml")
 
@@ -23,7 +23,7 @@ def smoke_params():
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory, smoke_params):
     """The smoke world generated once into a temp folder: (config, seed, data_dir)."""
-    from cftlib import world
+    from cftlib.data import world
 
     out = tmp_path_factory.mktemp("world") / "world"
     world.generate(smoke_params.world, smoke_params.base.seed, out)

@@ -5,7 +5,7 @@ built offline in seconds, so CI runs that profile end to end ("every line a GPU 
     params = paper_params(fakes)              # profiles/paper.yaml pointed at the fakes, sizes cut
 
 Six real ImageNet-1k classes, each drawn as its own shape and colour on a textured background (the
-object's mask is known), laid out as the released datasets are (cftlib.benchmarks.SOURCES)."""
+object's mask is known), laid out as the released datasets are (cftlib.data.datasets.SOURCES)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from cftlib.concepts import classes_from_imagenet, llm_messages
+from cftlib.data.datasets import imagenet_synsets
+from cftlib.models.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +55,6 @@ def lemmas() -> dict[str, str]:
 def class_infos():
     """The fake classes as the imagenet dataset names them (`concepts.classes_from_imagenet` of the sorted
     wnid folders): label = folder position, name = lemma line."""
-    from cftlib.concepts import classes_from_imagenet
-
     return classes_from_imagenet(sorted(c[1] for c in CLASSES))
 
 
@@ -140,8 +142,6 @@ def _ood(root: Path, rng):
 def _objectnet(root: Path, rng):
     """images/<folder>/*.png and the four mapping files in the released formats: one folder per mapped fake
     class, `alarm_clock` mapped to two ImageNet classes (as in the release) and an unmapped folder."""
-    from cftlib.benchmarks import imagenet_synsets
-
     synsets, names = imagenet_synsets(), lemmas()
     folders = {c[3]: c[3].capitalize() for c in CLASSES if c[3]}
     folders |= {"alarm_clock": "Alarm clock", "air_freshener": "Air freshener"}
@@ -191,9 +191,6 @@ def _models(root: Path) -> dict[str, Path]:
     import timm
     import torch
     from tiny_hf import tiny_grounding_dino, tiny_llm, tiny_sam
-
-    from cftlib.concepts import llm_messages
-    from cftlib.zoo import ZOO
 
     infos = class_infos()
     chats = [(llm_messages(ci, N_CONCEPTS), json.dumps(c[6])) for ci, c in zip(infos, CLASSES)]

@@ -5,7 +5,10 @@ import json
 
 import pandas as pd
 
-from cftlib import ablations, config
+from cftlib import concepts
+from cftlib.core import config
+from cftlib.data import fewshot, world
+from cftlib.stages import ablations
 
 
 def test_each_variant_changes_one_setting_of_the_main_run():
@@ -37,8 +40,6 @@ def test_ablation_params_are_checked():
 
 def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_world, smoke_params):
     import dataclasses
-
-    from cftlib import concepts, fewshot, world
 
     P, data = smoke_params, small_world[2]
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(data)), seed=P.base.seed)

@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-
-from cftlib import benchmarks, concepts, evaluate
 from conftest import ROOT
 from fakes import write_gtsegs
+from PIL import Image
+
+from cftlib import concepts
+from cftlib.core import config, launch
+from cftlib.data import datasets
+from cftlib.metrics import accuracy, alignment
+from cftlib.models import checkpoints, factory
+from cftlib.stages import benchmarks
 
 
 def _png(path, rgb, size=(12, 10)):
@@ -41,16 +46,16 @@ def _logits(*ranked):
 
 
 def test_timm_index_files_agree_with_the_synsets():
-    syn = benchmarks.imagenet_synsets()
+    syn = datasets.imagenet_synsets()
     assert len(syn) == 1000
     for which in ("a", "r"):
-        idx = benchmarks.subset_indices(which)
-        wnids = benchmarks._timm_info(f"imagenet_{which}_synsets.txt")
+        idx = datasets.subset_indices(which)
+        wnids = datasets._timm_info(f"imagenet_{which}_synsets.txt")
         assert len(idx) == 200 and [syn[i] for i in idx] == wnids
 
 
 def test_fake_imagenet_a_known_accuracies_under_both_protocols(tmp_path):
-    syn, sub = benchmarks.imagenet_synsets(), benchmarks.subset_indices("a")
+    syn, sub = datasets.imagenet_synsets(), datasets.subset_indices("a")
     a, b, c = (int(i) for i in sub[:3])
     outside = 0  # tench: not an ImageNet-A class
     assert outside not in sub
@@ -60,30 +65,30 @@ def test_fake_imagenet_a_known_accuracies_under_both_protocols(tmp_path):
               40: (b, _logits(outside, c, b))}      # wrong under both
     for grey, (label, _) in images.items():
         _png(tmp_path / "imagenet-a" / syn[label] / f"{grey}.png", (grey,) * 3)
-    bench = benchmarks.imagenet_a(tmp_path / "imagenet-a")
+    bench = datasets.imagenet_a(tmp_path / "imagenet-a")
     assert sorted(bench.labels.tolist()) == sorted([a, a, b, b])
     model = Lookup({g: z for g, (_, z) in images.items()})
     for protocol, top1 in (("chefer", 0.25), ("standard", 0.5)):
         logits = benchmarks.predict(model, bench, protocol, batch_size=3)
-        assert bench.score(logits, protocol) == {"top1": top1, "top5": 1.0}
+        assert accuracy.benchmark_score(bench, logits, protocol) == {"top1": top1, "top5": 1.0}
 
 
 def test_imagenet_r_rejects_a_folder_outside_its_200_classes(tmp_path):
-    syn, sub = benchmarks.imagenet_synsets(), set(benchmarks.subset_indices("r").tolist())
+    syn, sub = datasets.imagenet_synsets(), set(datasets.subset_indices("r").tolist())
     other = next(i for i in range(1000) if i not in sub)
     _png(tmp_path / syn[other] / "x.png", (0, 0, 0))
-    with pytest.raises(benchmarks.DatasetMissing, match=syn[other]):
-        benchmarks.imagenet_r(tmp_path)
+    with pytest.raises(datasets.DatasetMissing, match=syn[other]):
+        datasets.imagenet_r(tmp_path)
 
 
 def test_imagenet_val_and_v2_labels(tmp_path):
-    syn = benchmarks.imagenet_synsets()
+    syn = datasets.imagenet_synsets()
     _png(tmp_path / "val" / syn[0] / "a.JPEG.png", (1, 1, 1))
     _png(tmp_path / "val" / syn[999] / "b.png", (1, 1, 1))
-    assert benchmarks.imagenet_val(tmp_path / "val").labels.tolist() == [0, 999]
+    assert datasets.imagenet_val(tmp_path / "val").labels.tolist() == [0, 999]
     _png(tmp_path / "v2" / "7" / "a.png", (1, 1, 1))
     _png(tmp_path / "v2" / "12" / "b.png", (1, 1, 1))
-    assert benchmarks.imagenet_v2(tmp_path / "v2").labels.tolist() == [12, 7]  # folders sorted as strings
+    assert datasets.imagenet_v2(tmp_path / "v2").labels.tolist() == [12, 7]  # folders sorted as strings
 
 
 def _objectnet(root):
@@ -102,7 +107,7 @@ def _objectnet(root):
 
 def test_objectnet_mapping_from_the_datasets_own_files(tmp_path):
     _objectnet(tmp_path)
-    assert benchmarks.objectnet_mapping(tmp_path / "mappings") == {"alarm_clock": [409, 530], "banana": [954]}
+    assert datasets.objectnet_mapping(tmp_path / "mappings") == {"alarm_clock": [409, 530], "banana": [954]}
 
 
 def test_objectnet_first_index_vs_any_of_mapped(tmp_path):
@@ -116,34 +121,35 @@ def test_objectnet_first_index_vs_any_of_mapped(tmp_path):
         img.paste((255, 0, 0), (0, 0, 12, 1))  # ObjectNet's 1-px red border (top edge)
         (tmp_path / "images" / folder).mkdir(parents=True, exist_ok=True)
         img.save(tmp_path / "images" / folder / f"{grey}.png")
-    bench = benchmarks.objectnet(tmp_path)
+    bench = datasets.objectnet(tmp_path)
     assert len(bench) == 3 and bench.labels.tolist() == [409, 409, 954]
     assert bench.subset.tolist() == [409, 530, 954]
-    assert bench.score(np.stack([images[g][1] for g in (10, 20, 30)]), "chefer")["top1"] == pytest.approx(1 / 3)
-    assert bench.score(np.stack([images[g][1] for g in (10, 20, 30)]), "standard")["top1"] == 1.0
+    logits = np.stack([images[g][1] for g in (10, 20, 30)])
+    assert accuracy.benchmark_score(bench, logits, "chefer")["top1"] == pytest.approx(1 / 3)
+    assert accuracy.benchmark_score(bench, logits, "standard")["top1"] == 1.0
     # the standard protocol crops the border before resizing: no red is left; the official one keeps it
-    assert (benchmarks.load_image(bench.paths[0], border=1, resize=8, crop=8) == 10).all()
-    assert benchmarks.load_image(bench.paths[0], border=0, resize=10, crop=10)[0, 0, 0] == 255
+    assert (datasets.load_image(bench.paths[0], border=1, resize=8, crop=8) == 10).all()
+    assert datasets.load_image(bench.paths[0], border=0, resize=10, crop=10)[0, 0, 0] == 255
 
 
 def test_load_image_resizes_the_shorter_side_then_centre_crops(tmp_path):
     img = np.zeros((20, 40, 3), np.uint8)
     img[:, 20:] = 200
     Image.fromarray(img).save(tmp_path / "x.png")
-    out = benchmarks.load_image(tmp_path / "x.png", resize=10, crop=10)
+    out = datasets.load_image(tmp_path / "x.png", resize=10, crop=10)
     assert out.shape == (10, 10, 3)
     assert out[0, 0, 0] == 0 and out[0, -1, 0] == 200  # the centre 10 of 20 columns straddles the edge
 
 
 def test_si_score_labels_from_package_data(tmp_path):
-    labels = benchmarks.si_score_labels()
+    labels = datasets.si_score_labels()
     assert labels["ambulance"] == 407 and len(set(labels.values())) == len(labels)
     _png(tmp_path / "rotation" / "ambulance" / "0.png", (0, 0, 0))
     _png(tmp_path / "rotation" / "banana" / "0.png", (0, 0, 0))
-    b = benchmarks.load("si_rotation", tmp_path)
+    b = datasets.load("si_rotation", tmp_path)
     assert b.name == "si_rotation" and b.labels.tolist() == [407, 954]
-    with pytest.raises(benchmarks.DatasetMissing, match="si_score"):
-        benchmarks.load("si_location", tmp_path)
+    with pytest.raises(datasets.DatasetMissing, match="si_score"):
+        datasets.load("si_location", tmp_path)
 
 
 def test_imagenet_segmentation_reads_referenced_arrays(tmp_path):
@@ -152,28 +158,26 @@ def test_imagenet_segmentation_reads_referenced_arrays(tmp_path):
     gts = [rng.integers(0, 2, (8, 8), dtype=np.uint8) for _ in range(2)]        # transpose changes them
     path = tmp_path / "gtsegs_ijcv.mat"
     write_gtsegs(path, imgs, gts)  # MATLAB v7.3 layout: cell arrays of references, arrays transposed
-    out = list(benchmarks.segmentation(path, size=8))  # native size: the resize is the identity
+    out = list(datasets.segmentation(path, size=8))  # native size: the resize is the identity
     assert len(out) == 2
     for (im, gt), (im0, gt0) in zip(out, zip(imgs, gts)):
         assert (im == im0).all() and (gt == gt0.astype(bool)).all()
-    assert list(benchmarks.segmentation(path, size=4))[0][0].shape == (4, 4, 3)
+    assert list(datasets.segmentation(path, size=4))[0][0].shape == (4, 4, 3)
 
 
 def test_missing_dataset_names_it_where_to_get_it_and_the_layout(tmp_path):
-    with pytest.raises(benchmarks.DatasetMissing) as e:
-        benchmarks.load("objectnet", tmp_path / "nowhere")
+    with pytest.raises(datasets.DatasetMissing) as e:
+        datasets.load("objectnet", tmp_path / "nowhere")
     msg = str(e.value)
     assert "objectnet" in msg and "objectnet.dev" in msg and "mappings/" in msg
-    with pytest.raises(benchmarks.DatasetMissing, match="gtsegs_ijcv.mat.*calvin-vision"):
-        next(benchmarks.segmentation(tmp_path / "gtsegs_ijcv.mat"))
+    with pytest.raises(datasets.DatasetMissing, match="gtsegs_ijcv.mat.*calvin-vision"):
+        next(datasets.segmentation(tmp_path / "gtsegs_ijcv.mat"))
     with pytest.raises(KeyError, match="imagenet_a"):
-        benchmarks.load("imagenet-a", tmp_path)
+        datasets.load("imagenet-a", tmp_path)
 
 
 def test_evaluate_model_scores_each_benchmark_protocol_and_class_group(tmp_path):
-    from cftlib import config
-
-    syn, sub = benchmarks.imagenet_synsets(), benchmarks.subset_indices("r")
+    syn, sub = datasets.imagenet_synsets(), datasets.subset_indices("r")
     r, r2 = int(sub[0]), int(sub[1])
     _png(tmp_path / "r" / syn[r] / "10.png", (10,) * 3)
     _png(tmp_path / "r" / syn[r2] / "30.png", (30,) * 3)
@@ -181,7 +185,7 @@ def test_evaluate_model_scores_each_benchmark_protocol_and_class_group(tmp_path)
     model = Lookup({10: _logits(0, r), 20: _logits(3), 30: _logits(r2)})
     cfg = config.parse({"evaluate": {"benchmarks": {"imagenet_r": str(tmp_path / "r"),
                                                     "imagenet_v2": str(tmp_path / "v2")}}}).evaluate
-    benches = {n: benchmarks.load(n, root) for n, root in cfg.benchmarks.items()}
+    benches = {n: datasets.load(n, root) for n, root in cfg.benchmarks.items()}
     rows = benchmarks.evaluate_model(model, benches, np.array([r, 3]), cfg, "attnlrp")
     got = {(x["benchmark"], x["protocol"], x["group"]): (x["images"], x["top1"]) for x in rows}
     assert got == {("imagenet_r", "chefer", "all"): (2, 0.5), ("imagenet_r", "chefer", "seen"): (1, 0.0),
@@ -193,19 +197,19 @@ def test_evaluate_model_scores_each_benchmark_protocol_and_class_group(tmp_path)
 
 
 def test_sample_is_a_seeded_choice_of_the_sorted_paths(tmp_path):
-    syn = benchmarks.imagenet_synsets()
+    syn = datasets.imagenet_synsets()
     for c in (5, 1):
         for i in range(4):
             _png(tmp_path / syn[c] / f"{i}.png", (i,) * 3)
-    bench = benchmarks.imagenet_val(tmp_path)
-    a, b = benchmarks.sample(bench, 3, seed=0), benchmarks.sample(bench, 3, seed=0)
+    bench = datasets.imagenet_val(tmp_path)
+    a, b = datasets.sample(bench, 3, seed=0), datasets.sample(bench, 3, seed=0)
     assert a.paths == b.paths and len(a) == 3
     assert a.paths == sorted(a.paths) and set(a.paths) <= set(bench.paths)
     assert [bench.labels[bench.paths.index(p)] for p in a.paths] == a.labels.tolist()
-    seeds = {tuple(benchmarks.sample(bench, 3, seed=s).paths) for s in range(10)}
+    seeds = {tuple(datasets.sample(bench, 3, seed=s).paths) for s in range(10)}
     assert len(seeds) > 1  # the seed matters
-    assert benchmarks.sample(bench, 0, seed=0).paths == sorted(bench.paths)  # 0: all
-    assert benchmarks.sample(bench, 99, seed=0).paths == sorted(bench.paths)
+    assert datasets.sample(bench, 0, seed=0).paths == sorted(bench.paths)  # 0: all
+    assert datasets.sample(bench, 99, seed=0).paths == sorted(bench.paths)
 
 
 def test_shards_are_whole_batches_covering_every_image_once():
@@ -228,10 +232,8 @@ def _paper_tree(tmp_path):
     store whose class_index maps store label 0 to ImageNet class 1, and a paper-profile params file."""
     import yaml
 
-    from cftlib import models
-
     rng = np.random.default_rng(0)
-    syn, sub = benchmarks.imagenet_synsets(), benchmarks.subset_indices("a")
+    syn, sub = datasets.imagenet_synsets(), datasets.subset_indices("a")
 
     def img(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,8 +272,8 @@ def _paper_tree(tmp_path):
                kwargs=dict(patch_size=32, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0))
     cnn = dict(name="resnet10t", num_classes=1000, img_size=None, kwargs=dict(channels=[4, 4, 4, 4], stem_width=4))
     for model, arm, build in (("vit", "none", vit), ("vit", "cft", vit), ("cnn", "none", cnn), ("cnn", "cft", cnn)):
-        m = models.build_model(build["name"], build["num_classes"], build["img_size"], **build["kwargs"])
-        models.save_checkpoint(tmp_path / "runs" / model / arm / "seed0" / "best.pt", m.eval(), build)
+        m = factory.build_model(build["name"], build["num_classes"], build["img_size"], **build["kwargs"])
+        checkpoints.save_checkpoint(tmp_path / "runs" / model / arm / "seed0" / "best.pt", m.eval(), build)
         epochs = [dict(epoch=e, val_cft_align=0.5 - 0.1 * e, best=int(e > 0)) for e in range(2)]  # a run's epochs.csv
         pd.DataFrame(epochs).to_csv(tmp_path / "runs" / model / arm / "seed0" / "epochs.csv", index=False)
     P = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
@@ -291,20 +293,18 @@ def _paper_tree(tmp_path):
 def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(tmp_path):
     import pandas as pd
 
-    from cftlib import launch
-
     args = _paper_tree(tmp_path)
     threads = torch.get_num_threads()
     try:
-        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "one.csv")], 1)
+        launch.run("cftlib.stages.benchmarks", args + ["--out", str(tmp_path / "one.csv")], 1)
     finally:
         torch.set_num_threads(threads)
-    launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "two.csv")], 2)  # torchrun, gloo
+    launch.run("cftlib.stages.benchmarks", args + ["--out", str(tmp_path / "two.csv")], 2)  # torchrun, gloo
     one = (tmp_path / "one.csv").read_bytes()
     assert one == (tmp_path / "two.csv").read_bytes()
     r = pd.read_csv(tmp_path / "one.csv")
     assert list(r.columns) == list(benchmarks.RESULTS)
-    cls = r[~r["benchmark"].isin([benchmarks.SEGMENTATION, evaluate.MASKS_SPLIT])]
+    cls = r[~r["benchmark"].isin([datasets.SEGMENTATION, alignment.MASKS_SPLIT])]
     # 4 runs × 3 benchmarks × 2 protocols; ImageNet val holds seen class 1 and unseen class 2, the others no seen one
     assert len(cls[cls["group"] == "all"]) == 4 * 3 * 2
     val = cls[(cls["benchmark"] == "imagenet_val") & (cls["protocol"] == "chefer")].set_index(["model", "arm", "group"])
@@ -312,36 +312,34 @@ def test_cli_scores_every_run_and_gives_the_same_file_on_one_and_two_processes(t
     assert val.loc[("vit", "cft", "seen"), "images"] + val.loc[("vit", "cft", "unseen"), "images"] == 5
     assert set(cls.loc[cls["benchmark"] == "imagenet_a", "group"]) == {"all", "unseen"}
     assert len(cls[cls["benchmark"] == "objectnet"]) == 4 * 2 * 2  # its 2 mapped images: all + unseen
-    seg = r[r["benchmark"] == benchmarks.SEGMENTATION].set_index(["model", "arm"])
+    seg = r[r["benchmark"] == datasets.SEGMENTATION].set_index(["model", "arm"])
     assert len(seg) == 4 and (seg["images"] == 3).all()
     assert seg.loc[("vit", "none"), "method"] == "attnlrp" and seg.loc[("cnn", "none"), "method"] == "gradcam"
     assert seg[["pixAcc", "mIoU", "mAP"]].notna().all().all()
-    usage = r[r["benchmark"] == evaluate.MASKS_SPLIT]  # the store's val image, on rank 0, per run and concept
-    assert len(usage) == 4 * 4 and set(usage["part"]) == {*TREE_CONCEPTS, evaluate.ANY_CONCEPT, evaluate.ELSEWHERE}
+    usage = r[r["benchmark"] == alignment.MASKS_SPLIT]  # the store's val image, on rank 0, per run and concept
+    assert len(usage) == 4 * 4 and set(usage["part"]) == {*TREE_CONCEPTS, alignment.ANY_CONCEPT, alignment.ELSEWHERE}
     both = usage.pivot_table(index=["model", "arm"], columns="part", values="mass")
-    assert np.allclose(both[evaluate.ANY_CONCEPT] + both[evaluate.ELSEWHERE], 1) and (usage["images"] == 1).all()
+    assert np.allclose(both[alignment.ANY_CONCEPT] + both[alignment.ELSEWHERE], 1) and (usage["images"] == 1).all()
 
 
 @pytest.mark.slow
 def test_cli_resumes_from_its_cache_and_recomputes_when_the_params_change(tmp_path, monkeypatch):
     import yaml
 
-    from cftlib import launch
-
     args = _paper_tree(tmp_path) + ["--cache", str(tmp_path / "cache")]
     threads = torch.get_num_threads()
     try:
-        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "first.csv")], 1)
+        launch.run("cftlib.stages.benchmarks", args + ["--out", str(tmp_path / "first.csv")], 1)
         assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one per distinct model (none shares weights)
         computed = []
         real = benchmarks.evaluate_model
         monkeypatch.setattr(benchmarks, "evaluate_model", lambda *a, **k: computed.append(1) or real(*a, **k))
-        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "again.csv")], 1)
+        launch.run("cftlib.stages.benchmarks", args + ["--out", str(tmp_path / "again.csv")], 1)
         assert not computed and (tmp_path / "again.csv").read_bytes() == (tmp_path / "first.csv").read_bytes()
         P = yaml.safe_load((tmp_path / "params.yaml").read_text())
         P["evaluate"]["benchmark_images"] = 4
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(P))
-        launch.run("cftlib.benchmarks", args + ["--out", str(tmp_path / "other.csv")], 1)
+        launch.run("cftlib.stages.benchmarks", args + ["--out", str(tmp_path / "other.csv")], 1)
         assert len(computed) == 4  # another sample: nothing reused
     finally:
         torch.set_num_threads(threads)

@@ -6,7 +6,9 @@ import itertools
 import pandas as pd
 import pytest
 
-from cftlib import config, evaluate, report
+from cftlib.core import config
+from cftlib.metrics import accuracy, intervals
+from cftlib.report import claims, tables
 
 SPLITS = ("test", "v2", "bg_conflict", "color_conflict", "pose", "rendition")
 BASE = {"test": 0.9, "v2": 0.8, "bg_conflict": 0.5, "color_conflict": 0.6, "pose": 0.89, "rendition": 0.4}
@@ -41,7 +43,7 @@ def _align():
 @pytest.fixture(scope="module")
 def verdicts():
     P = config.parse({})
-    return {r["claim"]: r for r in report.claims(_acc(), _align(), P)}
+    return {r["claim"]: r for r in claims.claims(_acc(), _align(), P)}
 
 
 def _find(verdicts, text):
@@ -56,74 +58,74 @@ def _cmp(row, versus):
 
 def test_ood_claims_need_both_the_base_and_ce(verdicts):
     bg = _find(verdicts, "accuracy on ImageNet-A")
-    assert bg["verdict"] == report.HOLDS  # +11 ± 2.5 over the base, +4 ± 2.5 over CE
+    assert bg["verdict"] == claims.HOLDS  # +11 ± 2.5 over the base, +4 ± 2.5 over CE
     assert _cmp(bg, "none")["mean"] == pytest.approx(0.11) and _cmp(bg, "ce")["mean"] == pytest.approx(0.04)
     assert "CFT − base: +11.0 ± 2.5 (3 pairs) ✓" in bg["evidence"]
     r = _find(verdicts, "accuracy on ImageNet-R")
-    assert _cmp(r, "none")["verdict"] == report.HOLDS and _cmp(r, "ce")["verdict"] == report.FAILS
-    assert r["verdict"] == report.FAILS and r["why"] == "vs base holds, vs CE does not"
-    assert _find(verdicts, "accuracy on ImageNet-v2")["verdict"] == report.FAILS  # a loss
+    assert _cmp(r, "none")["verdict"] == claims.HOLDS and _cmp(r, "ce")["verdict"] == claims.FAILS
+    assert r["verdict"] == claims.FAILS and r["why"] == "vs base holds, vs CE does not"
+    assert _find(verdicts, "accuracy on ImageNet-v2")["verdict"] == claims.FAILS  # a loss
 
 
 def test_a_split_without_a_shortcut_gap_is_not_testable(verdicts):
     pose = _find(verdicts, "accuracy on ObjectNet")  # the base is 1 point below test there: nothing to remove
-    assert pose["verdict"] == report.UNTESTABLE and "no shortcut gap" in pose["why"]
-    assert _cmp(pose, "none")["verdict"] == report.HOLDS  # CFT's +2.5 is reported, but cannot count
+    assert pose["verdict"] == claims.UNTESTABLE and "no shortcut gap" in pose["why"]
+    assert _cmp(pose, "none")["verdict"] == claims.HOLDS  # CFT's +2.5 is reported, but cannot count
     (gap,) = [c for c in pose["conditions"] if "shortcut gap" in c["what"]]
     assert gap["value"] == pytest.approx(1.0) and gap["ok"] is False
 
 
 def test_an_improvement_below_chance_or_at_the_cost_of_test_does_not_hold():
     def cnn(acc, P):
-        return _find({r["claim"]: r for r in report.claims(acc, _align(), P)}, "CNN")
+        return _find({r["claim"]: r for r in claims.claims(acc, _align(), P)}, "CNN")
 
     P = config.parse({})
     ok = cnn(_acc(), P)  # 1 % → 3 % on bg_conflict, over base and CE; chance 1/50 = 2 %; test unchanged
-    assert ok["verdict"] == report.HOLDS and all(c["ok"] for c in ok["conditions"])
+    assert ok["verdict"] == claims.HOLDS and all(c["ok"] for c in ok["conditions"])
     low = cnn(_acc(), config.parse({"world": {"n_species": 10}}))  # chance 10 %: 3 % is no success
-    assert [c["ok"] for c in low["conditions"] if "chance" in c["rule"]] == [False] and low["verdict"] == report.FAILS
+    assert [c["ok"] for c in low["conditions"] if "chance" in c["rule"]] == [False] and low["verdict"] == claims.FAILS
     hurt = cnn(_acc(cnn_test=-0.05), P)  # bought with 5 points of test
     assert [c["ok"] for c in hurt["conditions"] if "in-distribution" in c["what"]] == [False]
-    assert hurt["verdict"] == report.FAILS
+    assert hurt["verdict"] == claims.FAILS
 
 
 def test_in_distribution_kept_within_tolerance(verdicts):
     row = _find(verdicts, "in-distribution")
-    assert row["verdict"] == report.HOLDS  # −0.5 ± 0.25: above −1 point
+    assert row["verdict"] == claims.HOLDS  # −0.5 ± 0.25: above −1 point
     assert not _cmp(row, "ce")["decides"]
 
 
 def test_colour_dfr_alignment_concept_masks_few_shot_and_untested_claims(verdicts):
-    assert _find(verdicts, "on-object shortcut")["verdict"] == report.HOLDS  # +6 over base, +5 over CE
+    assert _find(verdicts, "on-object shortcut")["verdict"] == claims.HOLDS  # +6 over base, +5 over CE
     dfr = _find(verdicts, "DFR")
-    assert dfr["verdict"] == report.FAILS and _cmp(dfr, "dfr")["mean"] == pytest.approx(0.11 - 0.2)
-    assert _find(verdicts, "semantic parts")["verdict"] == report.HOLDS
-    acc = pd.concat([_acc(), report.ood_mean(_acc())])
-    d = evaluate.paired_difference(acc, "top1", "cft", "cft_fgmask", split="ood_mean", group="all", model="vit")
+    assert dfr["verdict"] == claims.FAILS and _cmp(dfr, "dfr")["mean"] == pytest.approx(0.11 - 0.2)
+    assert _find(verdicts, "semantic parts")["verdict"] == claims.HOLDS
+    acc = pd.concat([_acc(), claims.ood_mean(_acc())])
+    d = intervals.paired_difference(acc, "top1", "cft", "cft_fgmask", split="ood_mean", group="all", model="vit")
     assert _cmp(_find(verdicts, "segmentation"), "cft_fgmask")["mean"] == pytest.approx(d["mean"])
-    assert _find(verdicts, "segmentation")["verdict"] == report.verdict(d)
-    assert _find(verdicts, "suffice")["verdict"] == report.HOLDS  # unseen classes gain on bg_conflict
+    assert _find(verdicts, "segmentation")["verdict"] == claims.verdict(d)
+    assert _find(verdicts, "suffice")["verdict"] == claims.HOLDS  # unseen classes gain on bg_conflict
     mean = _find(verdicts, "on average over the paper's benchmarks")  # the four stand-ins, not the colour split
     assert _cmp(mean, "none")["mean"] == pytest.approx((0.0375 + 0.045 + 0.0375) / 3)
     assert _cmp(mean, "ce")["mean"] == pytest.approx((0.005 + 0.0075 - 0.005) / 3)
-    assert mean["verdict"] == report.FAILS and mean["why"] == "vs base holds, vs CE does not"
+    assert mean["verdict"] == claims.FAILS and mean["why"] == "vs base holds, vs CE does not"
     assert "not compared" in mean["evidence"]
-    no_cnn = report.claims(_acc()[lambda f: f["model"] == "vit"], _align(), config.parse({}))
+    no_cnn = claims.claims(_acc()[lambda f: f["model"] == "vit"], _align(), config.parse({}))
     row = _find({r["claim"]: r for r in no_cnn}, "CNN")
-    assert row["verdict"] == report.UNTESTABLE and "not measured" in row["evidence"]
+    assert row["verdict"] == claims.UNTESTABLE and "not measured" in row["evidence"]
 
 
 def test_claims_json_carries_every_comparison_in_points(tmp_path):
     import json
 
     P = config.parse({})
-    rows = report.write_claims(tmp_path / "claims.md", _acc(), _align(), P, json_path=tmp_path / "claims.json")
+    rows = claims.write_claims(tmp_path / "claims.md", _acc(), _align(), P, json_path=tmp_path / "claims.json")
     j = json.loads((tmp_path / "claims.json").read_text())
-    assert j["counts"][report.HOLDS] == sum(r["verdict"] == report.HOLDS for r in rows)
+    assert j["counts"][claims.HOLDS] == sum(r["verdict"] == claims.HOLDS for r in rows)
     (bg,) = [c for c in j["claims"] if "ImageNet-A" in c["claim"]]
     assert bg["comparisons"][0] | {} == {**bg["comparisons"][0], "versus": "none", "mean": 11.0, "n": 3,
-                                         "verdict": report.HOLDS, "decides": True}
-    assert bg["data"] == "plots/evaluate_accuracy.csv" and "cftlib/report.py" in bg["code"]
+                                         "verdict": claims.HOLDS, "decides": True}
+    assert bg["data"] == "plots/evaluate_accuracy.csv" and "cftlib/report/claims.py" in bg["code"]
     text = (tmp_path / "claims.md").read_text()
     assert "(../plots/evaluate_accuracy.csv)" in text and "does not hold (vs base holds, vs CE does not)" in text
 
@@ -141,35 +143,35 @@ def _epochs(drops):
 
 def test_heldout_alignment_is_the_selected_epoch_against_epoch_zero():
     P = config.parse({})
-    d = report.heldout_alignment(_epochs([0.1, 0.12, 0.11]))
+    d = claims.heldout_alignment(_epochs([0.1, 0.12, 0.11]))
     assert d["n"] == 3 and d["mean"] == pytest.approx(-0.11) and d["base"] == pytest.approx(0.5)
-    assert "**lowers** it" in report.heldout_sentence(d, P)
-    up = report.heldout_alignment(_epochs([-0.1, -0.12, -0.11]))  # "best" by total loss, worse alignment
-    assert up["mean"] == pytest.approx(0.11) and "does **not** lower" in report.heldout_sentence(up, P)
-    spans = report.heldout_alignment(_epochs([0.1, -0.05, 0.04]))  # lower on average, the interval spans zero
-    assert "interval reaches zero" in report.heldout_sentence(spans, P)
-    assert report.heldout_alignment(_epochs([])) is None
+    assert "**lowers** it" in claims.heldout_sentence(d, P)
+    up = claims.heldout_alignment(_epochs([-0.1, -0.12, -0.11]))  # "best" by total loss, worse alignment
+    assert up["mean"] == pytest.approx(0.11) and "does **not** lower" in claims.heldout_sentence(up, P)
+    spans = claims.heldout_alignment(_epochs([0.1, -0.05, 0.04]))  # lower on average, the interval spans zero
+    assert "interval reaches zero" in claims.heldout_sentence(spans, P)
+    assert claims.heldout_alignment(_epochs([])) is None
 
 
 def test_single_seed_decides_on_the_point_estimate():
-    assert report.verdict({"mean": 0.02, "ci": float("nan"), "n": 1}) == report.HOLDS
-    assert report.verdict({"mean": 0.02, "ci": 0.03, "n": 3}) == report.FAILS
-    assert report.verdict(None) == report.UNTESTABLE
-    assert report.verdict({"mean": float("nan"), "ci": float("nan"), "n": 0}) == report.UNTESTABLE
+    assert claims.verdict({"mean": 0.02, "ci": float("nan"), "n": 1}) == claims.HOLDS
+    assert claims.verdict({"mean": 0.02, "ci": 0.03, "n": 3}) == claims.FAILS
+    assert claims.verdict(None) == claims.UNTESTABLE
+    assert claims.verdict({"mean": float("nan"), "ci": float("nan"), "n": 0}) == claims.UNTESTABLE
 
 
 def test_tables_and_report_text(tmp_path):
     P = config.parse({"finetune": {"lr": 0.0005}})
-    s = evaluate.summarise(_acc()[lambda f: (f["group"] == "all") & (f["model"] == "vit")], ["arm", "split"], ["top1"])
-    t = report.pivot(s, "arm", "split", "top1", order=list(SPLITS))
+    s = intervals.summarise(_acc()[lambda f: (f["group"] == "all") & (f["model"] == "vit")], ["arm", "split"], ["top1"])
+    t = tables.pivot(s, "arm", "split", "top1", order=list(SPLITS))
     assert list(t.columns) == list(SPLITS) and list(t.index) == ["none", "ce", "dfr", "cft", "cft_fgmask", "robustvit"]
     assert t.loc["none", "test"] == "90.0 ± 0.0" and t.loc["cft", "bg_conflict"] == "61.0 ± 2.5"
-    report.write_table(t, tmp_path / "acc", "Top-1")
+    tables.write_table(t, tmp_path / "acc", "Top-1")
     assert (tmp_path / "acc.md").read_text().startswith("# Top-1\n\n| arm | test |")
     assert pd.read_csv(tmp_path / "acc.csv").shape == (6, 7)
-    rows = report.write_claims(tmp_path / "claims.md", _acc(), _align(), P)
+    rows = claims.write_claims(tmp_path / "claims.md", _acc(), _align(), P)
     text = (tmp_path / "claims.md").read_text()
-    assert f"**{sum(r['verdict'] == report.HOLDS for r in rows)} hold," in text
+    assert f"**{sum(r['verdict'] == claims.HOLDS for r in rows)} hold," in text
     assert "lr 0.0005" in text and "## Deviations from the official code" in text
 
 
@@ -178,10 +180,10 @@ def test_metrics_json_has_means_intervals_and_null_for_one_seed():
 
     acc = _acc()
     one = acc[(acc["seed"] == 0) & (acc["model"] == "vit")]
-    s = evaluate.summarise(one, ["model", "arm", "split", "group"], ["top1", "top5"])
-    g = evaluate.summarise(evaluate.gaps_frame(one), ["model", "arm", "split"], ["gap"])
-    a = evaluate.summarise(_align()[lambda f: f["seed"] == 0], ["model", "arm", "split"], ["concept_mass"])
-    m = json.loads(json.dumps(report.metrics(s, g, a), allow_nan=False))
+    s = intervals.summarise(one, ["model", "arm", "split", "group"], ["top1", "top5"])
+    g = intervals.summarise(accuracy.gaps_frame(one), ["model", "arm", "split"], ["gap"])
+    a = intervals.summarise(_align()[lambda f: f["seed"] == 0], ["model", "arm", "split"], ["concept_mass"])
+    m = json.loads(json.dumps(tables.metrics(s, g, a), allow_nan=False))
     assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.6, "top1_ci": None, "top5": 1.0, "top5_ci": None}
     assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(BASE["test"] + GAIN["test"][0] - BASE["bg_conflict"] - GAIN["bg_conflict"][0])
     assert m["vit"]["cft"]["alignment"]["test"]["concept_mass"] == pytest.approx(0.4)
@@ -192,8 +194,8 @@ def test_usage_table_lists_each_classes_concept_parts_per_arm():
                                mass=m + 0.1 * (arm == "cft"), images=2)
                           for arm in ("none", "cft") for s in range(2) for label, part, m in
                           ((0, "beak", 0.1), (0, "wing", 0.2), (0, "background", 0.7), (1, "tail", 0.3))])
-    t = report.usage_table(usage, [["beak", "wing"], ["tail", "all"]], ["finch", "wren"], "bg_conflict")
+    t = tables.usage_table(usage, [["beak", "wing"], ["tail", "all"]], ["finch", "wren"], "bg_conflict")
     assert list(t.columns) == ["images", "none", "cft"]
     assert t.loc["finch", "none"] == "beak 10.0 · wing 20.0" and t.loc["finch", "cft"] == "beak 20.0 · wing 30.0"
     assert t.loc["wren", "cft"] == "tail 40.0" and t.loc["wren", "images"] == 2
-    assert report.usage_table(usage.iloc[:0], [], [], "bg_conflict").empty
+    assert tables.usage_table(usage.iloc[:0], [], [], "bg_conflict").empty

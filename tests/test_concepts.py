@@ -7,8 +7,11 @@ import time
 
 import pytest
 
-from cftlib import concepts, config, grounding, hub, world
+from cftlib import concepts
 from cftlib.concepts import ClassInfo, ConceptError
+from cftlib.core import config, hub
+from cftlib.core.io import CorruptFile
+from cftlib.data import world
 
 
 def _cfg(**kw):
@@ -31,7 +34,7 @@ def test_fieldguide_recovers_every_species_parts(small_world):
         want = {world.PHRASES[p][a] for p, a in entry["parts"].items() if a != "none"}
         texts = {k["text"] for k in c["concepts"]}
         assert texts == want, entry["name"]
-        assert {grounding.concept_part(t) for t in texts} == {p for p, a in entry["parts"].items() if a != "none"}
+        assert {world.concept_part(t) for t in texts} == {p for p, a in entry["parts"].items() if a != "none"}
         assert not any(w in t.split() for t in texts for w in entry["name"].split()), "species name leaked"
 
 
@@ -282,8 +285,6 @@ def test_bad_bank_errors_name_the_class_and_field(edit, match):
 
 
 def test_bank_file_that_is_not_json_or_missing(tmp_path):
-    from cftlib.io import CorruptFile
-
     bank = tmp_path / "bank.json"
     for content, what in ((b'{"schema": ', r"not valid JSON \(line 1, column 12"),
                           ('{"cub_birds": [["bec", 1]]}'.encode("latin-1").replace(b"bec", b"b\xe9c"),

@@ -4,9 +4,9 @@ import re
 
 import pytest
 import yaml
-
-from cftlib import config
 from conftest import ROOT
+
+from cftlib.core import config
 
 
 @pytest.mark.parametrize("path", ["params.yaml", "profiles/smoke.yaml"])

@@ -10,9 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from cftlib import benchmarks, config, evaluate, figures, report
 from conftest import ROOT
+
+from cftlib.core import config
+from cftlib.data import datasets
+from cftlib.metrics import accuracy, alignment, intervals
+from cftlib.models import factory
+from cftlib.report import claims, figures, tables
+from cftlib.stages import benchmarks, evaluate
 
 GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_a": [0.10, 0.12, 0.11], "objectnet": [0.02, -0.03, 0.01]}
 BASE = {"imagenet_val": 0.8, "imagenet_a": 0.3, "objectnet": 0.5}
@@ -26,7 +31,7 @@ def P():
 
 
 def _results():
-    """Rows of `python -m cftlib.benchmarks`: vit none/ce/cft/cft_fgmask and cnn none/ce/cft, 3 seeds; CE gains
+    """Rows of `python -m cftlib.stages.benchmarks`: vit none/ce/cft/cft_fgmask and cnn none/ce/cft, 3 seeds; CE gains
     0.01 · seed everywhere."""
     rows = []
     for (model, arm), seed, bench, protocol, group in itertools.product(
@@ -35,12 +40,12 @@ def _results():
         rows.append(dict(model=model, arm=arm, seed=seed, benchmark=bench, protocol=protocol, group=group, images=10,
                          top1=top1, top5=0.9, method=None, pixAcc=None, mIoU=None, mAP=None))
         if bench == "imagenet_val" and protocol == "chefer" and group == "all":
-            rows.append(dict(model=model, arm=arm, seed=seed, benchmark=benchmarks.SEGMENTATION, protocol="chefer",
+            rows.append(dict(model=model, arm=arm, seed=seed, benchmark=datasets.SEGMENTATION, protocol="chefer",
                              group="all", images=4, top1=None, top5=None, method="attnlrp",
                              pixAcc=0.7 + 0.1 * (arm == "cft"), mIoU=0.5 + 0.01 * seed, mAP=0.8))
-            rows += [dict(model=model, arm=arm, seed=seed, benchmark=evaluate.MASKS_SPLIT, protocol=None, group="all",
+            rows += [dict(model=model, arm=arm, seed=seed, benchmark=alignment.MASKS_SPLIT, protocol=None, group="all",
                           images=2, method="attnlrp", label=label, part=part, mass=0.25 + 0.1 * (arm == "cft"))
-                     for label in (3, 7) for part in ("long beak", evaluate.ANY_CONCEPT)]
+                     for label in (3, 7) for part in ("long beak", alignment.ANY_CONCEPT)]
     return pd.DataFrame(rows, columns=list(benchmarks.RESULTS))
 
 
@@ -58,26 +63,26 @@ def test_frames_have_the_worlds_columns(frames):
     assert np.allclose(others["top1"], acc["top1"] + 0.05)  # the standard rows, in the same order
     assert list(others.columns) == ["model", "arm", "seed", "protocol", "split", "group", "top1", "top5"]
     assert set(others["protocol"]) == {"standard"}
-    assert list(align.columns) == ["model", "arm", "seed", "split", "method", *evaluate.ALIGNMENT]
-    assert set(align["split"]) == {benchmarks.SEGMENTATION} and len(align) == len(ARMS) * 3
-    assert align[list(evaluate.ALIGNMENT[3:])].isna().all().all() and align["pixAcc"].notna().all()
-    assert list(usage.columns) == evaluate.USAGE_COLUMNS and len(usage) == len(ARMS) * 3 * 2 * 2
-    assert set(usage["split"]) == {evaluate.MASKS_SPLIT} and usage["label"].dtype.kind == "i"
-    tab = report.usage_table(usage, None, [f"class {i}" for i in range(10)], evaluate.MASKS_SPLIT)
+    assert list(align.columns) == ["model", "arm", "seed", "split", "method", *alignment.ALIGNMENT]
+    assert set(align["split"]) == {datasets.SEGMENTATION} and len(align) == len(ARMS) * 3
+    assert align[list(alignment.ALIGNMENT[3:])].isna().all().all() and align["pixAcc"].notna().all()
+    assert list(usage.columns) == alignment.USAGE_COLUMNS and len(usage) == len(ARMS) * 3 * 2 * 2
+    assert set(usage["split"]) == {alignment.MASKS_SPLIT} and usage["label"].dtype.kind == "i"
+    tab = tables.usage_table(usage, None, [f"class {i}" for i in range(10)], alignment.MASKS_SPLIT)
     assert tab.loc["class 3", "cft"] == "long beak 35.0 · any concept 35.0" and tab.loc["class 7", "images"] == 2
 
 
 def test_roles_world_and_paper(P):
-    w = evaluate.roles(config.parse({}))
+    w = accuracy.roles(config.parse({}))
     assert (w.reference, w.focus, w.chance) == ("test", "bg_conflict", 1 / 50) and "test" not in w.ood
-    p = evaluate.roles(P)
+    p = accuracy.roles(P)
     assert p.reference == "imagenet_val" and p.splits[0] == "imagenet_val" and p.focus == "imagenet_a"
     assert p.ood == [b for b in P.evaluate.benchmarks if b != "imagenet_val"] and p.chance is None
 
 
 def test_gaps_against_imagenet_val(frames, P):
     acc = frames[0]
-    gaps = evaluate.gaps_frame(acc, "imagenet_val", ["imagenet_a", "objectnet"])
+    gaps = accuracy.gaps_frame(acc, "imagenet_val", ["imagenet_a", "objectnet"])
     assert set(gaps["split"]) == {"imagenet_a", "objectnet"} and len(gaps) == len(ARMS) * 3 * 2
     g = gaps.set_index(["model", "arm", "seed", "split"])["gap"]
     assert g[("vit", "cft", 1, "imagenet_a")] == pytest.approx(BASE["imagenet_val"] + GAIN["imagenet_val"][1] - BASE["imagenet_a"] - GAIN["imagenet_a"][1])
@@ -100,29 +105,29 @@ def _paper_params(**evaluate_):
 def test_claims_on_the_benchmarks(frames, tmp_path):
     acc, _, align, _ = frames
     P = _paper_params(benchmarks={b: f"/data/{b}" for b in GAIN})
-    rows = {r["claim"]: r for r in report.claims(acc, align, P)}
+    rows = {r["claim"]: r for r in claims.claims(acc, align, P)}
 
     def find(text):
         (row,) = [r for c, r in rows.items() if text in c]
         return row
 
-    assert find("OOD accuracy on ImageNet-A")["verdict"] == report.HOLDS  # +11 ± 2.5 over the base, +10 over CE
-    assert find("OOD accuracy on ObjectNet")["verdict"] == report.FAILS  # 0 ± 6.3
+    assert find("OOD accuracy on ImageNet-A")["verdict"] == claims.HOLDS  # +11 ± 2.5 over the base, +10 over CE
+    assert find("OOD accuracy on ObjectNet")["verdict"] == claims.FAILS  # 0 ± 6.3
     assert "not measured" in find("OOD accuracy on ImageNet-A")["evidence"]  # no robustvit arm
-    assert find("in-distribution accuracy (ImageNet val)")["verdict"] == report.HOLDS
+    assert find("in-distribution accuracy (ImageNet val)")["verdict"] == claims.HOLDS
     part = find("semantic parts")
-    assert part["verdict"] == report.UNTESTABLE and "not testable at this scale" in part["evidence"]
+    assert part["verdict"] == claims.UNTESTABLE and "not testable at this scale" in part["evidence"]
     assert "pixAcc on `imagenet_segmentation`, CFT − base: +10.0" in part["evidence"]
-    d = evaluate.paired_difference(pd.concat([acc, report.ood_mean(acc, ["imagenet_a", "objectnet"])]), "top1", "cft",
+    d = intervals.paired_difference(pd.concat([acc, claims.ood_mean(acc, ["imagenet_a", "objectnet"])]), "top1", "cft",
                                    "cft_fgmask", split="ood_mean", group="all")
     assert d["mean"] == pytest.approx(np.mean([(GAIN["imagenet_a"][i] + GAIN["objectnet"][i]) / 2 for i in range(3)]))
-    assert find("segmentation (foreground) masks")["verdict"] == report.verdict(d)
-    assert find("suffice")["verdict"] == report.HOLDS and "ImageNet-A top-1 on the unseen classes" in find("suffice")["evidence"]
-    assert find("CNN")["verdict"] == report.HOLDS
+    assert find("segmentation (foreground) masks")["verdict"] == claims.verdict(d)
+    assert find("suffice")["verdict"] == claims.HOLDS and "ImageNet-A top-1 on the unseen classes" in find("suffice")["evidence"]
+    assert find("CNN")["verdict"] == claims.HOLDS
     mean = find("on average over the paper's benchmarks")  # ImageNet-A and ObjectNet: +5.5 over the base, +4.5 over CE
-    assert mean["verdict"] == report.HOLDS and "ImageNet-A, ObjectNet" in mean["evidence"]
+    assert mean["verdict"] == claims.HOLDS and "ImageNet-A, ObjectNet" in mean["evidence"]
     assert len(rows) == 2 + 6  # one claim per OOD benchmark, then the six others
-    report.write_claims(tmp_path / "claims.md", acc, align, P)
+    claims.write_claims(tmp_path / "claims.md", acc, align, P)
     text = (tmp_path / "claims.md").read_text()
     assert "Accuracy under the `chefer` protocol." in text and "synthetic bird world" not in text
     assert "pretrained `vit_b`" in text
@@ -130,17 +135,17 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
 
 def test_tables_and_metrics_from_the_paper_frames(frames, tmp_path):
     acc, others, align, _ = frames
-    s = evaluate.summarise(acc, ["model", "arm", "split", "group"], ["top1", "top5"])
-    t = report.main_table(s, list(GAIN))
+    s = intervals.summarise(acc, ["model", "arm", "split", "group"], ["top1", "top5"])
+    t = tables.main_table(s, list(GAIN))
     assert list(t.columns) == list(GAIN) and t.loc["vit / cft", "imagenet_a"] == "41.0 ± 2.5"
-    metrics = [m for m in evaluate.ALIGNMENT if align[m].notna().any()]
+    metrics = [m for m in alignment.ALIGNMENT if align[m].notna().any()]
     assert metrics == ["pixAcc", "mIoU", "mAP"]
-    a = evaluate.summarise(align, ["model", "arm", "split"], metrics)
-    assert report.table(a, metrics, ["split"]).shape == (len(ARMS), 3)
-    assert report.table(evaluate.summarise(acc.iloc[:0], ["arm"], ["top1"]), ["top1"], ["split"]).empty
-    g = evaluate.summarise(evaluate.gaps_frame(acc, "imagenet_val", ["imagenet_a"]), ["model", "arm", "split"], ["gap"])
-    m = json.loads(json.dumps(report.metrics(s, g, a), allow_nan=False))
-    assert set(m["vit"]["cft"]["alignment"][benchmarks.SEGMENTATION]) >= {"pixAcc", "mIoU_ci"}
+    a = intervals.summarise(align, ["model", "arm", "split"], metrics)
+    assert tables.table(a, metrics, ["split"]).shape == (len(ARMS), 3)
+    assert tables.table(intervals.summarise(acc.iloc[:0], ["arm"], ["top1"]), ["top1"], ["split"]).empty
+    g = intervals.summarise(accuracy.gaps_frame(acc, "imagenet_val", ["imagenet_a"]), ["model", "arm", "split"], ["gap"])
+    m = json.loads(json.dumps(tables.metrics(s, g, a), allow_nan=False))
+    assert set(m["vit"]["cft"]["alignment"][datasets.SEGMENTATION]) >= {"pixAcc", "mIoU_ci"}
 
 
 def test_figures_at_paper_scale(frames, tmp_path):
@@ -148,12 +153,12 @@ def test_figures_at_paper_scale(frames, tmp_path):
     splits = list(GAIN)
     figures.save(figures.arm_bars(acc[acc["group"] == "all"], "top1", splits, title="top-1 per benchmark"),
                  tmp_path / "accuracy.png")
-    gaps = evaluate.gaps_frame(acc, "imagenet_val", splits[1:])
+    gaps = accuracy.gaps_frame(acc, "imagenet_val", splits[1:])
     figures.save(figures.arm_bars(gaps, "gap", splits), tmp_path / "gaps.png")
     figures.save(figures.alignment_bars(align[align["model"] == "vit"], ["pixAcc", "mIoU", "mAP"]), tmp_path / "al.png")
     figures.save(figures.alignment_bars(align.iloc[:0], []), tmp_path / "none.png")  # no segmentation configured
     figures.save(figures.arm_bars(gaps.iloc[:0], "gap", splits), tmp_path / "empty.png")
-    figures.save(figures.part_usage(usage, evaluate.MASKS_SPLIT, parts=[evaluate.ANY_CONCEPT, evaluate.ELSEWHERE]),
+    figures.save(figures.part_usage(usage, alignment.MASKS_SPLIT, parts=[alignment.ANY_CONCEPT, alignment.ELSEWHERE]),
                  tmp_path / "usage.png")
     for f in ("accuracy", "gaps", "al", "none", "empty", "usage"):
         assert (tmp_path / f"{f}.png").read_bytes()[:4] == b"\x89PNG"
@@ -163,21 +168,19 @@ def test_benchmark_grid_shows_image_and_two_maps(tmp_path):
     import torch
     from PIL import Image
 
-    from cftlib import models
-
-    syn = benchmarks.imagenet_synsets()
+    syn = datasets.imagenet_synsets()
     for c in (3, 4):
         (tmp_path / syn[c]).mkdir()
         Image.new("RGB", (30, 24), (40 * c, 0, 0)).save(tmp_path / syn[c] / "0.png")
-    bench = benchmarks.imagenet_val(tmp_path)
+    bench = datasets.imagenet_val(tmp_path)
     torch.manual_seed(0)
-    vit = models.build_model("vit_tiny_patch16_224", 1000, 224, patch_size=32, embed_dim=16, depth=1, num_heads=2)
+    vit = factory.build_model("vit_tiny_patch16_224", 1000, 224, patch_size=32, embed_dim=16, depth=1, num_heads=2)
     with torch.no_grad():  # a head that answers each image's class: every prediction right
         vit.head.weight.zero_()
         vit.head.bias.zero_()
         vit.head.bias[3] = 1.0
-    fig = figures.benchmark_grid(vit, vit, bench.take([0]), 2, benchmarks.imagenet_names(), "attnlrp")
+    fig = figures.benchmark_grid(vit, vit, bench.take([0]), 2, datasets.imagenet_names(), "attnlrp")
     assert fig.axes[0].get_title() == "tiger shark" and len(fig.axes) == 3  # image | base | CFT
     assert fig.axes[2].get_title().startswith("CFT: tiger shark ✓")
-    wrong = figures.benchmark_grid(vit, vit, bench.take([1]), 2, benchmarks.imagenet_names(), "attnlrp")
+    wrong = figures.benchmark_grid(vit, vit, bench.take([1]), 2, datasets.imagenet_names(), "attnlrp")
     assert len(wrong.axes) == 1  # neither model right: a note

@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 import yaml
-
-from cftlib import finetune, headline, nbrun
 from conftest import ROOT
+
+from cftlib.report import headline
+from cftlib.stages import finetune, nbrun
 
 
 def _outs(stage: dict) -> list[str]:
@@ -68,7 +69,6 @@ def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_pat
     """Notebooks 04 and 05 on a tiny paper-scale tree (test_benchmarks._paper_tree: ImageNet val, -A, ObjectNet,
     ImageNet-Segmentation fakes, tiny timm runs): every declared output written, from the benchmarks."""
     import pandas as pd
-
     from test_benchmarks import _paper_tree
 
     flags = _paper_tree(tmp_path)

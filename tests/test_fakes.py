@@ -9,7 +9,9 @@ import pytest
 import torch
 from fakes import CLASSES, N_CONCEPTS, RESNET_KWARGS, TRAIN_IMAGES, VIT_KWARGS, class_infos, paper_params
 
-from cftlib import benchmarks, config, fewshot
+from cftlib import concepts, grounding
+from cftlib.core import config
+from cftlib.data import datasets, fewshot
 
 INDICES = [c[0] for c in CLASSES]
 
@@ -27,7 +29,7 @@ def test_imagenet_train_folder_is_wnid_folders_of_non_square_images(paper_fakes)
 @pytest.mark.parametrize("name", config.BENCHMARKS)
 def test_every_benchmark_loader_reads_its_fake(paper_fakes, name):
     roots = paper_params(paper_fakes)["evaluate"]["benchmarks"]
-    b = benchmarks.load(name, roots[name])
+    b = datasets.load(name, roots[name])
     extra = {409} if name == "objectnet" else set()  # alarm_clock: analog clock (409); digital clock (530)
     expected = {c[0] for c in CLASSES if name != "objectnet" or c[3]} | extra
     assert set(b.labels.tolist()) == expected and all(p.is_file() for p in b.paths)
@@ -36,15 +38,15 @@ def test_every_benchmark_loader_reads_its_fake(paper_fakes, name):
 
 
 def test_objectnet_fake_maps_through_all_four_files(paper_fakes):
-    b = benchmarks.load("objectnet", paper_fakes["objectnet"])
-    mapping = benchmarks.objectnet_mapping(paper_fakes["objectnet"] / "mappings")
+    b = datasets.load("objectnet", paper_fakes["objectnet"])
+    mapping = datasets.objectnet_mapping(paper_fakes["objectnet"] / "mappings")
     assert mapping == {"alarm_clock": [409, 530], "banana": [954], "candle": [470], "lemon": [951]}
     assert not any("air_freshener" in str(p) for p in b.paths)  # an unmapped folder is left out
     assert b.border == 1 and b.accepted[b.labels.tolist().index(409)] == (409, 530)
 
 
 def test_segmentation_fake_reads_as_images_with_object_masks(paper_fakes):
-    pairs = list(benchmarks.segmentation(paper_fakes["segmentation"]))
+    pairs = list(datasets.segmentation(paper_fakes["segmentation"]))
     assert len(pairs) == 4
     for k, (img, gt) in enumerate(pairs):
         assert img.shape == (224, 224, 3) and gt.shape == (224, 224) and 0.03 < gt.mean() < 0.6
@@ -54,7 +56,6 @@ def test_segmentation_fake_reads_as_images_with_object_masks(paper_fakes):
 
 def test_paper_params_pass_the_config_check_and_keep_the_profile(paper_fakes):
     import yaml
-
     from conftest import ROOT
 
     params = paper_params(paper_fakes)
@@ -72,8 +73,6 @@ def test_paper_params_pass_the_config_check_and_keep_the_profile(paper_fakes):
 
 
 def test_tiny_llm_gives_the_proposer_each_class_its_concepts(paper_fakes, tmp_path):
-    from cftlib import concepts
-
     params = paper_params(paper_fakes)
     params["concepts"]["llm"]["cache_dir"] = str(tmp_path / "cache")
     cfg = config.parse(params).concepts
@@ -83,8 +82,6 @@ def test_tiny_llm_gives_the_proposer_each_class_its_concepts(paper_fakes, tmp_pa
 
 
 def test_tiny_groundingsam_loads_and_grounds_a_fake_image(paper_fakes):
-    from cftlib import grounding
-
     P = config.parse(paper_params(paper_fakes))
     g = grounding.GroundingSAM(P.masks.groundingsam)
     img = fewshot.load_image(fewshot.list_folder(paper_fakes["imagenet_train"])[0][0])
@@ -93,7 +90,7 @@ def test_tiny_groundingsam_loads_and_grounds_a_fake_image(paper_fakes):
 
 @pytest.mark.parametrize("name, kwargs", [("vit_b", VIT_KWARGS), ("resnet50", RESNET_KWARGS)])
 def test_zoo_builds_the_fake_pretrained_weights(paper_fakes, name, kwargs):
-    zoo = pytest.importorskip("cftlib.zoo")
+    zoo = pytest.importorskip("cftlib.models.zoo")
 
     model = zoo.build(name, weights=str(paper_fakes[name]), num_classes=1000, **kwargs)
     saved = torch.load(paper_fakes[name], weights_only=True)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cftlib import concepts, fewshot
-from cftlib.benchmarks import imagenet_synsets
+from cftlib import concepts
+from cftlib.data import fewshot
+from cftlib.data.datasets import imagenet_synsets
 
 
 def _folder(root, names):

@@ -5,11 +5,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from cftlib import evaluate, figures
+from cftlib.metrics import intervals
+from cftlib.report import figures
 
 
 def _frame():
@@ -28,7 +30,7 @@ def test_paired_differences_are_drawn_in_points_with_their_intervals():
     base, ce = ax.containers  # one errorbar series per pair, in the order given
     assert base.lines[0].get_ydata() == pytest.approx([-1.0, 11.0])
     assert ce.lines[0].get_ydata() == pytest.approx([-3.0, 9.0])
-    d = evaluate.paired_difference(frame, "top1", "cft", "none", split="bg_conflict", model="vit")
+    d = intervals.paired_difference(frame, "top1", "cft", "none", split="bg_conflict", model="vit")
     segment = base.lines[2][0].get_segments()[1]  # the whisker of bg_conflict
     assert segment[:, 1] == pytest.approx([100 * (d["mean"] - d["ci"]), 100 * (d["mean"] + d["ci"])])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cft − none", "cft − ce"]
@@ -55,3 +57,11 @@ def test_part_usage_heatmap_shows_the_mean_share_per_arm_and_part():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["20.0", "80.0", "60.0", "40.0"]  # rows none, cft; columns beak, background
     assert "no part masks" in figures.part_usage(usage, "test").axes[0].texts[0].get_text()
+
+
+def test_save_writes_the_file_and_closes_the_figure_so_a_notebook_shows_it_once(tmp_path):
+    fig = figures.note("hello")
+    assert plt.fignum_exists(fig.number)
+    got = figures.save(fig, tmp_path / "f.png", dpi=50)
+    assert got is fig and not plt.fignum_exists(fig.number)  # the inline backend shows open figures only
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

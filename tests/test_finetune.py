@@ -14,10 +14,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-from cftlib import concepts, config, dfr, fewshot, finetune, grounding, models, pretrain, world
-from cftlib.grounding import GroundingError
 from conftest import ROOT
+
+from cftlib import concepts, grounding
+from cftlib.core import config, launch
+from cftlib.data import fewshot, maskstore, world
+from cftlib.grounding import GroundingError
+from cftlib.models import checkpoints
+from cftlib.stages import finetune, nbrun
+from cftlib.training import dfr, pretrain, runspec, trainer
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +34,11 @@ def project(tmp_path_factory, small_world, smoke_params):
     concepts.save(bank, root / "data" / "concepts")
     pool = fewshot.Pool("world", world_dir)
     sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, seed)
-    grounding.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed), {})
+    maskstore.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed), {})
     for b in range(P.bases.seeds):  # random tiny bases where the world stage puts its trained ones
         for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
             model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
-            models.save_checkpoint(pretrain.base_path(root / "bases", role, b), model, build)
+            checkpoints.save_checkpoint(pretrain.base_path(root / "bases", role, b), model, build)
     shutil.copy(ROOT / "profiles" / "smoke.yaml", root / "params.yaml")
     shutil.copytree(world_dir, root / "data" / "world")
     return root
@@ -57,7 +62,7 @@ def _batch(data, n=4):
 
 
 def _vit(root):
-    return models.load_checkpoint(pretrain.base_path(root / "bases", "vit", 0))[0]
+    return checkpoints.load_checkpoint(pretrain.base_path(root / "bases", "vit", 0))[0]
 
 
 # ----------------------------------------------------------------------------- one step
@@ -67,28 +72,28 @@ def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
     P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=dataclasses.replace(config.FinetuneCNN(), arms=[]))
     cfg = dataclasses.replace(P.finetune, relevance=method)
     model, (x, m, y) = _vit(project), _batch(data)
-    arm = finetune.ARMS["cft"]
-    before = finetune.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
+    arm = runspec.ARMS["cft"]
+    before = trainer.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # a step along the gradient (Adam's first is sign-like)
-    row = finetune.train_step(model, opt, arm, x, m, y, len(y), cfg, method, torch.autocast("cpu", enabled=False))
-    after = finetune.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
+    row = trainer.train_step(model, opt, arm, x, m, y, len(y), cfg, method, torch.autocast("cpu", enabled=False))
+    after = trainer.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
     assert not row["skipped"] and after < before
 
 
 def test_one_step_lowers_the_alignment_loss_of_the_cnn_on_gradcam(project):
     P, _, data, bases = _setup(project, arms=[], seeds=1)
-    model, (x, m, y), arm = bases["cnn", 0][0], _batch(data), finetune.ARMS["cft"]
+    model, (x, m, y), arm = bases["cnn", 0][0], _batch(data), runspec.ARMS["cft"]
     cfg = P.finetune
-    before = finetune.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item()
+    before = trainer.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
-    finetune.train_step(model, opt, arm, x, m, y, len(y), cfg, "gradcam", torch.autocast("cpu", enabled=False))
-    assert finetune.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item() < before
+    trainer.train_step(model, opt, arm, x, m, y, len(y), cfg, "gradcam", torch.autocast("cpu", enabled=False))
+    assert trainer.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item() < before
 
 
 def test_ce_arm_step_is_plain_cross_entropy(project):
     P, _, data, _ = _setup(project, arms=["ce"], seeds=1)
     (x, m, y), a, b = _batch(data), _vit(project), _vit(project)
-    finetune.train_step(a, torch.optim.SGD(a.parameters(), lr=1.0), finetune.ARMS["ce"], x, m, y, len(y), P.finetune,
+    trainer.train_step(a, torch.optim.SGD(a.parameters(), lr=1.0), runspec.ARMS["ce"], x, m, y, len(y), P.finetune,
                         "attnlrp", torch.autocast("cpu", enabled=False))
     F.cross_entropy(b(x), y).backward()
     torch.optim.SGD(b.parameters(), lr=1.0).step()
@@ -100,23 +105,23 @@ def test_augmentation_moves_image_and_mask_together():
     gen = torch.Generator().manual_seed(0)
     m = (torch.rand(6, 1, 16, 16) > 0.5).float()
     x = m.expand(-1, 3, -1, -1).clone()  # the mask drawn into the image
-    xa, ma = finetune.augment(x, m, gen, 8 / 7, True)
+    xa, ma = trainer.augment(x, m, gen, 8 / 7, True)
     assert xa.shape == x.shape and torch.allclose(xa[:, :1], ma) and not torch.equal(ma, m)
 
 
 def test_lr_decays_by_the_official_step():
     cfg = config.Finetune()
-    assert [finetune.lr_at(e, 1.0, cfg) for e in range(5)] == [1.0, 1.0, 0.85, 0.85, 0.85 ** 2]
+    assert [trainer.lr_at(e, 1.0, cfg) for e in range(5)] == [1.0, 1.0, 0.85, 0.85, 0.85 ** 2]
 
 
 # ----------------------------------------------------------------------------- runs
 
 def _fit(root, spec, out, **kw):
     P, _, data, bases = _setup(root, **kw)
-    return finetune.fit(spec, *bases[spec.model, spec.base], data, P.finetune, out), data
+    return trainer.fit(spec, *bases[spec.model, spec.base], data, P.finetune, out), data
 
 
-SPEC = finetune.RunSpec("vit", "cft", 0, "attnlrp", 1e-4)
+SPEC = runspec.RunSpec("vit", "cft", 0, "attnlrp", 1e-4)
 
 
 def test_run_folder_layout_and_reuse(project, tmp_path):
@@ -124,11 +129,11 @@ def test_run_folder_layout_and_reuse(project, tmp_path):
     folder = SPEC.folder(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "epochs.csv", "history.csv", "last.pt", "run.json"]
     hist, ep = pd.read_csv(folder / "history.csv"), pd.read_csv(folder / "epochs.csv")
-    assert list(hist.columns) == list(finetune.STEP_COLUMNS) and list(ep.columns) == list(finetune.EPOCH_COLUMNS)
+    assert list(hist.columns) == list(trainer.STEP_COLUMNS) and list(ep.columns) == list(trainer.EPOCH_COLUMNS)
     assert ep["epoch"].tolist() == [0, 1, 2, 3] and len(hist) == 3 * 2 == s["steps"]  # 6 images, batch 4
     trained = ep[ep["epoch"] > 0]  # selection: lowest val loss, later epochs winning ties (official <=)
     assert s["best_epoch"] == trained["epoch"][trained["val_loss"] == trained["val_loss"].min()].max()
-    model, cfg = models.load_checkpoint(folder / "best.pt")
+    model, cfg = checkpoints.load_checkpoint(folder / "best.pt")
     assert cfg["run"]["arm"] == "cft" and cfg["epoch"] == s["best_epoch"]
     assert json.loads((folder / "run.json").read_text())["counts"]["train"]["images"] == 6
     stamp = (folder / "run.json").stat().st_mtime_ns
@@ -139,19 +144,19 @@ def test_run_folder_layout_and_reuse(project, tmp_path):
 
 
 def test_none_arm_is_the_base_model(project, tmp_path):
-    spec = finetune.RunSpec("vit", "none", 0, "attnlrp", 1e-4)
+    spec = runspec.RunSpec("vit", "none", 0, "attnlrp", 1e-4)
     s, _ = _fit(project, spec, tmp_path)
     base = _vit(project).state_dict()
-    best = models.load_checkpoint(spec.folder(tmp_path) / "best.pt")[0].state_dict()
+    best = checkpoints.load_checkpoint(spec.folder(tmp_path) / "best.pt")[0].state_dict()
     assert s["steps"] == 0 and all(torch.equal(base[k], best[k]) for k in base)
 
 
 def test_dfr_arm_is_the_base_with_its_head_refitted_on_the_dfr_split(project, tmp_path):
-    spec = finetune.RunSpec("vit", "dfr", 0, "attnlrp", 1e-4)
+    spec = runspec.RunSpec("vit", "dfr", 0, "attnlrp", 1e-4)
     s, _ = _fit(project, spec, tmp_path)
     base = _vit(project)
     b = base.state_dict()
-    got = models.load_checkpoint(spec.folder(tmp_path) / "best.pt")[0].state_dict()
+    got = checkpoints.load_checkpoint(spec.folder(tmp_path) / "best.pt")[0].state_dict()
     head = {"head.weight", "head.bias"}
     assert s["steps"] == 0 and all(torch.equal(b[k], got[k]) for k in b if k not in head)  # features frozen
     d = world.load_split(project / "data" / "world", "dfr")
@@ -171,7 +176,7 @@ def test_dfr_arm_needs_the_worlds_balanced_split():
 
 def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypatch):
     whole, _ = _fit(project, SPEC, tmp_path / "whole", epochs=3)
-    real, calls = finetune.train_step, []
+    real, calls = trainer.train_step, []
 
     def killed(*args, **kwargs):
         calls.append(1)
@@ -179,24 +184,24 @@ def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "train_step", killed)
+    monkeypatch.setattr(trainer, "train_step", killed)
     with pytest.raises(KeyboardInterrupt):
         _fit(project, SPEC, tmp_path / "killed", epochs=3)
     folder = SPEC.folder(tmp_path / "killed")
     assert (folder / "state.pt").is_file() and not (folder / "run.json").exists()
-    monkeypatch.setattr(finetune, "train_step", real)
+    monkeypatch.setattr(trainer, "train_step", real)
     resumed, _ = _fit(project, SPEC, tmp_path / "killed", epochs=3)
     for name in ("history.csv", "epochs.csv"):
         assert (SPEC.folder(tmp_path / "whole") / name).read_text() == (folder / name).read_text(), name
     for name in ("best.pt", "last.pt"):
-        a = models.load_checkpoint(SPEC.folder(tmp_path / "whole") / name)[0].state_dict()
-        b = models.load_checkpoint(folder / name)[0].state_dict()
+        a = checkpoints.load_checkpoint(SPEC.folder(tmp_path / "whole") / name)[0].state_dict()
+        b = checkpoints.load_checkpoint(folder / name)[0].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert not (folder / "state.pt").exists() and resumed["best_epoch"] == whole["best_epoch"]
 
 
 def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project, tmp_path, monkeypatch):
-    real, calls = finetune.objective, []
+    real, calls = trainer.objective, []
 
     def nan_once(*args, **kwargs):
         terms, logits = real(*args, **kwargs)
@@ -205,7 +210,7 @@ def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project,
             terms["loss"] = terms["loss"] * float("nan")
         return terms, logits
 
-    monkeypatch.setattr(finetune, "objective", nan_once)
+    monkeypatch.setattr(trainer, "objective", nan_once)
     s, _ = _fit(project, SPEC, tmp_path / "once", epochs=2)
     hist = pd.read_csv(SPEC.folder(tmp_path / "once") / "history.csv")
     assert s["nonfinite_steps"] == 1 and hist["skipped"].sum() == 1
@@ -215,11 +220,11 @@ def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project,
         terms["loss"] = terms["loss"] * float("nan")
         return terms, logits
 
-    monkeypatch.setattr(finetune, "objective", always_nan)
-    with pytest.raises(finetune.NonFiniteLoss, match="2 consecutive"):  # within the first epoch's 2 steps
+    monkeypatch.setattr(trainer, "objective", always_nan)
+    with pytest.raises(trainer.NonFiniteLoss, match="2 consecutive"):  # within the first epoch's 2 steps
         _fit(project, SPEC, tmp_path / "always", epochs=3, max_nonfinite=2)
     # fewer steps in an epoch than max_nonfinite: the first epoch, all skipped, stops the run (not "no checkpoint")
-    with pytest.raises(finetune.NonFiniteLoss, match=r"every one of the \d+ training steps so far \(epoch 1\)"):
+    with pytest.raises(trainer.NonFiniteLoss, match=r"every one of the \d+ training steps so far \(epoch 1\)"):
         _fit(project, SPEC, tmp_path / "every", epochs=3, max_nonfinite=10_000)
     assert not (SPEC.folder(tmp_path / "every") / "best.pt").exists()
 
@@ -235,10 +240,10 @@ def test_fewshot_data_respects_the_stores_policy_and_counts_it(project, tmp_path
     (store / "train" / f"{first['id']}.npz").unlink()
     (store / "manifest.json").write_text(json.dumps(manifest))
     pool = fewshot.Pool("world", project / "data" / "world")
-    data = finetune.load_data(store, pool, 3, 32)
+    data = trainer.load_data(store, pool, 3, 32)
     assert data["counts"]["train"]["actions"]["dropped"] == 1 and data["counts"]["train"]["flags"]["empty"] == 1
     assert data["counts"]["train"]["images"] == 5 and first["id"] not in data["train"]["ids"]
-    fewer = finetune.load_data(store, pool, 1, 32)
+    fewer = trainer.load_data(store, pool, 1, 32)
     assert fewer["counts"]["train"]["images"] + fewer["counts"]["train"]["actions"]["dropped"] == 2
 
 
@@ -251,18 +256,18 @@ def test_foreground_masks_are_the_silhouette(project):
 def test_missing_masks_are_clear_errors(project, tmp_path):
     pool = fewshot.Pool("world", project / "data" / "world")
     with pytest.raises(GroundingError, match="no mask store; run the masks stage"):
-        finetune.load_data(tmp_path / "nowhere", pool, 3, 32)
+        trainer.load_data(tmp_path / "nowhere", pool, 3, 32)
     store = tmp_path / "masks"
     shutil.copytree(project / "data" / "masks", store)
     next((store / "train").glob("*.npz")).unlink()
     with pytest.raises(GroundingError, match="missing"):
-        finetune.load_data(store, pool, 3, 32)
+        trainer.load_data(store, pool, 3, 32)
 
 
 def test_k_larger_than_the_images_of_a_class_is_a_clear_error(project, tmp_path):
     pool = fewshot.Pool("world", project / "data" / "world")
-    with pytest.raises(finetune.FinetuneError, match="finetune.k=4.*fewer images of class"):
-        finetune.load_data(project / "data" / "masks", pool, 4, 32)
+    with pytest.raises(runspec.FinetuneError, match="finetune.k=4.*fewer images of class"):
+        trainer.load_data(project / "data" / "masks", pool, 4, 32)
     (tmp_path / "p.yaml").write_text("finetune: {k: 5}\n")
     with pytest.raises(config.ConfigError, match="finetune.k 5 is larger than masks.k 3"):
         config.load(tmp_path / "p.yaml")
@@ -285,19 +290,19 @@ def test_wrong_arm_or_relevance_name_fails_naming_the_key(tmp_path, data, key):
 
 
 def test_wrong_names_fail_in_the_library_too():
-    with pytest.raises(finetune.FinetuneError, match="unknown arm 'cft2'"):
-        finetune.get_arm("cft2")
-    with pytest.raises(finetune.FinetuneError, match="gradcam.*not a vit"):
-        finetune.plan(config.Finetune(relevance="gradcam"), 0)
+    with pytest.raises(runspec.FinetuneError, match="unknown arm 'cft2'"):
+        runspec.get_arm("cft2")
+    with pytest.raises(runspec.FinetuneError, match="gradcam.*not a vit"):
+        runspec.plan(config.Finetune(relevance="gradcam"), 0)
     with pytest.raises(KeyError, match="unknown relevance method 'lrp'"):
-        finetune.plan(config.Finetune(relevance="lrp"), 0)
+        runspec.plan(config.Finetune(relevance="lrp"), 0)
 
 
 def test_plan_is_every_model_arm_base_seed():
-    runs = finetune.plan(config.Finetune(seeds=3), 7)
+    runs = runspec.plan(config.Finetune(seeds=3), 7)
     assert len(runs) == 6 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
     assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
-    runs = finetune.plan(config.Finetune(seeds=2), 7, bases=3)
+    runs = runspec.plan(config.Finetune(seeds=2), 7, bases=3)
     assert len(runs) == (6 + 3) * 3 * 2
     for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, seed) pair
         mine = [(r.base, r.seed) for r in runs if r.model == "vit" and r.arm == arm]
@@ -312,7 +317,7 @@ def _cli(root, out, *extra, nproc=1):
     args = ["--params", "params.yaml", "--masks", "data/masks", "--data", "data/world", "--base", "bases",
             "--out", str(out), "--model", "vit", "--arm", "cft", "--seed", "0", *extra]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-           if nproc > 1 else [sys.executable]) + ["-m", "cftlib.finetune", *args]
+           if nproc > 1 else [sys.executable]) + ["-m", "cftlib.stages.finetune", *args]
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -327,7 +332,7 @@ def test_two_processes_take_the_steps_of_one(project, tmp_path):
     for name in ("history.csv", "epochs.csv"):
         a, b = pd.read_csv(one / name), pd.read_csv(two / name)
         assert np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-4, atol=1e-6, equal_nan=True), name
-    a, b = (models.load_checkpoint(f / "last.pt")[0].state_dict() for f in (one, two))
+    a, b = (checkpoints.load_checkpoint(f / "last.pt")[0].state_dict() for f in (one, two))
     for k in a:
         if k.endswith("attn.qkv.bias"):  # the key bias: zero gradient in exact arithmetic (softmax is shift
             a[k], b[k] = a[k].view(3, -1)[0::2], b[k].view(3, -1)[0::2]  # invariant); Adam scales its noise
@@ -339,8 +344,6 @@ def test_two_processes_take_the_steps_of_one(project, tmp_path):
 def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_world):
     """Notebooks 01-03 on the smoke world (00's outputs made by the fixture): runs, plots, metrics, figures, and
     a byte-identical executed notebook when re-run (finished runs are reused, their files unchanged)."""
-    from cftlib import nbrun
-
     proj = tmp_path / "proj"
     shutil.copytree(ROOT / "notebooks", proj / "notebooks")
     shutil.copy(ROOT / "profiles" / "smoke.yaml", proj / "params.yaml")
@@ -349,7 +352,7 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
     for b in range(P.bases.seeds):
         for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
             model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
-            models.save_checkpoint(pretrain.base_path(proj / "models" / "base", role, b), model, build)
+            checkpoints.save_checkpoint(pretrain.base_path(proj / "models" / "base", role, b), model, build)
     out = []
     for name in ("01_concepts", "02_masks", "03_finetune", "03_finetune"):
         nbrun.run(proj / "notebooks" / f"{name}.ipynb", proj / "executed" / f"{name}.ipynb", {"progress": False},
@@ -357,7 +360,7 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
         out.append((proj / "executed" / f"{name}.ipynb").read_bytes())
     assert out[2] == out[3], "executed notebook must be byte-identical for identical inputs"
     m = json.loads((proj / "reports" / "finetune.json").read_text())
-    assert len(m["runs"]) == len(finetune.plan(P.finetune, P.base.seed, P.bases.seeds))
+    assert len(m["runs"]) == len(runspec.plan(P.finetune, P.base.seed, P.bases.seeds))
     assert json.loads((proj / "metrics" / "finetune.json").read_text())["runs"]["runs"] == len(m["runs"])
     for f in ("plots/finetune_steps.csv", "plots/finetune_epochs.csv", "plots/finetune_val_align.csv",
               "figures/finetune_curves.png", "figures/relevance_methods.png", "figures/relevance_cnn.png",
@@ -376,7 +379,7 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
     assert (project / "long.yaml").read_text() != smoke
     _cli(project, tmp_path / "whole", "--params", "long.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cftlib.finetune", "--params", "long.yaml", "--masks", "data/masks", "--data",
+    cmd = [sys.executable, "-m", "cftlib.stages.finetune", "--params", "long.yaml", "--masks", "data/masks", "--data",
            "data/world", "--base", "bases", "--out", str(tmp_path / "killed"), "--model", "vit", "--arm", "cft",
            "--seed", "0"]
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -396,8 +399,6 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
 def test_distributed_is_a_no_op_outside_torchrun_and_refuses_more_processes_than_gpus(monkeypatch):
     import torch.distributed as dist
 
-    from cftlib import launch
-
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with launch.distributed(cuda=False, what="finetune.processes"):
         assert not dist.is_initialized()
@@ -410,8 +411,6 @@ def test_distributed_is_a_no_op_outside_torchrun_and_refuses_more_processes_than
 
 
 def test_device_resolves_auto_and_names_the_key_when_cuda_is_missing(monkeypatch):
-    from cftlib import launch
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert launch.device("auto", "finetune.device") == torch.device("cpu")
     with pytest.raises(launch.LaunchError, match="evaluate.device: cuda, but torch sees no CUDA"):

@@ -5,8 +5,13 @@ quality flags and the empty-mask policy do what they say, and the few-shot choic
 import numpy as np
 import pytest
 
-from cftlib import concepts, config, evaluate, fewshot, grounding, models
+from cftlib import concepts, grounding
+from cftlib.core import config, launch
+from cftlib.data import fewshot, maskstore, world
 from cftlib.grounding import GroundingError
+from cftlib.metrics import alignment
+from cftlib.models import factory
+from cftlib.stages import ground, nbrun
 
 
 def _masks(**kw):
@@ -33,7 +38,7 @@ def _parts(size=32):
     ("bird eye ring", "eye"), ("bird tail feathers", "tail"), ("bird primary feathers", "wing"), ("bird", "all"),
     ("bird nostrils", "beak"), ("bird legs", None), ("habitat", None)])
 def test_concept_part_maps_phrases_to_world_parts(text, part):
-    assert grounding.concept_part(text) == part
+    assert world.concept_part(text) == part
 
 
 def test_noise_free_world_grounder_returns_exact_part_masks():
@@ -120,9 +125,9 @@ def test_empty_mask_policy(policy, action, tmp_path):
         assert (a1["union"] == (_parts() > 0)).all() and not a1["concepts"].any()
     else:
         assert not a1["union"].any()
-    manifest = grounding.write_store(tmp_path / "masks", results, {"policy": policy})
-    assert grounding.load_store(tmp_path / "masks") == manifest
-    assert (grounding.read_masks(tmp_path / "masks", r0)["union"] == (_parts() == 3)).all()
+    manifest = maskstore.write_store(tmp_path / "masks", results, {"policy": policy})
+    assert maskstore.load_store(tmp_path / "masks") == manifest
+    assert (maskstore.read_masks(tmp_path / "masks", r0)["union"] == (_parts() == 3)).all()
     s = grounding.summary(manifest["items"])
     assert s["flags"]["empty"] == 1 and s["actions"][action] == (2 if action == "kept" else 1) and s["per_class"]["1"]["empty"] == 1
 
@@ -145,7 +150,7 @@ def test_truth_gives_iou_of_the_noisy_masks():
 
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(GroundingError, match="no mask store; run the masks stage"):
-        grounding.load_store(tmp_path)
+        maskstore.load_store(tmp_path)
 
 
 # ----------------------------------------------------------------------------- the few-shot choice
@@ -287,7 +292,7 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     path = concepts.save(bank, tmp_path / "concepts")
     bank = concepts.load(path.parent)
     sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, 0)
-    manifest = grounding.write_store(tmp_path / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, 0),
+    manifest = maskstore.write_store(tmp_path / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, 0),
                                      {"bank": path.name})
     assert [r["split"] for r in manifest["items"]] == ["train", "val"]
     for r in manifest["items"]:
@@ -306,13 +311,13 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     (rec,) = [r for r in manifest["items"] if r["split"] == "val" and r["action"] != "dropped"]
     assert val["texts"] == [[c["text"] for c in rec["concepts"]]]
     assert val["concepts"][0].shape == (len(rec["concepts"]), *val["images"][0].shape[:2])
-    vit = models.build_model("vit_tiny_patch16_224", 2, 32, patch_size=16, embed_dim=16, depth=1, num_heads=2)
-    rows = evaluate.concept_usage(vit, val, "attnlrp", 32)
+    vit = factory.build_model("vit_tiny_patch16_224", 2, 32, patch_size=16, embed_dim=16, depth=1, num_heads=2)
+    rows = alignment.concept_usage(vit, val, "attnlrp", 32)
     got = {u["part"]: u["mass"] for u in rows}
-    assert {u["split"] for u in rows} == {evaluate.MASKS_SPLIT} and set(got) == {*val["texts"][0], evaluate.ANY_CONCEPT,
-                                                                              evaluate.ELSEWHERE}
-    assert got[evaluate.ANY_CONCEPT] + got[evaluate.ELSEWHERE] == pytest.approx(1)
-    assert max(got[t] for t in val["texts"][0]) <= got[evaluate.ANY_CONCEPT] + 1e-9
+    assert {u["split"] for u in rows} == {alignment.MASKS_SPLIT} and set(got) == {*val["texts"][0], alignment.ANY_CONCEPT,
+                                                                              alignment.ELSEWHERE}
+    assert got[alignment.ANY_CONCEPT] + got[alignment.ELSEWHERE] == pytest.approx(1)
+    assert max(got[t] for t in val["texts"][0]) <= got[alignment.ANY_CONCEPT] + 1e-9
 
 
 # ----------------------------------------------------------------------------- the stage: resumable, sharded
@@ -320,8 +325,6 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
 @pytest.fixture(scope="module")
 def stage_inputs(tmp_path_factory, small_world, smoke_params):
     """(params, world folder, concepts folder): the smoke world and its field-guide bank."""
-    from cftlib import world
-
     P, data = smoke_params, small_world[2]
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(data)), seed=P.base.seed)
     out = tmp_path_factory.mktemp("stage") / "concepts"
@@ -356,26 +359,26 @@ def _with(P, **masks):
 def test_stage_store_is_the_notebooks_store(tmp_path, stage_inputs):
     """run_stage writes what selecting, grounding item by item and write_store wrote before it."""
     P, data, bank_dir = stage_inputs
-    manifest = grounding.run_stage(P, data, bank_dir, tmp_path / "masks")
+    manifest = ground.run_stage(P, data, bank_dir, tmp_path / "masks")
     bank, pool = concepts.load(bank_dir), fewshot.Pool("world", data)
     sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
     header = grounding.store_header(P, bank, sel)
-    grounding.write_store(tmp_path / "direct", grounding.ground_items(pool.items(sel), bank, P.masks, P.base.seed,
+    maskstore.write_store(tmp_path / "direct", grounding.ground_items(pool.items(sel), bank, P.masks, P.base.seed,
                                                                       truth=grounding.truth_for(P)), header)
     assert _files(tmp_path / "masks") == _files(tmp_path / "direct")
-    assert manifest == grounding.load_store(tmp_path / "masks") and len(manifest["items"]) == 8
+    assert manifest == maskstore.load_store(tmp_path / "masks") and len(manifest["items"]) == 8
     assert "processes" not in manifest["header"]["params"] and "iou" in manifest["items"][0]
     assert not (tmp_path / "masks.partial").exists()
 
 
 def test_interrupted_stage_resumes_to_the_same_store(tmp_path, stage_inputs):
     P, data, bank_dir = stage_inputs
-    grounding.run_stage(P, data, bank_dir, tmp_path / "whole")
+    ground.run_stage(P, data, bank_dir, tmp_path / "whole")
     with pytest.raises(RuntimeError, match="power cut"):
-        grounding.run_stage(P, data, bank_dir, tmp_path / "masks", grounder=_Counting(P, fail_after=3))
+        ground.run_stage(P, data, bank_dir, tmp_path / "masks", grounder=_Counting(P, fail_after=3))
     assert not (tmp_path / "masks").exists() and len(list((tmp_path / "masks.partial").rglob("*.json"))) == 1 + 3
     again = _Counting(P)  # another batch size decides nothing: the work folder is kept
-    grounding.run_stage(_with(P, groundingsam=config.GroundingSAM(batch_size=5)), data, bank_dir, tmp_path / "masks",
+    ground.run_stage(_with(P, groundingsam=config.GroundingSAM(batch_size=5)), data, bank_dir, tmp_path / "masks",
                         grounder=again)
     assert again.calls == 8 - 3
     assert _files(tmp_path / "masks") == _files(tmp_path / "whole") and not (tmp_path / "masks.partial").exists()
@@ -384,30 +387,28 @@ def test_interrupted_stage_resumes_to_the_same_store(tmp_path, stage_inputs):
 def test_work_folder_of_other_inputs_is_discarded(tmp_path, stage_inputs):
     P, data, bank_dir = stage_inputs
     with pytest.raises(RuntimeError, match="power cut"):
-        grounding.run_stage(P, data, bank_dir, tmp_path / "masks", grounder=_Counting(P, fail_after=3))
+        ground.run_stage(P, data, bank_dir, tmp_path / "masks", grounder=_Counting(P, fail_after=3))
     other = _with(P, world=config.WorldNoise(boundary=0, p_miss=0.5, q_spurious=0.0))
     fresh = _Counting(other)
-    grounding.run_stage(other, data, bank_dir, tmp_path / "masks", grounder=fresh)
+    ground.run_stage(other, data, bank_dir, tmp_path / "masks", grounder=fresh)
     assert fresh.calls == 8
-    grounding.run_stage(other, data, bank_dir, tmp_path / "clean")
+    ground.run_stage(other, data, bank_dir, tmp_path / "clean")
     assert _files(tmp_path / "masks") == _files(tmp_path / "clean")
 
 
 def test_stage_under_torchrun_writes_the_same_store(tmp_path, stage_inputs):
-    """`python -m cftlib.grounding` in-process, and as 2 torchrun processes (gloo) resuming a work folder an
+    """`python -m cftlib.stages.ground` in-process, and as 2 torchrun processes (gloo) resuming a work folder an
     interrupted single process left: the same store files."""
     import yaml
-
-    from cftlib import launch
 
     P, data, bank_dir = stage_inputs
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config.as_dict(_with(P, processes=2))))
     assert _with(config.load(tmp_path / "params.yaml"), processes=1) == P  # so the work folder is resumed
     args = ["--params", str(tmp_path / "params.yaml"), "--data", str(data), "--concepts", str(bank_dir)]
-    launch.run("cftlib.grounding", [*args, "--out", str(tmp_path / "one")], 1)
+    launch.run("cftlib.stages.ground", [*args, "--out", str(tmp_path / "one")], 1)
     with pytest.raises(RuntimeError, match="power cut"):
-        grounding.run_stage(P, data, bank_dir, tmp_path / "two", grounder=_Counting(P, fail_after=3))
-    launch.run("cftlib.grounding", [*args, "--out", str(tmp_path / "two")], 2)
+        ground.run_stage(P, data, bank_dir, tmp_path / "two", grounder=_Counting(P, fail_after=3))
+    launch.run("cftlib.stages.ground", [*args, "--out", str(tmp_path / "two")], 2)
     assert _files(tmp_path / "two") == _files(tmp_path / "one") and not (tmp_path / "two.partial").exists()
 
 
@@ -426,8 +427,6 @@ def _project(tmp_path, params: str):
 
 
 def _run(proj, *names):
-    from cftlib import nbrun
-
     for name in names:
         nbrun.run(proj / "notebooks" / f"{name}.ipynb", proj / "executed" / f"{name}.ipynb", {"progress": False},
                   cwd=proj)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import yaml
-
-from cftlib import headline
 from conftest import ROOT
+
+from cftlib.report import headline
 
 
 def _declared() -> list[str]:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cftlib import io, world
+from cftlib.core import io
+from cftlib.data import world
 
 
 def test_remedy_names_the_stage_that_writes_a_path():

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -27,7 +26,7 @@ def test_verdicts_reads_the_claims_metrics():
 
 
 def _pipeline(proj, env):
-    code = ("from cftlib import nbrun\n"
+    code = ("from cftlib.stages import nbrun\n"
             f"for nb in {STAGES!r}:\n"
             "    nbrun.run(f'notebooks/{nb}.ipynb', f'executed/{nb}.ipynb', {'progress': False})\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=proj, env={**os.environ, **env}, capture_output=True,

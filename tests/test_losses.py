@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cftlib import config, losses
+from cftlib.core import config
+from cftlib.training import losses
 
 CFG = config.Loss()
 OFFICIAL = dataclasses.replace(CFG, squeeze=0.0)

@@ -4,41 +4,43 @@ import numpy as np
 import pytest
 import torch
 
-from cftlib import models, pretrain, world
+from cftlib.data import world
+from cftlib.models import checkpoints, factory, zoo
+from cftlib.training import pretrain
 
 TINY = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0)
 
 
 def test_factory_builds_explicit_attention_vit():
-    m = models.build_model("vit_tiny_patch16_224", 5, img_size=32, **TINY)
+    m = factory.build_model("vit_tiny_patch16_224", 5, img_size=32, **TINY)
     assert m.patch_embed.grid_size == (4, 4)
     assert all(not blk.attn.fused_attn for blk in m.blocks)
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
 
 
 def test_factory_builds_a_cnn():
-    m = models.build_model("resnet18", 4)
+    m = factory.build_model("resnet18", 4)
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
 
 
 def test_checkpoint_roundtrip_is_weights_only(tmp_path):
-    m = models.build_model("vit_tiny_patch16_224", 5, img_size=32, **TINY).eval()
+    m = factory.build_model("vit_tiny_patch16_224", 5, img_size=32, **TINY).eval()
     cfg = dict(name="vit_tiny_patch16_224", num_classes=5, img_size=32, kwargs=TINY)
-    models.save_checkpoint(tmp_path / "m.pt", m, cfg)
+    checkpoints.save_checkpoint(tmp_path / "m.pt", m, cfg)
     raw = torch.load(tmp_path / "m.pt", weights_only=True)  # no pickled code needed
     assert set(raw) == {"state_dict", "config"}
-    loaded, cfg2 = models.load_checkpoint(tmp_path / "m.pt")
+    loaded, cfg2 = checkpoints.load_checkpoint(tmp_path / "m.pt")
     x = torch.randn(3, 3, 32, 32)
     assert cfg2 == cfg
     assert torch.equal(m(x), loaded(x))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        models.load_checkpoint(tmp_path / "none.pt")
+        checkpoints.load_checkpoint(tmp_path / "none.pt")
 
 
 def test_to_tensor_normalises():
     img = np.zeros((1, 4, 4, 3), np.uint8)
     img[..., 0] = 255
-    x = models.to_tensor(img)
+    x = factory.to_tensor(img)
     assert x.shape == (1, 3, 4, 4)
     assert torch.allclose(x[0, 0], torch.ones(4, 4)) and torch.allclose(x[0, 1], -torch.ones(4, 4))
 
@@ -85,13 +87,11 @@ def test_keep_epoch_ships_that_epochs_model_and_the_run_goes_on(small_world, smo
 
 
 def test_renormalise_gives_a_zoo_model_its_own_statistics_and_leaves_world_models_alone():
-    from cftlib import zoo
-
     img = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)
-    x = models.to_tensor(img)
-    assert models.renormalise(x, {"name": "vit_tiny_patch16_224"}) is x
+    x = factory.to_tensor(img)
+    assert checkpoints.renormalise(x, {"name": "vit_tiny_patch16_224"}) is x
     e = zoo.get("deit_s")
     want = (torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255 - torch.tensor(e.mean).view(1, 3, 1, 1)) \
         / torch.tensor(e.std).view(1, 3, 1, 1)
-    assert torch.allclose(models.renormalise(x, zoo.build_config("deit_s", 1000, {})), want, atol=1e-5)
-    assert models.normalisation(zoo.build_config("vit_b", 1000, {})) == ((0.5,) * 3, (0.5,) * 3)
+    assert torch.allclose(checkpoints.renormalise(x, zoo.build_config("deit_s", 1000, {})), want, atol=1e-5)
+    assert checkpoints.normalisation(zoo.build_config("vit_b", 1000, {})) == ((0.5,) * 3, (0.5,) * 3)

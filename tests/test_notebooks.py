@@ -8,9 +8,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from cftlib import config, nbrun
 from conftest import ROOT
+
+from cftlib.core import config
+from cftlib.stages import nbrun
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -126,7 +127,7 @@ def test_every_stage_notebook_writes_under_out(path):
 def _writer(tmp_path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell('metrics_dir = "metrics"\nout = "scratch"', metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("import os\nfrom pathlib import Path\nfrom cftlib import paths\n"
+                nbformat.v4.new_code_cell("import os\nfrom pathlib import Path\nfrom cftlib.core import paths\n"
                                           "metrics_dir, = paths.under(out, metrics_dir)\nPath(metrics_dir).mkdir(parents=True)\n"
                                           "(Path(metrics_dir) / 'm.json').write_text('{}')")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

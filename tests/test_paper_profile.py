@@ -1,4 +1,4 @@
-"""The paper profile end to end on fakes: `cftlib.preflight` then `dvc repro` of the committed pipeline with
+"""The paper profile end to end on fakes: `cftlib.stages.preflight` then `dvc repro` of the committed pipeline with
 profiles/paper.yaml pointed at a fake ImageNet, every benchmark and tiny pretrained models (tests/fakes.py) —
 every stage a GPU user runs, here on CPU (slow: `make test` and CI)."""
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT
 from fakes import CLASSES, paper_params
 
@@ -59,7 +58,7 @@ def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
         return subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
     assert run(DVC, "init", "--no-scm", "-q").returncode == 0
-    pre = run(sys.executable, "-m", "cftlib.preflight")
+    pre = run(sys.executable, "-m", "cftlib.stages.preflight")
     assert pre.returncode == 0 and "\n0 missing" in pre.stdout, pre.stdout + pre.stderr
     done = run(DVC, "repro")
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 import yaml
-
-from cftlib import config
 from conftest import ROOT
+
+from cftlib.core import config
 
 DVC = shutil.which("dvc") or str(ROOT / ".venv" / "bin" / "dvc")
 

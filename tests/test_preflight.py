@@ -7,14 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import yaml
-
-from cftlib import benchmarks, config, hub, preflight, zoo
-
 from conftest import ROOT
+
+from cftlib.core import config, hub
+from cftlib.data import datasets
+from cftlib.models import zoo
+from cftlib.stages import preflight
 
 BENCH = config.BENCHMARKS
 PAPER_MISSING = {"pretrain.zoo", "concepts.image_dir", "concepts.llm.model", "masks.groundingsam.detector",
@@ -98,7 +100,7 @@ def test_paper_profile_on_a_bare_machine_lists_every_missing_piece(tmp_path, bar
 def test_cli_on_a_bare_machine_exits_1(tmp_path, bare):
     params = tmp_path / "paper.yaml"
     params.write_text(yaml.safe_dump(paper(tmp_path)))
-    done = subprocess.run([sys.executable, "-m", "cftlib.preflight", "--params", str(params)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "cftlib.stages.preflight", "--params", str(params)], cwd=ROOT,
                           capture_output=True, text=True, env={**os.environ, **bare}, timeout=120)
     assert done.returncode == 1, done.stderr
     out = done.stdout
@@ -111,11 +113,11 @@ def test_cli_on_a_bare_machine_exits_1(tmp_path, bare):
 def layout(tmp_path) -> dict:
     """Tiny stand-ins for every piece of the paper profile: a couple of class folders per dataset, a local LLM and
     SAM folder, GroundingDINO in the Hugging Face cache, zoo weights files."""
-    synsets = benchmarks.imagenet_synsets()
+    synsets = datasets.imagenet_synsets()
     folders = {"imagenet/train": synsets[:2], "imagenet_val": synsets[:2], "imagenet_v2": ["0", "1"],
-               "imagenet_a": [synsets[i] for i in benchmarks.subset_indices("a")[:2]],
-               "imagenet_r": [synsets[i] for i in benchmarks.subset_indices("r")[:2]],
-               "objectnet/images": ["air_freshener"], "si/location": list(benchmarks.si_score_labels())[:2]}
+               "imagenet_a": [synsets[i] for i in datasets.subset_indices("a")[:2]],
+               "imagenet_r": [synsets[i] for i in datasets.subset_indices("r")[:2]],
+               "objectnet/images": ["air_freshener"], "si/location": list(datasets.si_score_labels())[:2]}
     folders["si/rotation"] = folders["si/area"] = folders["si/location"]
     for root, names in folders.items():
         for n in names:

@@ -3,7 +3,8 @@ executed notebooks so they stay byte-identical."""
 
 import nbformat
 
-from cftlib import nbrun, progress
+from cftlib.core import progress
+from cftlib.stages import nbrun
 
 
 def test_summary_counts_and_prints_one_line(capsys):

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cftlib import config, io, world
+from cftlib.core import config, io
+from cftlib.data import world
 
 SPLITS = list(config.SPLITS)
 

@@ -10,7 +10,9 @@ import safetensors.torch
 import timm
 import torch
 
-from cftlib import io, models, relevance, zoo
+from cftlib import relevance
+from cftlib.core import io
+from cftlib.models import checkpoints, zoo
 
 TINY = {"vit": dict(embed_dim=32, depth=2, num_heads=2),
         "cnn": dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)}
@@ -177,9 +179,9 @@ def test_checkpoint_round_trip_needs_no_download(name, tmp_path):
     model = zoo.build(name, str(path), **tiny(name))
     cfg = zoo.build_config(name, 1000, tiny(name))
     assert cfg["img_size"] == 224 and cfg["name"] == zoo.ZOO[name].timm_id
-    models.save_checkpoint(tmp_path / "ck.pt", model, {**cfg, "epoch": 3})
+    checkpoints.save_checkpoint(tmp_path / "ck.pt", model, {**cfg, "epoch": 3})
     path.unlink()  # nothing to load weights from but the checkpoint (and the hub is offline, its cache empty)
-    loaded, cfg2 = models.load_checkpoint(tmp_path / "ck.pt")
+    loaded, cfg2 = checkpoints.load_checkpoint(tmp_path / "ck.pt")
     assert cfg2 == {**cfg, "epoch": 3}
     assert loaded.pretrained_cfg["mean"] == zoo.ZOO[name].mean
     assert all(not m.fused_attn for m in loaded.modules() if hasattr(m, "fused_attn"))

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import world
-from .config import Params, Pretrain, Recipe
-from .models import build_model, load_checkpoint, to_tensor
+from cftlib.core.config import Params, Pretrain, Recipe
+from cftlib.data import world
+from cftlib.models.checkpoints import load_checkpoint
+from cftlib.models.factory import build_model, to_tensor
 
 
 def lr_at(step: int, total: int, cfg: Recipe) -> float:

@@ -1,7 +1,7 @@
 """Preflight: before any compute, check that a profile can run — packages, GPUs, data folders, model
 weights — and list every missing piece with where to get it, so a run never stops half-way.
 
-    python -m cftlib.preflight --params profiles/paper.yaml --stage masks finetune
+    python -m cftlib.stages.preflight --params profiles/paper.yaml --stage masks finetune
     preflight.require(P, "masks")   # first cell of each stage notebook: raises listing what is missing
 """
 
@@ -16,7 +16,11 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, hub
+from cftlib.concepts import ConceptError, WordNet
+from cftlib.core import config, hub
+from cftlib.data import datasets
+from cftlib.data.datasets import SOURCES, imagenet_synsets
+from cftlib.models import zoo
 
 STAGES = ("pretrain", "world", "concepts", "masks", "finetune", "evaluate", "figures", "ablations")
 """The stages of dvc.yaml, in order."""
@@ -138,19 +142,15 @@ def _class_folders(stage: str, key: str, root: str, source: tuple[str, str], kno
 
 def _image_dir(stage: str, c: config.Concepts) -> Check:
     if c.dataset == "imagenet":
-        from .benchmarks import imagenet_synsets
-
         return _class_folders(stage, "concepts.image_dir", c.image_dir, IMAGENET_TRAIN, set(imagenet_synsets()), 1000)
     return _class_folders(stage, "concepts.image_dir", c.image_dir,
                           ("your images", "<image_dir>/<class>/<image>"), None, 0)
 
 
 def _benchmark(stage: str, name: str, root: str) -> Check:
-    from . import benchmarks as B
-
     key = f"evaluate.benchmarks.{name}"
     if name == "objectnet":
-        source = B.SOURCES["objectnet"]
+        source = datasets.SOURCES["objectnet"]
         mappings = Path(root).expanduser() / "mappings"
         files = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json", "pytorch_to_imagenet_2012_id.json",
                  "imagenet_to_label_2012_v2")
@@ -161,21 +161,19 @@ def _benchmark(stage: str, name: str, root: str) -> Check:
         return _class_folders(stage, key, str(Path(root) / "images"), source, None, 313)
     if name.startswith("si_"):
         subset = name[3:]
-        return _class_folders(stage, key, str(Path(root) / subset), B.SOURCES["si_score"],
-                              set(B.si_score_labels()), 0)
+        return _class_folders(stage, key, str(Path(root) / subset), datasets.SOURCES["si_score"],
+                              set(datasets.si_score_labels()), 0)
     if name == "imagenet_v2":
-        return _class_folders(stage, key, root, B.SOURCES[name], {str(i) for i in range(1000)}, 1000)
-    synsets = B.imagenet_synsets()
+        return _class_folders(stage, key, root, datasets.SOURCES[name], {str(i) for i in range(1000)}, 1000)
+    synsets = datasets.imagenet_synsets()
     if name == "imagenet_val":
-        return _class_folders(stage, key, root, B.SOURCES[name], set(synsets), 1000)
-    subset = {synsets[i] for i in B.subset_indices(name[-1])}  # imagenet_a, imagenet_r
-    return _class_folders(stage, key, root, B.SOURCES[name], subset, 200)
+        return _class_folders(stage, key, root, datasets.SOURCES[name], set(synsets), 1000)
+    subset = {synsets[i] for i in datasets.subset_indices(name[-1])}  # imagenet_a, imagenet_r
+    return _class_folders(stage, key, root, datasets.SOURCES[name], subset, 200)
 
 
 def _segmentation(path: str) -> Check:
     """gtsegs_ijcv.mat is a MATLAB v7.3 file: HDF5 with its superblock after a 512-byte MATLAB header."""
-    from .benchmarks import SOURCES
-
     where, layout = SOURCES["imagenet_segmentation"]
     p = Path(path).expanduser()
     if not p.is_file():
@@ -208,8 +206,6 @@ def _hub_model(stage: str, key: str, name: str) -> Check:
 
 
 def _zoo_model(stage: str, key: str, name: str, weights: str, weights_key: str) -> Check:
-    from . import zoo
-
     try:
         msg = zoo.missing(name, weights, weights_key)
     except KeyError as e:  # an unknown zoo name
@@ -235,8 +231,6 @@ def _brought(stage: str, key: str, value: str) -> Check:
 
 
 def _wordnet(stage: str, dict_dir: str) -> Check:
-    from .concepts import ConceptError, WordNet
-
     try:
         return Check(stage, "weights", "concepts.wordnet.dict_dir", True, str(WordNet(dict_dir).dir))
     except ConceptError as e:
@@ -329,7 +323,7 @@ def require(P: config.Params, stage: str) -> list[Check]:
     bad = [c for c in found if not c.ok]
     if bad:
         lines = "\n".join(f"  - {c.name}: {c.detail}" for c in bad)
-        raise PreflightError(f"stage {stage} cannot run, {len(bad)} missing (python -m cftlib.preflight --stage "
+        raise PreflightError(f"stage {stage} cannot run, {len(bad)} missing (python -m cftlib.stages.preflight --stage "
                              f"{stage}):\n{lines}")
     return found
 
@@ -354,7 +348,7 @@ def table(found: list[Check], width: int = 120) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cftlib.preflight", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cftlib.stages.preflight", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("--stage", nargs="+", choices=STAGES, help="only these stages (default: all)")
     args = ap.parse_args(argv)

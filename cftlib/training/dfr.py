@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import to_tensor
+from cftlib.models.factory import to_tensor
 
 
 @torch.no_grad()

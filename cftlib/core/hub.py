@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-from .io import first_line
+from cftlib.core.io import first_line
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Ablations of CFT (the paper's ablation studies, docs/paper.md §5.1): CFT runs that differ from the main run
 in one setting — k images per class, the world grounder's mask noise (a VLM's quality), the relevance
-method trained on — fine-tuned with `cftlib.finetune` and scored with `cftlib.evaluate`.
+method trained on — fine-tuned with `cftlib.training.trainer` and scored with `cftlib.metrics`.
 
 A variant is (k, noise scale, method); the main run's setting appears in every ablation, so its runs are
 trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished run."""
@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config, evaluate, fewshot, finetune, grounding
+from cftlib import grounding
+from cftlib.core import config
+from cftlib.data import fewshot, maskstore
+from cftlib.metrics import accuracy, alignment, intervals
+from cftlib.models.checkpoints import load_checkpoint
+from cftlib.report.tables import fmt, nan_to_none
+from cftlib.stages import evaluate
+from cftlib.training import runspec, trainer
 
 
 def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
@@ -48,15 +55,15 @@ def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, ou
     manifest = store / "manifest.json"
     if not manifest.is_file() or json.loads(manifest.read_text())["header"] != header:
         selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
-        grounding.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed), header)
+        maskstore.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed), header)
     return store
 
 
-def _finished(spec: finetune.RunSpec, cfg: config.Finetune, base, data: dict, folder: Path) -> bool:
+def _finished(spec: runspec.RunSpec, cfg: config.Finetune, base, data: dict, folder: Path) -> bool:
     """`folder` holds this exact run, complete (the same config hash as `finetune.fit` would compute)."""
     done = spec.folder(folder) / "run.json"
     return done.is_file() and json.loads(done.read_text())["config"]["hash"] == \
-        finetune.run_config(spec, cfg, base, data)["hash"]
+        trainer.run_config(spec, cfg, base, data)["hash"]
 
 
 def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
@@ -65,38 +72,36 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     """Train every variant × `ablations.seeds` (CFT arm, ViT) and score it: accuracy rows and alignment rows
     with columns ablation, value, seed (see `evaluate.run_accuracy`, `evaluate.run_alignment`). A variant
     identical to a finished run of the fine-tuning stage (the main setting) is read from there, not retrained."""
-    from .models import load_checkpoint
-
     if not variants(P):  # a profile without ablations (the paper profile): empty tables, the stage still completes
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # the stage's declared output
         return (pd.DataFrame(columns=["ablation", "value", "seed", "split", "group", "top1", "top5"]),
                 pd.DataFrame(columns=["ablation", "value", "seed", "split", "concept_mass"]))
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
-        raise finetune.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
+        raise runspec.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
     out_dir = Path(out_dir)
     base, build = load_checkpoint(base_path)
     pool = fewshot.Pool("world", data_dir)
     seen = evaluate.seen_classes(masks_dir)
-    class_parts = evaluate.concept_parts(bank)
+    class_parts = alignment.concept_parts(bank)
     align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
     acc, align, data, scored = [], [], {}, {}
     for v in variants(P):
         if (v["k"], v["noise"]) not in data:
             store = masks_for(P, v["noise"], bank, pool, out_dir, masks_dir)
-            data[v["k"], v["noise"]] = finetune.load_data(store, pool, v["k"], build["img_size"])
+            data[v["k"], v["noise"]] = trainer.load_data(store, pool, v["k"], build["img_size"])
         cfg = dataclasses.replace(P.finetune, k=v["k"], relevance=v["method"])
         for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
-            spec = finetune.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr)
+            spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr)
             folder = out_dir / _key(v)
             if _finished(spec, cfg, base, data[v["k"], v["noise"]], Path(finetune_dir)):
                 folder = Path(finetune_dir)
             if (folder, seed) not in scored:
                 if folder != Path(finetune_dir):
-                    finetune.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
-                model, _ = finetune.load_run(spec, folder)
+                    trainer.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
+                model, _ = runspec.load_run(spec, folder)
                 scored[folder, seed] = (
-                    evaluate.run_accuracy(model, arrays, seen, P.evaluate.batch_size),
-                    evaluate.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
+                    accuracy.run_accuracy(model, arrays, seen, P.evaluate.batch_size),
+                    alignment.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
                                            P.evaluate.alignment_images)[0])
             ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}
             acc += [{**ids, **r} for r in scored[folder, seed][0]]
@@ -115,7 +120,7 @@ def summary(acc: pd.DataFrame, align: pd.DataFrame, splits: list[str], level: fl
     m = align.pivot_table(index=["ablation", "value", "seed"], columns="split", values="concept_mass", sort=False)
     m.columns = [f"concept_mass {c}" for c in m.columns]
     wide = a.join(m).reset_index()
-    return evaluate.summarise(wide, ["ablation", "value"], [c for c in wide.columns if c not in
+    return intervals.summarise(wide, ["ablation", "value"], [c for c in wide.columns if c not in
                                                             ("ablation", "value", "seed")], level)
 
 
@@ -155,7 +160,7 @@ def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
     m = align[align["split"] == split].rename(columns={"concept_mass": "value_"})
     for ax, name in zip(axes[0], ablations):
         for frame, label, marker in ((a, f"top-1 on {split}", "o"), (m, "concept mass", "s")):
-            s = evaluate.summarise(frame[frame["ablation"] == name], ["value"], ["value_"], level)
+            s = intervals.summarise(frame[frame["ablation"] == name], ["value"], ["value_"], level)
             ci = np.nan_to_num(s["value__ci"].to_numpy())
             ax.errorbar(s["value"], s["value_"], yerr=ci, marker=marker, capsize=3, label=label)
         ax.set_title(name, fontsize=9)
@@ -167,8 +172,6 @@ def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
 
 def table(s: pd.DataFrame) -> pd.DataFrame:
     """Rows "ablation: value", one column per metric of `summary`, cells "mean ± ci" in %."""
-    from .report import fmt
-
     metrics = [c for c in s.columns if c not in ("ablation", "value", "n") and not c.endswith("_ci")]
     out = pd.DataFrame({m: [fmt(a, b) for a, b in zip(s[m], s[f"{m}_ci"])] for m in metrics},
                        index=pd.Index(s["ablation"] + ": " + s["value"], name="ablation: value"))
@@ -177,8 +180,6 @@ def table(s: pd.DataFrame) -> pd.DataFrame:
 
 def metrics(s: pd.DataFrame) -> dict:
     """DVC metrics {ablation: {value: {metric: mean, metric_ci: ci}}} (no interval → null)."""
-    from .report import nan_to_none
-
     return {a: {v: {k: nan_to_none(x) for k, x in r.items() if k != "ablation"}
                 for v, r in g.set_index("value").to_dict("index").items()}
             for a, g in s.groupby("ablation", sort=False)}

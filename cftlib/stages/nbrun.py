@@ -4,8 +4,8 @@ are byte-identical for identical inputs and can be committed as DVC outputs.
 A notebook opened by hand writes under `scratch/` (its `out` parameter); run here, as a stage, it writes the
 project's own folders (`out` "."), unless the parameters say otherwise. Cell output goes to the log as it runs.
 
-    python -m cftlib.nbrun notebooks/00_world.ipynb executed/00_world.ipynb [-p name value ...]
-    python -m cftlib.nbrun --strip notebooks/*.ipynb     # clear outputs of source notebooks
+    python -m cftlib.stages.nbrun notebooks/00_world.ipynb executed/00_world.ipynb [-p name value ...]
+    python -m cftlib.stages.nbrun --strip notebooks/*.ipynb     # clear outputs of source notebooks
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import papermill as pm
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from .io import atomic_path
-from .progress import SUMMARY
+from cftlib.core.io import atomic_path
+from cftlib.core.progress import SUMMARY
 
 _VOLATILE_NB = ("start_time", "end_time", "duration", "input_path", "output_path")
 _KERNEL_TMP = re.compile(r"/tmp/ipykernel_\d+/")
@@ -120,7 +120,7 @@ def _succeeded(nb: nbformat.NotebookNode) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cftlib.nbrun", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cftlib.stages.nbrun", description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", help="notebook and output, or notebooks with --strip")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     ap.add_argument("--strip", action="store_true", help="clear outputs of source notebooks in place")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SPLITS, World
-from .io import atomic_path, read_json, read_npz, remedy, sha256, write_json
-from .progress import bar
+from cftlib.core.config import SPLITS, World
+from cftlib.core.io import atomic_path, read_json, read_npz, remedy, sha256, write_json
+from cftlib.core.progress import bar
 
 PARTS = ("body", "head", "beak", "wing", "tail", "crest", "eye", "breast", "cap")
 """Part names; the part-label map stores index + 1 (0 is background)."""
@@ -72,7 +72,7 @@ SPLIT_SPECS = {
     "rendition": dict(style="rendition", rho_bg="none"),
     "bg_random": dict(rho_bg="uniform"),
     "parts_only": dict(rho_bg="uniform", rho_color="uniform"),  # only the parts tell species apart
-    "dfr": dict(rho_bg="uniform"),  # habitat-balanced labelled images for last-layer retraining (cftlib.dfr)
+    "dfr": dict(rho_bg="uniform"),  # habitat-balanced labelled images for last-layer retraining (cftlib.training.dfr)
 }
 assert tuple(SPLIT_SPECS) == SPLITS
 
@@ -506,3 +506,35 @@ def load_guide(data_dir: str | Path) -> list[dict]:
     """The field guide written by `generate`."""
     path = Path(data_dir) / "field_guide.json"
     return read_json(path, remedy(path, "world"))
+
+
+# ----------------------------------------------------------------------------- the world's vocabulary
+
+PART_WORDS = {
+    "eye": ("eye", "eyes", "eyering"),
+    "beak": ("beak", "beaks", "bill", "nostril", "nostrils"),
+    "crest": ("crest", "tuft", "tufted"),
+    "tail": ("tail", "tails"),
+    "wing": ("wing", "wings", "feathers", "shoulder"),
+    "cap": ("cap", "crown"),
+    "breast": ("breast", "belly", "chest"),
+    "head": ("head", "face", "throat"),
+    "body": ("body", "back", "plumage"),
+}
+"""Words naming each world part, most specific first: "bird tail feathers" is the tail, "bird eye ring"
+the eye. "bird" alone (or "object") is the whole bird."""
+WHOLE = ("bird", "object")
+
+
+def concept_part(text: str) -> str | None:
+    """The world part a concept phrase names ("long thin beak" → beak, "bird" → all), else None."""
+    words = set(text.lower().replace("-", " ").split())
+    for part, names in PART_WORDS.items():
+        if words & set(names):
+            return part
+    return "all" if words and words <= {*WHOLE, "a", "an", "the", "whole"} else None
+
+
+def part_mask(parts: np.ndarray, part: str) -> np.ndarray:
+    """Exact mask of a part (or "all": the silhouette) from a part-label map (index + 1, 0 background)."""
+    return parts > 0 if part == "all" else parts == PARTS.index(part) + 1

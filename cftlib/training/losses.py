@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import Loss
+from cftlib.core.config import Loss
 
 KINDS = ("bce", "mse")
 

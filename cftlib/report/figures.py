@@ -11,19 +11,37 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .io import atomic_path
+from cftlib.core.io import atomic_path
+from cftlib.data.datasets import load_image
+from cftlib.metrics.alignment import part_masks, relevance_maps
+from cftlib.metrics.intervals import paired_difference, summarise
+from cftlib.models.checkpoints import renormalise
+from cftlib.models.factory import predict, to_tensor
 
 PART_COLORS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                         [245, 130, 48], [145, 30, 180], [240, 240, 240], [70, 240, 240], [128, 128, 0]], np.uint8)
 """Background + one colour per world part (body, head, beak, wing, tail, crest, eye, breast, cap)."""
 
 
-def save(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write a PNG atomically with no volatile metadata."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
+DISPLAY_DPI = 60
+"""Resolution of a figure shown in a notebook (`inline`); the saved file keeps its own (`figures.dpi`)."""
+
+
+def save(fig: plt.Figure, path: str | Path, dpi: int = 110) -> plt.Figure:
+    """Write a PNG atomically with no volatile metadata, then close the figure: a notebook shows it once, as
+    the cell's value (or `display(save(...))`), never again when the cell ends."""
+    with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    return path
+    plt.close(fig)
+    return fig
+
+
+def inline(dpi: int = DISPLAY_DPI) -> None:
+    """Show a notebook's figures as PNGs at `dpi`, so executed notebooks stay small; files are unaffected."""
+    # matplotlib_inline comes with the notebook kernel (ipykernel) and pulls in IPython: only a notebook needs it
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    set_matplotlib_formats("png", dpi=dpi, bbox_inches="tight")
 
 
 def overlay(image: np.ndarray, parts: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -117,10 +135,8 @@ def note(text: str) -> plt.Figure:
 def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95, x: str = "split",
              chance: float | None = None, title: str = "", arms: list | None = None, panel: str = "model") -> plt.Figure:
     """Per-run rows (`panel`, arm, seed, `x`, `metric`) → one panel per value of `panel` (the model), bars of
-    the mean over seeds per `x` and arm, whiskers the Student-t interval (cftlib.evaluate.mean_ci); no rows:
+    the mean over seeds per `x` and arm, whiskers the Student-t interval (cftlib.metrics.intervals.mean_ci); no rows:
     a note."""
-    from .evaluate import summarise
-
     if frame.empty:
         return note(f"{title or metric}: nothing measured")
     arms = [a for a in (arms or ARM_ORDER) if a in set(frame["arm"])]
@@ -145,10 +161,8 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
 def paired_differences(frame: pd.DataFrame, metric: str, order: list, pairs: list[tuple[str, str]],
                        level: float = 0.95, x: str = "split", title: str = "", panel: str = "model") -> plt.Figure:
     """Per-run rows → one panel per `panel` value: for each (arm, versus) of `pairs` and each `x`, the mean
-    difference paired by seed in points with its Student-t interval (cftlib.evaluate.paired_difference), beside a
-    zero line: whether an arm beats another, which raw bars on a 0–1 axis hide. No pair measured: a note."""
-    from .evaluate import paired_difference
-
+    difference paired by seed in points with its Student-t interval (cftlib.metrics.intervals.paired_difference),
+    beside a zero line: whether an arm beats another, which raw bars on a 0–1 axis hide. No pair measured: a note."""
     rows = []
     for p in dict.fromkeys(frame[panel]):
         for arm, versus in pairs:
@@ -185,8 +199,6 @@ def paired_differences(frame: pd.DataFrame, metric: str, order: list, pairs: lis
 def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95) -> plt.Figure:
     """One panel per alignment split: each metric's mean per arm with intervals; the concept parts' share
     of the image (`concept_area`, what a uniform map puts there) dotted where known; no rows: a note."""
-    from .evaluate import summarise
-
     if frame.empty:
         return note("relevance alignment: nothing measured (no alignment splits or segmentation benchmark)")
     splits = list(dict.fromkeys(frame["split"]))
@@ -209,7 +221,7 @@ def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95)
 
 def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[str] | None = None) -> plt.Figure:
     """Arms × parts: the mean share of relevance on each part of the bird (and the background) on `split`, in
-    %, over classes and runs (cftlib.evaluate.usage_rows) — where each arm's evidence sits; `parts`: only
+    %, over classes and runs (cftlib.metrics.alignment.usage_rows) — where each arm's evidence sits; `parts`: only
     these columns (the grounded masks' "any concept" and "elsewhere", whose concepts differ per class).
     No rows: a note."""
     u = usage[(usage["model"] == model) & (usage["split"] == split)] if len(usage) else usage
@@ -232,8 +244,6 @@ def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[
 def pick_corrected(base, cft, arrays: dict, n: int) -> list[tuple[int, bool]]:
     """Up to n image indices for the qualitative figure: first those the base model gets wrong and CFT right
     (flag True), then those both get right (False)."""
-    from .models import predict
-
     return corrected(predict(base, arrays["images"]).argmax(1), predict(cft, arrays["images"]).argmax(1),
                      arrays["label"], n)
 
@@ -251,9 +261,6 @@ def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, bool]], class
                    names: list[str], method: str) -> plt.Figure:
     """The paper's qualitative figure: rows of image | concept mask | base relevance | CFT relevance, each
     map of the model's own prediction, titled with it (✓/✗); rows CFT corrected are marked."""
-    from .evaluate import part_masks, relevance_maps
-    from .models import predict
-
     idx = [i for i, _ in picks]
     images, labels = arrays["images"][idx], arrays["label"][idx]
     concept = part_masks(arrays["parts"][idx], labels, class_parts)
@@ -272,10 +279,6 @@ def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, buil
     """The qualitative figure on a benchmark (image | base relevance | CFT relevance; ImageNet has no concept
     masks): among `bench`'s images (Resize 256, CenterCrop 224, normalised as the ViT of `build` was
     fine-tuned), up to n the base model gets wrong and CFT right, then both right, on the models' device."""
-    from .benchmarks import load_image
-    from .evaluate import relevance_maps
-    from .models import renormalise, to_tensor
-
     images = np.stack([load_image(p) for p in bench.paths])
 
     @torch.no_grad()

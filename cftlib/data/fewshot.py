@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, list_images, read_image
+from cftlib.core.io import IMAGE_SUFFIXES, list_images, read_image
+from cftlib.data.datasets import imagenet_synsets
+from cftlib.data.maskstore import load_store, read_masks
+from cftlib.data.world import load_split
 
 
 def select(labels: np.ndarray, k: int, class_fraction: float, seed: int) -> dict:
@@ -54,15 +57,13 @@ def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An RGB uint8 H×W×3 array at native resolution, as a viewer shows it (cftlib.io.read_image)."""
+    """An RGB uint8 H×W×3 array at native resolution, as a viewer shows it (cftlib.core.io.read_image)."""
     return np.asarray(read_image(path))
 
 
 def imagenet_index(class_dirs: list[str], root: str | Path = "") -> np.ndarray:
     """The ImageNet-1k output index of each wnid class folder; a folder that is not an ImageNet-1k class is
     an error naming it."""
-    from .benchmarks import imagenet_synsets
-
     index = {w: i for i, w in enumerate(imagenet_synsets())}
     unknown = [d for d in class_dirs if d not in index]
     if unknown:
@@ -80,8 +81,6 @@ class Pool:
     def __init__(self, dataset: str, data_dir: str | Path = "data/world", image_dir: str | Path = ""):
         self.dataset = dataset
         if dataset == "world":
-            from .world import load_split
-
             self.arrays = load_split(data_dir, "train")
             self.labels = self.arrays["label"].astype(int)
             self.class_index = np.arange(self.labels.max() + 1)
@@ -113,8 +112,6 @@ def load(store_dir: str | Path, split: str, pool: Pool) -> dict:
     images: the store's; None for the world, whose silhouette is exact), each concept's own mask with its text
     (`concepts`: (K, H, W) bool, `texts`) and labels of the items the masks stage kept in `split` (train or
     val), as lists in store order at the images' own size, plus their ids."""
-    from .grounding import load_store, read_masks
-
     out = {"images": [], "masks": [], "foregrounds": [], "concepts": [], "texts": [], "labels": [], "ids": []}
     for r in load_store(store_dir)["items"]:
         if r["split"] == split and r["action"] != "dropped":

@@ -90,7 +90,7 @@ class World:
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained on labelled world images: AdamW, linear warm-up then cosine decay, label
-    smoothing, random flips (cftlib.pretrain.train)."""
+    smoothing, random flips (cftlib.training.pretrain.train)."""
     epochs: int = 12
     batch_size: int = 64
     lr: float = 0.001
@@ -120,7 +120,7 @@ class Recipe:
 class Pretrain(Recipe):
     """The world's "ImageNet-21k" (stage pretrain): the ViT trained once on `images` birds of every species
     whose habitat and colour are drawn at random, so that only the parts tell species apart; at paper scale
-    a pretrained model of cftlib.zoo instead (the fields but zoo/weights/model_kwargs unused)."""
+    a pretrained model of cftlib.models.zoo instead (the fields but zoo/weights/model_kwargs unused)."""
     model: str = "vit_tiny_patch16_224"
     model_kwargs: dict = field(default_factory=lambda: dict(
         patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, conv_stem=32))
@@ -130,7 +130,7 @@ class Pretrain(Recipe):
     val_images: int = 1000  # held out from the same distribution: the learnability figure
     attributes: bool = True  # the set is labelled with the part attributes too (one extra loss per attribute)
     context: bool = True  # ... and with each image's habitat and body colour (context features exist)
-    zoo: str = ""  # paper scale: a pretrained model of cftlib.zoo instead of training one (the fields above unused)
+    zoo: str = ""  # paper scale: a pretrained model of cftlib.models.zoo instead of training one (fields above unused)
     weights: str = ""  # its weights: a local file; empty = the hub / timm cache
 
     def check(self, err):
@@ -149,7 +149,7 @@ class Bases(Recipe):
     seeds: int = 3  # base models per architecture, training seeds base.seed, base.seed + 1, ...
     epochs: int = 4
     lr: float = 0.0003
-    dfr_l2: float = 0.001  # the features-exist probe (cftlib.dfr): L2 strength of the refitted last layer
+    dfr_l2: float = 0.001  # the features-exist probe (cftlib.training.dfr): L2 strength of the refitted last layer
 
     def check(self, err):
         if self.seeds < 1:
@@ -378,7 +378,7 @@ class FinetuneCNN:
     relevance: str = "gradcam"
     lr: float = 0.0001  # chosen on validation data (benchmarks/finetune_budget.py)
     pretrain: CNNPretrain = field(default_factory=CNNPretrain)
-    zoo: str = ""  # paper scale: a pretrained CNN of cftlib.zoo (pretrain above unused)
+    zoo: str = ""  # paper scale: a pretrained CNN of cftlib.models.zoo (pretrain above unused)
     weights: str = ""  # its weights: a local file; empty = the hub / timm cache
 
     def check(self, err):
@@ -436,15 +436,15 @@ class Finetune:
 
 BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_v2", "objectnet", "si_location", "si_rotation",
               "si_area")
-"""The paper's classification benchmarks by name (cftlib.benchmarks.LOADERS)."""
+"""The paper's classification benchmarks by name (cftlib.data.datasets.LOADERS)."""
 PROTOCOLS = ("chefer", "standard")
-"""Evaluation protocols: the official code's and the benchmarks' own (cftlib.benchmarks)."""
+"""Evaluation protocols: the official code's and the benchmarks' own (cftlib.stages.benchmarks)."""
 
 
 @dataclass(frozen=True)
 class Evaluate:
     """What the evaluate stage measures (CFT §5): top-1/top-5 on every world split per run, intervals over
-    seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.benchmarks."""
+    seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.stages.benchmarks."""
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "bg_random", "color_conflict", "pose",
                                                   "rendition"])
     max_images: int = 0  # per split, the first N (a split's images are in random order); 0 = all
@@ -453,7 +453,7 @@ class Evaluate:
     alignment_images: int = 64  # the first N images of each alignment split
     relevance: str = "attnlrp"  # one method explains every arm, so their maps compare (cftlib.relevance)
     batch_size: int = 500
-    benchmarks: dict = field(default_factory=dict)  # paper scale: name (cftlib.benchmarks.LOADERS) -> root
+    benchmarks: dict = field(default_factory=dict)  # paper scale: name (cftlib.data.datasets.LOADERS) -> root
     protocols: list = field(default_factory=lambda: ["chefer", "standard"])
     segmentation: str = ""  # paper scale: path of gtsegs_ijcv.mat (ImageNet-Segmentation)
     tolerance: float = 0.01  # claims: in-distribution accuracy is kept if CFT − base stays above −tolerance
@@ -507,7 +507,7 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Ablations:
-    """The paper's ablations on the world (cftlib.ablations): CFT runs varying one setting of the main run."""
+    """The paper's ablations on the world (cftlib.stages.ablations): CFT runs varying one setting of the main run."""
     k: list = field(default_factory=lambda: [1, 3])  # images per class (<= masks.k)
     noise: list = field(default_factory=lambda: [0.0, 1.0, 2.0])  # the world grounder's noise, × masks.world
     relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout"])  # ViT methods
@@ -596,7 +596,8 @@ def _cross_check(p: Params, where: str) -> None:
             raise ConfigError(f"{where}: evaluate.splits: empty; the world's evaluation needs at least test")
     else:
         # no world: the base models come from the zoo, the evaluation from the benchmarks
-        needs = [("pretrain.zoo", p.pretrain.zoo, "a pretrained model of cftlib.zoo (there is no world to train on)")]
+        needs = [("pretrain.zoo", p.pretrain.zoo,
+                  "a pretrained model of cftlib.models.zoo (there is no world to train on)")]
         if p.finetune.cnn.arms:
             needs.append(("finetune.cnn.zoo", p.finetune.cnn.zoo, "a pretrained CNN, or set finetune.cnn.arms: []"))
         for key, value, what in needs:

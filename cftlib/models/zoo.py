@@ -7,7 +7,7 @@ learning rate and temperature, and where its released weights come from.
 
 Weights load through timm's own path (`pretrained_cfg_overlay=dict(file=...)`), so a local file may be
 the released .pth / .npz, timm's model.safetensors, or any state dict of the same architecture.
-`python -m cftlib.zoo` prints the table with each entry's weights status.
+`python -m cftlib.models.zoo` prints the table with each entry's weights status.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import timm
 import torch
 import torch.nn as nn
 
-from . import hub
-from .io import CorruptFile, first_line, read_torch
-from .models import explicit_attention
+from cftlib.core import hub
+from cftlib.core.io import CorruptFile, first_line, read_torch
+from cftlib.models.factory import explicit_attention
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION = (0.5, 0.5, 0.5)

@@ -14,7 +14,7 @@ import re
 from numbers import Integral, Real
 from pathlib import Path
 
-from .io import write_json
+from cftlib.core.io import write_json
 
 BUDGET = 60
 """The most values the default profile's metrics files hold together."""

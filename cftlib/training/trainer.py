@@ -1,32 +1,28 @@
-"""Few-shot fine-tuning (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name — `cft`,
-`cft_fgmask`, `robustvit`, `ce`, `none` — run on the masks stage's few-shot images under one seeded protocol
+"""The few-shot fine-tuning loop (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name —
+`cft`, `cft_fgmask`, `robustvit`, `ce`, `none` — run on the masks stage's few-shot images under one seeded protocol
 (AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, selection by the lowest validation total
 loss), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0
 writes).
 
 A run is (model, arm, seed); its folder `<out>/<model>/<arm>/seed<seed>/` holds
     run.json     the run's spec, parameters, config hash and summary (written last: the run is complete)
-    best.pt      weights at the lowest validation total loss, `models.save_checkpoint` format
+    best.pt      weights at the lowest validation total loss, `checkpoints.save_checkpoint` format
     last.pt      weights after the last epoch, same format
     history.csv  per step: epoch, step, lr, loss, context, concept, confidence, saturated, skipped
     epochs.csv   per epoch (0 = before fine-tuning): lr, train_loss, val_loss, val_context, val_concept,
                  val_confidence, val_cft_align, val_acc, best
     state.pt     the resume state while the run is in progress (removed when it completes)
-
-    torchrun --standalone --nproc_per_node 2 -m cftlib.finetune --arm cft --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import hashlib
 import json
 import math
 import shutil
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,89 +32,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import config, dfr, fewshot, grounding, launch, losses, models, pretrain, relevance, world
-from .io import atomic_path, read_json, read_torch, write_csv, write_json
-from .progress import bar
+from cftlib import grounding, relevance
+from cftlib.core import config, launch
+from cftlib.core.io import atomic_path, read_json, read_torch, write_csv, write_json
+from cftlib.core.progress import bar
+from cftlib.data import fewshot, maskstore
+from cftlib.models import checkpoints, factory
+from cftlib.training import dfr, losses, runspec
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
 EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_context", "val_concept", "val_confidence",
                  "val_cft_align", "val_acc", "best")
 
 
-class FinetuneError(ValueError):
-    """A fine-tuning setup that cannot run (arm, relevance method, few-shot data); the message says why."""
-
-
 class NonFiniteLoss(RuntimeError):
     """A run that keeps producing non-finite losses or gradients."""
-
-
-# ----------------------------------------------------------------------------- arms
-
-@dataclass(frozen=True)
-class Arm:
-    """A fine-tuning arm. mask: which mask the alignment term reads (concept union, foreground) or None;
-    loss: "bce" (CFT), "mse" (RobustViT) or "ce" (labels only); trains: False for the base model."""
-    name: str
-    mask: str | None
-    loss: str
-    trains: bool
-    description: str
-
-
-ARMS = {a.name: a for a in (
-    Arm("cft", "concept", "bce", True, "CFT: concept masks, BCE alignment + confidence term (the paper)"),
-    Arm("cft_fgmask", "foreground", "bce", True, "CFT's loss on foreground masks (concepts vs segmentation)"),
-    Arm("robustvit", "foreground", "mse", True, "RobustViT: foreground masks, MSE alignment + confidence term"),
-    Arm("ce", None, "ce", True, "plain fine-tuning: cross-entropy on the labels of the same images"),
-    Arm("none", "concept", "bce", False, "the base model, not fine-tuned (validated with CFT's loss)"),
-    Arm("dfr", "concept", "bce", False, "DFR reference: the base's last layer refitted on labelled, habitat-balanced "
-        "images no other arm sees (cftlib.dfr; the world only)"),
-)}
-assert tuple(ARMS) == config.ARMS
-
-
-def get_arm(name: str) -> Arm:
-    try:
-        return ARMS[name]
-    except KeyError:
-        raise FinetuneError(f"unknown arm {name!r}; choose one of {sorted(ARMS)}") from None
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: model role ("vit": the base ViT; "cnn": the CNN), arm, seed, relevance method, lr, and which
-    base model (index into the world stage's bases) it starts from. Seeds are numbered across bases, so the
-    seed alone names the (base, seed) pair that differences between arms are paired by."""
-    model: str
-    arm: str
-    seed: int
-    relevance: str
-    lr: float
-    base: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}/{self.arm}/seed{self.seed}"
-
-    def folder(self, out_dir: str | Path) -> Path:
-        return Path(out_dir) / self.name
-
-
-def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
-    """Every (model, arm, base, seed) run of the parameters — `cfg.seeds` seeds on each of `bases` base
-    models, seed `seed + base * cfg.seeds + i` — checked before any work: a wrong arm or a relevance method
-    that cannot explain the model fails naming it."""
-    runs = []
-    for model, arms, method, lr in (("vit", cfg.arms, cfg.relevance, cfg.lr),
-                                    ("cnn", cfg.cnn.arms, cfg.cnn.relevance, cfg.cnn.lr)):
-        kinds = relevance.get(method).model_kinds
-        if arms and model not in kinds:
-            raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
-        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method, lr, b)
-                 for a in arms for b in range(bases) for i in range(cfg.seeds)]
-    return runs
-
 
 
 def lr_at(epoch: int, lr: float, cfg: config.Finetune) -> float:
@@ -133,7 +61,7 @@ def _tensors(images: list, masks: list, size: int) -> tuple[torch.Tensor, torch.
     are resized (bilinear, antialiased; masks too, so their edges become fractional, as in the official code)."""
     xs, ms = [], []
     for img, m in zip(images, masks):
-        x, m = models.to_tensor(np.asarray(img)[None]), torch.from_numpy(np.asarray(m, np.float32))[None, None]
+        x, m = factory.to_tensor(np.asarray(img)[None]), torch.from_numpy(np.asarray(m, np.float32))[None, None]
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             m = F.interpolate(m, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -155,16 +83,16 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
     class, `pool.class_index`), concept, foreground, ids} per
     split, plus `counts`: images, quality flags and policy actions of the chosen images (dropped ones are
     skipped and counted). A missing store, a class with fewer than k images, or no image left are errors."""
-    items = grounding.load_store(masks_dir)["items"]
+    items = maskstore.load_store(masks_dir)["items"]
     per_class: dict[int, list] = {}
     for r in items:
         if r["split"] == "train":
             per_class.setdefault(r["label"], []).append(r)
     if not per_class:
-        raise FinetuneError(f"{masks_dir}: the masks store has no training images")
+        raise runspec.FinetuneError(f"{masks_dir}: the masks store has no training images")
     short = {c: len(rs) for c, rs in per_class.items() if len(rs) < k}
     if short:
-        raise FinetuneError(f"finetune.k={k}, but the masks store {masks_dir} holds fewer images of class(es) "
+        raise runspec.FinetuneError(f"finetune.k={k}, but the masks store {masks_dir} holds fewer images of class(es) "
                             f"{short} (label: images); lower finetune.k or re-run masks with masks.k >= {k}")
     chosen = {r["id"] for rs in per_class.values() for r in rs[:k]} | {r["id"] for r in items if r["split"] == "val"}
     data, counts = {}, {}
@@ -173,7 +101,7 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
         d = fewshot.load(masks_dir, split, pool)
         keep = [i for i, id_ in enumerate(d["ids"]) if id_ in chosen]
         if not keep:
-            raise FinetuneError(f"{masks_dir}: no {split} image left (all dropped by masks.policy?)")
+            raise runspec.FinetuneError(f"{masks_dir}: no {split} image left (all dropped by masks.policy?)")
         x, concept = _tensors([d["images"][i] for i in keep], [d["masks"][i] for i in keep], size)
         fg = None
         if foreground is not None:  # the store's (real images), else `foreground` (the world's silhouette)
@@ -206,7 +134,7 @@ def augment(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator, scale: float
 
 # ----------------------------------------------------------------------------- one step
 
-def objective(model, arm: Arm, x, m, y, cfg: config.Finetune, method: str):
+def objective(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: str):
     """The arm's loss terms on a batch ({loss, context, concept, confidence, saturated}; `ce`: {loss}) and
     the logits of the same forward (explain returns both, so one forward serves relevance and confidence)."""
     if arm.loss == "ce":
@@ -226,7 +154,7 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def train_step(model, opt, arm: Arm, x, m, y, n_global: int, cfg: config.Finetune, method: str, amp) -> dict:
+def train_step(model, opt, arm: runspec.Arm, x, m, y, n_global: int, cfg: config.Finetune, method: str, amp) -> dict:
     """One optimiser step on this process's shard (x, m, y) of a global batch of `n_global` images. The loss
     is weighted by shard / global size and gradients are summed over processes, so N processes take the
     step one process would (unlike DDP's mean over uneven shards). A non-finite loss or gradient skips
@@ -260,7 +188,7 @@ def train_step(model, opt, arm: Arm, x, m, y, n_global: int, cfg: config.Finetun
 
 
 @torch.no_grad()
-def validate(model, arm: Arm, val: dict, cfg: config.Finetune, method: str, amp) -> dict:
+def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: str, amp) -> dict:
     """On the validation images (no augmentation): the arm's total loss (model selection) and terms, CFT's
     alignment on concept masks for every arm (a common yardstick), accuracy. Sharded over processes."""
     rank, world = _world()
@@ -293,10 +221,10 @@ def _digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data: dict) -> dict:
+def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Module, data: dict) -> dict:
     """What determines a run's result: its spec, the protocol parameters, the base weights and the data.
     Its hash decides whether a finished run is reused and whether a saved state may be resumed."""
-    arm = ARMS[spec.arm]
+    arm = runspec.ARMS[spec.arm]
     split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
                                *([data[s]["foreground"]] if arm.mask == "foreground" else []))
                     for s in ("train", "val")}
@@ -310,12 +238,12 @@ def run_config(spec: RunSpec, cfg: config.Finetune, base: torch.nn.Module, data:
     return conf
 
 
-def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
-        progress: bool = False) -> dict:
+def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune,
+        out_dir: str | Path, progress: bool = False) -> dict:
     """Run `spec` into its folder and return its run.json. A complete run with the same config hash is
     reused; a saved state with the same hash is resumed at its last finished epoch (and ends with the same
     history as an uninterrupted run); anything else starts over."""
-    arm, folder = ARMS[spec.arm], spec.folder(out_dir)
+    arm, folder = runspec.ARMS[spec.arm], spec.folder(out_dir)
     conf = run_config(spec, cfg, base, data)
     rank, world = _world()
     done = folder / "run.json"
@@ -332,7 +260,7 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
         p.requires_grad_(True)
     train = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["train"].items()}
     val = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["val"].items()}
-    train["x"], val["x"] = models.renormalise(train["x"], build), models.renormalise(val["x"], build)
+    train["x"], val["x"] = checkpoints.renormalise(train["x"], build), checkpoints.renormalise(val["x"], build)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)
     st = {"epoch": 0, "history": [], "epochs": [], "best": (math.inf, 0), "nonfinite": 0, "consecutive": 0}
@@ -389,7 +317,8 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
         st["epoch"] = epoch + 1
         if rank == 0:
             if best:
-                models.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": epoch + 1})
+                checkpoints.save_checkpoint(folder / "best.pt", model,
+                                            {**build, "run": asdict(spec), "epoch": epoch + 1})
             with atomic_path(state_path) as tmp:
                 torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "state": st}, tmp)
@@ -400,9 +329,9 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
                "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
                "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
     if rank == 0:
-        models.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
+        checkpoints.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
         if not epochs:
-            models.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": 0})
+            checkpoints.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": 0})
         write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
         write_csv(folder / "epochs.csv", pd.DataFrame(st["epochs"], columns=list(EPOCH_COLUMNS)))
         write_json(done, summary)
@@ -414,7 +343,7 @@ def fit(spec: RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: conf
 
 # ----------------------------------------------------------------------------- the stage
 
-def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
+def run_all(runs: list[runspec.RunSpec], bases: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
             progress: bool = False) -> pd.DataFrame:
     """Fit every run (bases: model role → (model, build)); folders of runs no longer planned are removed.
     Returns one row per run: model, arm, seed, best_epoch, best_val_loss, last val metrics, skipped steps."""
@@ -429,7 +358,7 @@ def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, 
         line = None if progress else bar(desc=spec.name, rank=_world()[0], unit="epochs")  # the same when reused
         s = fit(spec, *bases[spec.model, spec.base], data, cfg, out_dir, progress)
         if line is not None:
-            line.update(cfg.epochs if ARMS[spec.arm].trains else 0)
+            line.update(cfg.epochs if runspec.ARMS[spec.arm].trains else 0)
             line.close()
         rows.append({"model": spec.model, "arm": spec.arm, "base": spec.base, "seed": spec.seed,
                      "best_epoch": s["best_epoch"],
@@ -437,99 +366,3 @@ def run_all(runs: list[RunSpec], bases: dict, data: dict, cfg: config.Finetune, 
                      **{f"last_{k}": s["last"][k] for k in EPOCH_COLUMNS if k.startswith("val_")},
                      "nonfinite_steps": s["nonfinite_steps"], "saturated_steps": s["saturated_steps"]})
     return pd.DataFrame(rows)
-
-
-def collect(runs: list[RunSpec], out_dir: str | Path, name: str) -> pd.DataFrame:
-    """`history.csv` or `epochs.csv` of every run, stacked, with model, arm and seed columns."""
-    frames = [pd.read_csv(r.folder(out_dir) / name).assign(model=r.model, arm=r.arm, base=r.base, seed=r.seed)
-              for r in runs]
-    return pd.concat(frames, ignore_index=True)
-
-
-def curves(epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Wide table for `dvc plots`: epoch × `<model>_<arm>`, the mean of `metric` over seeds."""
-    wide = epochs.assign(run=epochs["model"] + "_" + epochs["arm"]).pivot_table(
-        index="epoch", columns="run", values=metric, aggfunc="mean", sort=False)
-    return wide.reset_index().rename_axis(columns=None)
-
-
-def metrics(table: pd.DataFrame, counts: dict) -> dict:
-    """The stage's metrics: per run `<model>/<arm>/seed<seed>` its `run_all` row (NaN → null), and the
-    few-shot image counts."""
-    rows = table.astype(object).where(table.notna(), None).to_dict("records")
-    return {"runs": {f"{r['model']}/{r['arm']}/seed{r['seed']}": {k: v for k, v in r.items()
-                                                                   if k not in ("model", "arm", "seed")} for r in rows},
-            "data": counts}
-
-
-def load_run(spec: RunSpec, out_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict]:
-    """A run's `best` or `last` model (eval mode) and its checkpoint config."""
-    return models.load_checkpoint(spec.folder(out_dir) / f"{which}.pt")
-
-
-def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_dir: str | Path,
-          out_dir: str | Path, concepts_dir: str | Path = "data/concepts", select=None,
-          progress: bool = False) -> tuple[list[RunSpec], dict, dict]:
-    """Everything the runs need, checked before any training: (runs, data, bases), the runs filtered by
-    `select(spec) -> bool` if given; bases maps (model role, base index) → (model, build), read from the
-    world stage's `base_dir` (a pretrained zoo CNN at paper scale)."""
-    from . import concepts
-
-    runs = [r for r in plan(P.finetune, P.base.seed, P.bases.seeds) if select is None or select(r)]
-    bases = {}
-    for model, b in sorted({(r.model, r.base) for r in runs} | {("vit", 0)}, key=lambda k: (k[0] != "vit", k)):
-        if model == "cnn" and P.finetune.cnn.zoo:  # paper scale: a pretrained CNN
-            from . import zoo
-
-            C, kwargs = P.finetune.cnn, P.finetune.cnn.pretrain.model_kwargs
-            bases[model, b] = (zoo.build(C.zoo, C.weights, bases["vit", 0][1]["num_classes"], what="finetune.cnn.weights",
-                                         **kwargs), zoo.build_config(C.zoo, bases["vit", 0][1]["num_classes"], kwargs))
-        elif model == "cnn" and P.concepts.dataset != "world":
-            raise FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.zoo (a pretrained "
-                                "CNN) or finetune.cnn.arms: [] for an image folder")
-        else:
-            bases[model, b] = models.load_checkpoint(pretrain.base_path(base_dir, model, b))
-    build = bases["vit", 0][1]
-    bank = concepts.load(concepts_dir) if P.concepts.dataset != "world" else None  # class names for GroundingSAM
-    pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
-    names = [c["name"] for c in bank["classes"]] if bank else [""] * build["num_classes"]
-    needs_fg = any(ARMS[r.arm].mask == "foreground" for r in runs)
-    data = load_data(masks_dir, pool, P.finetune.k, build["img_size"],
-                     foreground_masks(P.masks, names) if needs_fg else None)
-    if any(r.arm == "dfr" for r in runs):  # the world's habitat-balanced labelled split (config: the world only)
-        d = world.load_split(data_dir, "dfr")
-        data["dfr"] = {"images": d["images"], "label": d["label"].astype(np.int64), "l2": P.bases.dfr_l2}
-    return runs, data, bases
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cftlib.finetune", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--masks", default="data/masks")
-    ap.add_argument("--data", default="data/world")
-    ap.add_argument("--base", default="models/base", help="the world stage's base models")
-    ap.add_argument("--out", default="models/finetune")
-    ap.add_argument("--concepts", default="data/concepts")
-    ap.add_argument("--model", action="append", choices=("vit", "cnn"), help="only these models (repeatable)")
-    ap.add_argument("--arm", action="append", help="only these arms (repeatable)")
-    ap.add_argument("--seed", action="append", type=int, help="only these seeds (repeatable)")
-    ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    P = config.load(args.params)
-    torch.set_num_threads(P.base.threads)
-    for a in args.arm or []:
-        get_arm(a)
-    with launch.distributed(launch.device(P.finetune.device, "finetune.device").type == "cuda", "finetune.processes"):
-
-        def select(r: RunSpec) -> bool:
-            return all(not want or got in want for want, got in ((args.model, r.model), (args.arm, r.arm),
-                                                                  (args.seed, r.seed)))
-
-        runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, select, args.progress)
-        for spec in runs:
-            fit(spec, *bases[spec.model, spec.base], data, P.finetune, args.out, args.progress)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The mask store's format: `store.json` (one record per image and concept) beside one `.npz` of masks per
+image; written by the masks stage, read by fine-tuning and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cftlib.core.io import atomic_path, read_json, read_npz, write_json
+from cftlib.data.world import save_npz
+
+class GroundingError(ValueError):
+    """A concept, image or mask store the grounders cannot use; the message names it."""
+
+
+def write_store(out_dir: str | Path, results, header: dict) -> dict:
+    """Write `<out_dir>/<split>/<id>.npz` (union, weighted, concepts) per kept item and `manifest.json`
+    ({header, items}); the folder appears atomically. Returns the manifest."""
+    items = []
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for record, arrays in results:
+            if arrays is not None:
+                save_npz(tmp / record["split"] / f"{record['id']}.npz", arrays)
+            items.append(record)
+        manifest = {"header": header, "items": items}
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def load_store(store_dir: str | Path) -> dict:
+    """The manifest of a mask store."""
+    path = Path(store_dir) / "manifest.json"
+    if not path.is_file():
+        raise GroundingError(f"{path}: no mask store; run the masks stage")
+    return read_json(path)
+
+
+def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
+    """{union, weighted, concepts, and on real images foreground} of one kept item of a store."""
+    path = Path(store_dir) / record["split"] / f"{record['id']}.npz"
+    if not path.is_file():
+        raise GroundingError(f"{path}: missing ({record['id']} was {record['action']})")
+    return read_npz(path)

@@ -1,0 +1,64 @@
+"""The evaluate stage on the world: every fine-tuned run read back and scored on every split (accuracy and
+relevance alignment), with the seen classes of the mask store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cftlib.core.progress import bar
+from cftlib.data.maskstore import load_store
+from cftlib.metrics import accuracy, alignment
+from cftlib.training.runspec import load_run
+
+
+def seen_classes(store_dir: str | Path) -> np.ndarray:
+    """The classes fine-tuned on, as model outputs: labels of the mask store's training items (the few-shot
+    choice), mapped through the header's `class_index` (store label → model output, e.g. the ImageNet-1k
+    index; absent = the label itself)."""
+    store = load_store(store_dir)
+    index = store["header"].get("class_index")
+    labels = {r["label"] for r in store["items"] if r["split"] == "train"}
+    return np.array(sorted(labels if index is None else {int(index[y]) for y in labels}), dtype=int)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the weights: runs with identical weights (the `none` arm's seeds) are evaluated once."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: np.ndarray,
+                  class_parts: list[list[str]], cfg, progress: bool = False, store: dict | None = None):
+    """Accuracy, alignment and per-class part usage rows (model, arm, seed, …) of every fine-tuning run's
+    selected (best) checkpoint; with `store` (the mask store's validation images, cftlib.data.fewshot.load), the
+    usage from their grounded concept masks too (`concept_usage`). Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
+    Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
+    import pandas as pd
+    align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
+    acc, align, usage, done = [], [], [], {}
+    for spec in bar(runs, desc="evaluate", progress=progress, unit="runs"):
+        model, build = load_run(spec, finetune_dir)
+        key = weights_digest(model)
+        if key not in done:
+            method = alignment.explainer(model, cfg.relevance, spec.relevance)
+            rows, usage_ = alignment.run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images)
+            if store is not None:
+                usage_ += alignment.concept_usage(model, store, method, build.get("img_size"), cfg.batch_size)
+            done[key] = (accuracy.run_accuracy(model, arrays, seen, cfg.batch_size), rows, usage_)
+        ids = {"model": spec.model, "arm": spec.arm, "seed": spec.seed}
+        acc += [{**ids, **r} for r in done[key][0]]
+        align += [{**ids, **r} for r in done[key][1]]
+        usage += [{**ids, **r} for r in done[key][2]]
+    return pd.DataFrame(acc), pd.DataFrame(align), pd.DataFrame(usage)
+
+
+def head(arrays: dict, n: int) -> dict:
+    """The first n items of every array of a split (n = 0: all)."""
+    return arrays if n == 0 else {k: v[:n] for k, v in arrays.items()}

@@ -1,0 +1,97 @@
+"""Fine-tuning runs: the arms (CFT, RobustViT, baselines), the (model, arm, base, seed) plan of a profile, and
+where a run's folder is and how it is read back — what every reader of a run needs, without the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cftlib import relevance
+from cftlib.core import config
+from cftlib.models import checkpoints
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning setup that cannot run (arm, relevance method, few-shot data); the message says why."""
+
+
+# ----------------------------------------------------------------------------- arms
+
+@dataclass(frozen=True)
+class Arm:
+    """A fine-tuning arm. mask: which mask the alignment term reads (concept union, foreground) or None;
+    loss: "bce" (CFT), "mse" (RobustViT) or "ce" (labels only); trains: False for the base model."""
+    name: str
+    mask: str | None
+    loss: str
+    trains: bool
+    description: str
+
+
+ARMS = {a.name: a for a in (
+    Arm("cft", "concept", "bce", True, "CFT: concept masks, BCE alignment + confidence term (the paper)"),
+    Arm("cft_fgmask", "foreground", "bce", True, "CFT's loss on foreground masks (concepts vs segmentation)"),
+    Arm("robustvit", "foreground", "mse", True, "RobustViT: foreground masks, MSE alignment + confidence term"),
+    Arm("ce", None, "ce", True, "plain fine-tuning: cross-entropy on the labels of the same images"),
+    Arm("none", "concept", "bce", False, "the base model, not fine-tuned (validated with CFT's loss)"),
+    Arm("dfr", "concept", "bce", False, "DFR reference: the base's last layer refitted on labelled, habitat-balanced "
+        "images no other arm sees (cftlib.training.dfr; the world only)"),
+)}
+assert tuple(ARMS) == config.ARMS
+
+
+def get_arm(name: str) -> Arm:
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise FinetuneError(f"unknown arm {name!r}; choose one of {sorted(ARMS)}") from None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: model role ("vit": the base ViT; "cnn": the CNN), arm, seed, relevance method, lr, and which
+    base model (index into the world stage's bases) it starts from. Seeds are numbered across bases, so the
+    seed alone names the (base, seed) pair that differences between arms are paired by."""
+    model: str
+    arm: str
+    seed: int
+    relevance: str
+    lr: float
+    base: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.arm}/seed{self.seed}"
+
+    def folder(self, out_dir: str | Path) -> Path:
+        return Path(out_dir) / self.name
+
+
+def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
+    """Every (model, arm, base, seed) run of the parameters — `cfg.seeds` seeds on each of `bases` base
+    models, seed `seed + base * cfg.seeds + i` — checked before any work: a wrong arm or a relevance method
+    that cannot explain the model fails naming it."""
+    runs = []
+    for model, arms, method, lr in (("vit", cfg.arms, cfg.relevance, cfg.lr),
+                                    ("cnn", cfg.cnn.arms, cfg.cnn.relevance, cfg.cnn.lr)):
+        kinds = relevance.get(method).model_kinds
+        if arms and model not in kinds:
+            raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
+        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method, lr, b)
+                 for a in arms for b in range(bases) for i in range(cfg.seeds)]
+    return runs
+
+
+def collect(runs: list[RunSpec], out_dir: str | Path, name: str) -> pd.DataFrame:
+    """`history.csv` or `epochs.csv` of every run, stacked, with model, arm and seed columns."""
+    frames = [pd.read_csv(r.folder(out_dir) / name).assign(model=r.model, arm=r.arm, base=r.base, seed=r.seed)
+              for r in runs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_run(spec: RunSpec, out_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict]:
+    """A run's `best` or `last` model (eval mode) and its checkpoint config."""
+    return checkpoints.load_checkpoint(spec.folder(out_dir) / f"{which}.pt")
