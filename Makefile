@@ -63,7 +63,7 @@ test test-fast test-gpu: export HF_HUB_OFFLINE := 1
 test test-fast test-gpu: export TRANSFORMERS_OFFLINE := 1
 
 test: setup
-	. $(VENV)/bin/activate && pytest -m "not gpu"
+	. $(VENV)/bin/activate && lint-imports && pytest -m "not gpu"
 
 test-fast: setup
 	. $(VENV)/bin/activate && pytest

@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 from cftlib.core import config, hub, launch
 from cftlib.core.io import atomic_path, read_json
 
@@ -186,8 +188,6 @@ def load(path: str | Path) -> dict:
 
 def table(bank: dict):
     """The bank as a pandas DataFrame: one row per class, its concepts joined."""
-    import pandas as pd
-
     return pd.DataFrame([{"label": c["label"], "name": c["name"], "n": len(c["concepts"]),
                           "concepts": "; ".join(f"{k['text']}" + (f" ({k['weight']:g})" if k["weight"] != 1 else "")
                                                 for k in c["concepts"])} for c in bank["classes"]]).set_index("label")
@@ -364,7 +364,7 @@ class LLMCache:
 def load_generator(cfg: config.LLM) -> Callable[[list[dict], int], str]:
     """A `generate(messages, seed) -> answer` over transformers' text-generation pipeline for the local
     folder or hub id `cfg.model`; chat template when the tokenizer has one, else plain text."""
-    import transformers
+    import transformers  # seconds to import; only the LLM proposer needs it
 
     tok = hub.load(cfg.model, "concepts.llm.model", transformers.AutoTokenizer.from_pretrained)
     model = hub.load(cfg.model, "concepts.llm.model", transformers.AutoModelForCausalLM.from_pretrained,

@@ -12,11 +12,14 @@ from itertools import islice
 from typing import Callable
 
 import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
 
 from cftlib.concepts import content_hash
-from cftlib.data.maskstore import GroundingError
 from cftlib.core import config, hub, launch
 from cftlib.data import world
+from cftlib.data.maskstore import GroundingError
 from cftlib.data.world import PARTS
 
 FLAGS = ("ok", "empty", "too_small", "too_large")
@@ -90,8 +93,7 @@ class GroundingSAM:
     batches' worth of images at a time so that mixed-shape datasets (ImageNet) still fill batches."""
 
     def __init__(self, cfg: config.GroundingSAM):
-        import torch
-        import transformers as T
+        import transformers as T  # seconds to import; only the GroundingSAM grounder needs it
 
         self.cfg, self.device = cfg, launch.device(cfg.device, "masks.groundingsam.device")
         self.window = self.LOOKAHEAD * cfg.batch_size
@@ -112,9 +114,6 @@ class GroundingSAM:
     def detect(self, images: list[np.ndarray], concepts: list[list[str]]) -> list[list[np.ndarray]]:
         """Per image, per concept: boxes (n, 4) xyxy in pixels, clipped to the image, degenerate ones dropped.
         One forward per `batch_size` images of one resized shape, on all their (image, concept) pairs."""
-        import torch
-        from PIL import Image
-
         pixels = [self.det_proc.image_processor(images=Image.fromarray(im), return_tensors="pt") for im in images]
         shapes: dict[tuple, list[int]] = {}
         for j, p in enumerate(pixels):
@@ -144,8 +143,6 @@ class GroundingSAM:
     def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, one binary mask (n, H, W) per box prompt at the image's resolution; the SAM image
         encoder runs on `batch_size` images at a time (its processor gives every image the same input size)."""
-        import torch
-
         masks = [np.zeros((len(b), *im.shape[:2]), bool) for im, b in zip(images, boxes)]
         todo = [j for j, b in enumerate(boxes) if len(b)]
         for at in range(0, len(todo), self.cfg.batch_size):
@@ -242,8 +239,6 @@ def ground_items(items, bank: dict, cfg: config.Masks, seed: int, grounder=None,
     every fine-tuning process} (None when dropped). A grounder with `many(jobs)` and `window` gets `window`
     items at a time (GroundingSAM batches them). `masks.policy` decides what a non-ok mask becomes: kept,
     dropped, or replaced by `fallback`'s mask."""
-    from tqdm import tqdm
-
     spec = GROUNDERS[cfg.grounder]
     grounder, fallback = grounder or spec.build(cfg, seed), fallback or Foreground(cfg.groundingsam)
     if isinstance(grounder, GroundingSAM) and isinstance(fallback, Foreground) and fallback._gsam is None:

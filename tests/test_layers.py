@@ -83,18 +83,23 @@ def test_lint_imports_keeps_the_layers_and_every_package_is_in_them():
     assert res.returncode == 0, res.stdout[-3000:]
 
 
-def test_no_cftlib_module_imports_our_own_modules_inside_a_function():
-    found = []
+def test_no_cftlib_module_imports_our_own_modules_inside_a_function_and_each_lazy_import_says_why():
+    ours, unexplained = [], []
     for f in sorted(PKG.rglob("*.py")):
-        tree = ast.parse(f.read_text())
+        text = f.read_text()
+        lines = text.split("\n")
+        tree = ast.parse(text)
         top = set(map(id, tree.body))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
-                ours = (isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("cftlib"))
-                        or isinstance(node, ast.Import) and any(a.name.startswith("cftlib") for a in node.names))
-                if ours:
-                    found.append(f"{f.relative_to(ROOT)}:{node.lineno}")
-    assert not found, f"cftlib imported inside a function (move it to the top, or the piece to a lower layer): {found}"
+                where = f"{f.relative_to(ROOT)}:{node.lineno}"
+                if (isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("cftlib"))
+                        or isinstance(node, ast.Import) and any(a.name.startswith("cftlib") for a in node.names)):
+                    ours.append(where)
+                elif "#" not in lines[node.end_lineno - 1] and not lines[node.lineno - 2].strip().startswith("#"):
+                    unexplained.append(where)
+    assert not ours, f"cftlib imported inside a function (move it to the top, or the piece to a lower layer): {ours}"
+    assert not unexplained, f"a lazy third-party import without a comment saying why it is lazy: {unexplained}"
 
 
 @pytest.mark.parametrize("order", ["sorted", "reversed", "stages first"])

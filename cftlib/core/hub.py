@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
+from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from cftlib.core.io import first_line
 
 T = TypeVar("T")
@@ -23,8 +26,6 @@ def offline() -> bool:
     (transformers would otherwise retry for minutes before failing)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return True
-    from huggingface_hub import constants
-
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
@@ -59,9 +60,6 @@ def missing(name: str, what: str, reachable: bool = False) -> str | None:
     """None when `load` gets `name` without a download: a folder holding config.json, or a hub id whose
     config.json is in the Hugging Face cache (with `reachable`, the hub answers: any hub id). Otherwise what to
     fetch, from where, and which params key (`what`) to set. Reads the cache only, never the network."""
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():

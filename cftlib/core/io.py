@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 RERUN = "re-run the stage that writes it (`dvc repro -f <stage>`)"
 """The usual remedy for a damaged pipeline output; `remedy` names the stage where the path tells it."""
@@ -148,8 +149,6 @@ def read_image(path: str | Path):
     """An 8-bit RGB PIL image as a viewer shows it: EXIF orientation applied, 16-bit grey scaled to 8 bits (PIL's
     own conversion clips it to white), palette images through RGBA (their transparency honoured, then dropped
     as for any alpha). A damaged, unreadable or too small (< MIN_SIDE px) image is an error naming the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     fix = "replace it, or remove it from the folder"
     try:

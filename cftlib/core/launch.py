@@ -10,6 +10,9 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
+import torch.distributed as dist
+
 
 class LaunchError(RuntimeError):
     """A torchrun job that failed; the message carries the end of its output."""
@@ -40,8 +43,6 @@ def device(name: str, what: str):
     """This process's torch device for a params `device` value (auto, cpu, cuda): auto is CUDA when present;
     on CUDA, the GPU of this torchrun process (cuda:LOCAL_RANK). `cuda` with no CUDA device is an error naming
     the key `what`."""
-    import torch
-
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise LaunchError(f"{what}: cuda, but torch sees no CUDA device (use auto or cpu)")
@@ -54,9 +55,6 @@ def distributed(cuda: bool, what: str) -> Iterator[None]:
     """Under torchrun (WORLD_SIZE > 1), a process group for the block, destroyed after: NCCL on this process's
     GPU (cuda:LOCAL_RANK) when `cuda`, else gloo; outside torchrun, nothing. `what` names the params key of
     the process count, for the error when there are more processes than GPUs."""
-    import torch
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         if cuda:

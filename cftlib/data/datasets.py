@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from cftlib.core.config import BENCHMARKS
 from cftlib.core.io import list_images, read_image
@@ -67,7 +68,7 @@ def imagenet_synsets() -> list[str]:
 
 def imagenet_names() -> list[str]:
     """A short name of each ImageNet-1k class in index order (the first lemma of its synset, timm's list)."""
-    from timm.data import ImageNetInfo
+    from timm.data import ImageNetInfo  # timm pulls in torch; the data layer stays light without it
 
     info = ImageNetInfo()
     return [info.index_to_description(i).split(",")[0] for i in range(1000)]
@@ -248,8 +249,6 @@ def sample(bench: Benchmark, n: int, seed: int) -> Benchmark:
 def load_image(path: str | Path, border: int = 0, resize: int = 256, crop: int = 224) -> np.ndarray:
     """uint8 crop×crop×3: optional border crop, shorter side resized to `resize` (bilinear), centre crop
     (torchvision's Resize(256) + CenterCrop(224) arithmetic)."""
-    from PIL import Image
-
     im = read_image(path)
     if border:
         im = im.crop((border, border, im.width - border, im.height - border))
@@ -269,7 +268,7 @@ SEGMENTATION = "imagenet_segmentation"
 
 def segmentation_size(path: str | Path) -> int:
     """Number of images in `gtsegs_ijcv.mat`."""
-    import h5py
+    import h5py  # ImageNet-Segmentation only: no other dataset needs HDF5
 
     path = Path(path)
     if not path.is_file():
@@ -283,8 +282,7 @@ def segmentation(path: str | Path, size: int = 224, indices=None) -> Iterator[tu
     all), read with h5py as Chefer et al.'s loader does (/value/img and /value/gt hold object references;
     arrays are stored transposed). Images are resized to size×size with no crop, masks by nearest
     neighbour (§4.2)."""
-    import h5py
-    from PIL import Image
+    import h5py  # ImageNet-Segmentation only: no other dataset needs HDF5
 
     path = Path(path)
     if not path.is_file():

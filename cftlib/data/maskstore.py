@@ -10,6 +10,7 @@ import numpy as np
 from cftlib.core.io import atomic_path, read_json, read_npz, write_json
 from cftlib.data.world import save_npz
 
+
 class GroundingError(ValueError):
     """A concept, image or mask store the grounders cannot use; the message names it."""
 

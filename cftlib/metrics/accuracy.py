@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cftlib.core.config import PROTOCOLS
@@ -138,8 +139,6 @@ def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarr
 def gaps_frame(acc, reference: str = "test", ood=OOD):
     """Per run, the shortcut gap (`reference` − split) in top-1 over all images for each split of `ood`
     (the world's OOD splits, or the OOD benchmarks against ImageNet val), as rows of `acc`'s shape."""
-    import pandas as pd
-
     allimg = acc[acc["group"] == "all"]
     test = allimg[allimg["split"] == reference].set_index(["model", "arm", "seed"])["top1"]
     ood = allimg[allimg["split"].isin(list(ood))].copy()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cftlib import relevance
 from cftlib.data.world import PARTS, concept_part
@@ -119,16 +120,12 @@ def concept_usage_rows(relevance: np.ndarray, concepts: list[np.ndarray], labels
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     """A uint8 H×W×3 image at size×size (bilinear, antialiased by PIL), unchanged when it already is."""
-    from PIL import Image
-
     return image if image.shape[:2] == (size, size) else np.asarray(
         Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
 def fit_masks(masks: np.ndarray, size: int) -> np.ndarray:
     """A bool K×H×W stack of masks at K×size×size (nearest), unchanged when it already is."""
-    from PIL import Image
-
     return masks if masks.shape[1:] == (size, size) else np.stack(
         [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0 for m in masks])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 # ----------------------------------------------------------------------------- seeds and intervals
 
@@ -41,8 +42,6 @@ def mean_ci(values, level: float = 0.95) -> dict[str, float]:
 def summarise(frame, by: list[str], metrics: list[str], level: float = 0.95):
     """Mean and CI half-width over seeds of each metric, per group of `by` (columns `<metric>`,
     `<metric>_ci`, and `n` runs)."""
-    import pandas as pd
-
     rows = []
     for key, g in frame.groupby(by, sort=False):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))

@@ -16,9 +16,11 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import timm
 import torch
 import torch.nn as nn
+from huggingface_hub import try_to_load_from_cache
 
 from cftlib.core import hub
 from cftlib.core.io import CorruptFile, first_line, read_torch
@@ -114,8 +116,6 @@ def _head_path(e: Entry, weights: str) -> Path:
 
 
 def _hub_cached(e: Entry) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return any(isinstance(try_to_load_from_cache(e.hub_id, f), str)
                for f in ("model.safetensors", "pytorch_model.bin"))
 
@@ -217,8 +217,6 @@ def table() -> list[dict]:
 
 
 def main() -> None:
-    import pandas as pd
-
     with pd.option_context("display.max_colwidth", None, "display.width", 250):
         print(pd.DataFrame(table()).to_string(index=False))
 

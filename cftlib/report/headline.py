@@ -3,7 +3,7 @@
 Each stage writes its full numbers (every run, split and interval) to `reports/<stage>.json` and a few of them
 here, to `metrics/<stage>.json`, in one shape: `{group: {name: value}}` (two levels), snake_case names
 `<split>_<measure>` where a split applies, percentages and points with one decimal, counts as integers. The
-default profile's files hold at most `BUDGET` values in all (tests/test_headline.py), so `dvc metrics diff`
+default profile's files hold at most `BUDGET` values in all (tests/report/test_headline.py), so `dvc metrics diff`
 after a changed run fits a screen.
 """
 

@@ -11,6 +11,7 @@ import pandas as pd
 from cftlib.core.io import atomic_path, write_csv
 from cftlib.metrics.alignment import ELSEWHERE
 
+
 def fmt(mean: float, ci: float, scale: float = 100.0, digits: int = 1) -> str:
     """"81.2 ± 0.4" (a single run: no interval)."""
     if math.isnan(ci):

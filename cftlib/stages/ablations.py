@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -146,8 +147,6 @@ def findings(s: pd.DataFrame, split: str) -> list[str]:
 
 def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
     """One panel per ablation: `split` top-1 and concept mass on it per value, mean ± CI over seeds."""
-    import matplotlib.pyplot as plt
-
     ablations = list(dict.fromkeys(acc["ablation"]))
     if not ablations:
         fig, ax = plt.subplots(figsize=(4, 1))

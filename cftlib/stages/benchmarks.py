@@ -6,11 +6,17 @@ protocol, segmentation alignment, concept usage), sharded over torchrun processe
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+import torch.distributed as dist
 
 from cftlib.core import config, launch
 from cftlib.core.config import PROTOCOLS, as_dict
@@ -34,8 +40,6 @@ from cftlib.training.runspec import load_run, plan
 
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of the torch.distributed job, (0, 1) outside one."""
-    import torch.distributed as dist
-
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
@@ -48,8 +52,6 @@ def shard(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[
 def gather(rows: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """Per-row arrays computed by each process for its `rows`, put together in row order on rank 0 (the
     others get None); outside torch.distributed, `arrays` as given."""
-    import torch.distributed as dist
-
     rank, world = rank_world()
     if world == 1:
         return arrays
@@ -85,8 +87,6 @@ def predict_protocols(model: torch.nn.Module, bench: datasets.Benchmark, protoco
     """{protocol: logits (rows, classes)} of `bench`'s images in `batches` (default: all), each image decoded
     once per border the protocols need, preprocessed as each protocol says, on the model's device in eval
     mode (`amp`: bfloat16 autocast on CUDA); `workers` threads decode."""
-    from concurrent.futures import ThreadPoolExecutor
-
     for p in protocols:
         if p not in PROTOCOLS:
             raise ValueError(f"protocol {p!r}: choose one of {PROTOCOLS}")
@@ -177,9 +177,6 @@ def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
     """The cache file of one model's rows: named by the hash of everything that decides them."""
     if cache_dir is None:
         return None
-    import hashlib
-    import json
-
     return Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
 
 
@@ -236,10 +233,6 @@ def frames(results, protocols: list[str]):
 def main(argv: list[str] | None = None) -> int:
     """`python -m cftlib.stages.benchmarks`: every run on the paper's benchmarks; under torchrun the images are
     sharded over the processes and rank 0 writes the results CSV."""
-    import argparse
-
-    import pandas as pd
-
     ap = argparse.ArgumentParser(prog="python -m cftlib.stages.benchmarks",
                                  description="Score every fine-tuning run on evaluate.benchmarks and "
                                              "evaluate.segmentation; one CSV row per run, benchmark, protocol, group.")

@@ -3,9 +3,11 @@ relevance alignment), with the seen classes of the mask store."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cftlib.core.progress import bar
@@ -26,8 +28,6 @@ def seen_classes(store_dir: str | Path) -> np.ndarray:
 
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-256 of the weights: runs with identical weights (the `none` arm's seeds) are evaluated once."""
-    import hashlib
-
     h = hashlib.sha256()
     for t in model.state_dict().values():
         h.update(t.cpu().contiguous().numpy().tobytes())
@@ -40,7 +40,6 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
     selected (best) checkpoint; with `store` (the mask store's validation images, cftlib.data.fewshot.load), the
     usage from their grounded concept masks too (`concept_usage`). Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
     Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
-    import pandas as pd
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
     acc, align, usage, done = [], [], [], {}
     for spec in bar(runs, desc="evaluate", progress=progress, unit="runs"):

@@ -13,6 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from cftlib import concepts, grounding
 from cftlib.core import config, launch
 from cftlib.core.io import read_json, read_npz, write_json
@@ -22,15 +25,11 @@ from cftlib.data.world import save_npz
 
 
 def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 def _barrier(world: int) -> None:
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -89,8 +88,6 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m cftlib.stages.ground`: the masks stage's grounding; under torchrun, one process per GPU."""
-    import torch
-
     ap = argparse.ArgumentParser(prog="python -m cftlib.stages.ground", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", default="data/world")

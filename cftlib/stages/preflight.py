@@ -16,6 +16,9 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from packaging.requirements import Requirement
+
 from cftlib.concepts import ConceptError, WordNet
 from cftlib.core import config, hub
 from cftlib.data import datasets
@@ -63,8 +66,6 @@ class Check:
 # ----------------------------------------------------------------------------- packages
 
 def _package(stage: str, requirement: str) -> Check:
-    from packaging.requirements import Requirement
-
     req = Requirement(requirement)
     fix = f"pip install '{requirement}' (or `make setup`)"
     try:
@@ -81,11 +82,7 @@ def _package(stage: str, requirement: str) -> Check:
 
 @functools.cache
 def _gpus() -> int:
-    """CUDA devices torch sees (0 without torch); counts without initialising CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return 0
+    """CUDA devices torch sees; counts without initialising CUDA."""
     return torch.cuda.device_count()
 
 
