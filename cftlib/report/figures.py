@@ -79,21 +79,24 @@ def part_legend(parts: tuple[str, ...]) -> plt.Figure:
 
 def training_curve(history: pd.DataFrame, hue: str | None = None) -> plt.Figure:
     """Loss and accuracy per epoch, train vs val (solid vs dashed per value of `hue`, if given; without it,
-    one curve per split; several rows per epoch and hue are drawn as their mean and its band)."""
+    one curve per split; several rows per epoch and hue, e.g. base models, are drawn as their mean and their
+    range: no bootstrap, so the same rows draw the same figure)."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for ax, metric in zip(axes, ("loss", "acc")):
         long = history.melt(id_vars=["epoch", *([hue] if hue else [])], value_vars=[f"train_{metric}", f"val_{metric}"],
                             var_name="split", value_name=metric)
         sns.lineplot(data=long, x="epoch", y=metric, hue=hue or "split", style="split" if hue else None,
-                     marker="o", ax=ax)
+                     marker="o", errorbar=("pi", 100), ax=ax)
     fig.tight_layout()
     return fig
 
 
 def accuracy_bars(acc: pd.DataFrame, chance: float, hue: str | None = None) -> plt.Figure:
-    """Top-1 accuracy per split (columns `split`, `accuracy`, optional hue), with the chance level."""
+    """Top-1 accuracy per split (columns `split`, `accuracy`, optional hue), with the chance level: bars the mean
+    of the rows (e.g. base models), whiskers their range (seaborn's default, a bootstrap interval, is random)."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    sns.barplot(data=acc, x="split", y="accuracy", hue=hue, ax=ax, color=None if hue else "steelblue")
+    sns.barplot(data=acc, x="split", y="accuracy", hue=hue, ax=ax, color=None if hue else "steelblue",
+                errorbar=("pi", 100))
     ax.axhline(chance, ls="--", c="gray", lw=1)
     ax.text(len(acc["split"].unique()) - 0.5, chance, "chance", va="bottom", ha="right", fontsize=8, color="gray")
     ax.set_ylim(0, 1)

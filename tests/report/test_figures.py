@@ -65,3 +65,13 @@ def test_save_writes_the_file_and_closes_the_figure_so_a_notebook_shows_it_once(
     got = figures.save(fig, tmp_path / "f.png", dpi=50)
     assert got is fig and not plt.fignum_exists(fig.number)  # the inline backend shows open figures only
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_bars_draw_the_same_pixels_twice(tmp_path):
+    """No bootstrap in the whiskers: a rerun of a stage rewrites the same figure."""
+    spread = np.random.default_rng(0).uniform(-0.2, 0.2, 8)
+    acc = pd.DataFrame([dict(split=s, model="vit", accuracy=a + d) for s, a in (("test", 0.7), ("v2", 0.5))
+                        for d in spread])
+    first, again = (figures.save(figures.accuracy_bars(acc, 0.1, hue="model"), tmp_path / f"{i}.png", dpi=200)
+                    and (tmp_path / f"{i}.png").read_bytes() for i in range(2))
+    assert first == again
