@@ -304,7 +304,7 @@ def summary(records: list[dict]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------- what a store records
 
 def truth_for(P: config.Params) -> WorldGrounder | None:
     """The exact masks the stage scores its masks against (record["iou"]): the world's noise-free part

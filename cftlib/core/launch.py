@@ -69,3 +69,8 @@ def distributed(cuda: bool, what: str) -> Iterator[None]:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed job, (0, 1) outside one."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)

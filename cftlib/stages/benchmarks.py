@@ -38,11 +38,6 @@ from cftlib.stages.evaluate import seen_classes, weights_digest
 from cftlib.training.runspec import load_run, plan
 
 
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed job, (0, 1) outside one."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
 def shard(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
     """This process's batches (start, stop) of n items: batch b goes to rank b mod world. Whole batches, so
     every image is computed in the same batch whatever the number of processes (identical logits)."""
@@ -52,7 +47,7 @@ def shard(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[
 def gather(rows: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """Per-row arrays computed by each process for its `rows`, put together in row order on rank 0 (the
     others get None); outside torch.distributed, `arrays` as given."""
-    rank, world = rank_world()
+    rank, world = launch.rank_world()
     if world == 1:
         return arrays
     parts = [None] * world if rank == 0 else None
@@ -122,7 +117,7 @@ def segmentation_eval(model: torch.nn.Module, path: str | Path, method: str, bat
     batches and rank 0 gets the scores (the others None)."""
 
     indices = np.arange(datasets.segmentation_size(path)) if indices is None else np.asarray(indices, int)
-    batches = shard(len(indices), batch_size, *rank_world())
+    batches = shard(len(indices), batch_size, *launch.rank_world())
     counts = []
     for a, b in batches:
         imgs, gts = zip(*datasets.segmentation(path, indices=indices[a:b]))
@@ -150,7 +145,7 @@ def evaluate_model(model: torch.nn.Module, benches: dict[str, datasets.Benchmark
     concept usage rows {benchmark: MASKS_SPLIT, label, part, mass, images}, computed on rank 0. Under
     torch.distributed each process computes its share of the batches; rank 0 returns the rows, the others []."""
 
-    rank, world = rank_world()
+    rank, world = launch.rank_world()
     rows = []
     for name, bench in benches.items():
         batches = shard(len(bench), cfg.batch_size, rank, world)
@@ -195,7 +190,7 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
     seg = (datasets.choose(datasets.segmentation_size(E.segmentation), E.benchmark_images,
                            datasets.rng_for(P.base.seed, datasets.SEGMENTATION)) if E.segmentation else None)
     rows, done = [], {}
-    for spec in bar(runs, desc="benchmarks", progress=progress, rank=rank_world()[0], unit="runs"):
+    for spec in bar(runs, desc="benchmarks", progress=progress, rank=launch.rank_world()[0], unit="runs"):
         model, build = load_run(spec, finetune_dir)
         key = weights_digest(model)
         method = explainer(model, E.relevance, spec.relevance)
@@ -206,7 +201,7 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
             done[key] = read_json(cached)
         if key not in done:
             done[key] = evaluate_model(model.to(dev), benches, seen, E, method, seg, P.base.threads, build, store)
-            if cached is not None and rank_world()[0] == 0:
+            if cached is not None and launch.rank_world()[0] == 0:
                 write_json(cached, done[key])
         rows += [{"model": spec.model, "arm": spec.arm, "seed": spec.seed, **r} for r in done[key]]
     return rows
@@ -252,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         store = fewshot.load(args.masks, "val", fewshot.Pool(P.concepts.dataset, args.data, P.concepts.image_dir))
         rows = evaluate_runs(plan(P.finetune, P.base.seed, P.bases.seeds), args.runs, seen_classes(args.masks), P, dev,
                              args.progress, args.cache, store)
-        if rank_world()[0] == 0:
+        if launch.rank_world()[0] == 0:
             write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))
     return 0
 

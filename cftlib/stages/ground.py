@@ -24,10 +24,6 @@ from cftlib.data import fewshot, maskstore
 from cftlib.data.world import save_npz
 
 
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
 def _barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
@@ -41,7 +37,7 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
     data) is discarded. Under torch.distributed, rank r grounds items r, r + world, ..., then rank 0
     assembles the store in selection order. The store's bytes do not depend on processes, batch size or
     interruptions (the world grounder's noise is drawn per item from (seed, item key))."""
-    rank, world = _rank_world()
+    rank, world = launch.rank_world()
     bank = concepts.load(concepts_dir)
     pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
     selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)

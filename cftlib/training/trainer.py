@@ -144,12 +144,8 @@ def objective(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: st
     return losses.objective(r, m, logits, y, arm.loss, cfg.loss), logits
 
 
-def _world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
-    if _world()[1] > 1:
+    if launch.rank_world()[1] > 1:
         dist.all_reduce(t)
     return t
 
@@ -171,7 +167,7 @@ def train_step(model, opt, arm: runspec.Arm, x, m, y, n_global: int, cfg: config
         stats[:len(keys)] = torch.stack([terms[k].detach().double() * w for k in keys])
         stats[-1] = terms["saturated"].double() if "saturated" in terms else 0.0
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if _world()[1] > 1:
+    if launch.rank_world()[1] > 1:
         flat = _all_sum(torch.cat([g.reshape(-1) for g in grads] + [stats.to(grads[0].dtype)]))
         for g, v in zip(grads, flat[:-len(stats)].split([g.numel() for g in grads])):
             g.copy_(v.view_as(g))
@@ -191,7 +187,7 @@ def train_step(model, opt, arm: runspec.Arm, x, m, y, n_global: int, cfg: config
 def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: str, amp) -> dict:
     """On the validation images (no augmentation): the arm's total loss (model selection) and terms, CFT's
     alignment on concept masks for every arm (a common yardstick), accuracy. Sharded over processes."""
-    rank, world = _world()
+    rank, world = launch.rank_world()
     n = len(val["y"])
     idx = torch.arange(rank, n, world)
     keys = ("val_loss", "val_context", "val_concept", "val_confidence", "val_cft_align", "val_acc")
@@ -245,7 +241,7 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     history as an uninterrupted run); anything else starts over."""
     arm, folder = runspec.ARMS[spec.arm], spec.folder(out_dir)
     conf = run_config(spec, cfg, base, data)
-    rank, world = _world()
+    rank, world = launch.rank_world()
     done = folder / "run.json"
     if done.is_file() and (summary := read_json(done))["config"]["hash"] == conf["hash"]:
         return summary
@@ -341,7 +337,7 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     return summary
 
 
-# ----------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------- every run
 
 def run_all(runs: list[runspec.RunSpec], bases: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
             progress: bool = False) -> pd.DataFrame:
@@ -349,13 +345,13 @@ def run_all(runs: list[runspec.RunSpec], bases: dict, data: dict, cfg: config.Fi
     Returns one row per run: model, arm, seed, best_epoch, best_val_loss, last val metrics, skipped steps."""
     out_dir = Path(out_dir)
     keep = {r.folder(out_dir) for r in runs}
-    if _world()[0] == 0:
+    if launch.rank_world()[0] == 0:
         for stale in sorted(out_dir.glob("*/*/seed*")):
             if stale not in keep:
                 shutil.rmtree(stale)
-    rows = []
-    for spec in bar(runs, desc="fine-tuning", progress=progress, rank=_world()[0], unit="runs"):
-        line = None if progress else bar(desc=spec.name, rank=_world()[0], unit="epochs")  # the same when reused
+    rows, rank = [], launch.rank_world()[0]
+    for spec in bar(runs, desc="fine-tuning", progress=progress, rank=rank, unit="runs"):
+        line = None if progress else bar(desc=spec.name, rank=rank, unit="epochs")  # the same when reused
         s = fit(spec, *bases[spec.model, spec.base], data, cfg, out_dir, progress)
         if line is not None:
             line.update(cfg.epochs if runspec.ARMS[spec.arm].trains else 0)
