@@ -31,7 +31,8 @@ _KERNEL_TMP = re.compile(r"/tmp/ipykernel_\d+/")
 
 def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Drop timestamps, random cell ids, kernel PIDs, the venv's path (warnings print it), the Python patch
-    version and the seconds of progress summaries; order stream outputs stdout-first."""
+    version and the seconds of progress summaries; each run of stream outputs becomes one stdout and one stderr
+    output, stdout first (how the kernel cuts a print into messages is a matter of timing)."""
     meta = nb.metadata.get("papermill", {})
     for key in _VOLATILE_NB:
         meta.pop(key, None)
@@ -48,10 +49,13 @@ def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         outputs, run = [], []
         for out in cell.outputs + [None]:
             if out is not None and out.output_type == "stream":
-                out.text = SUMMARY.sub(r"\1", _KERNEL_TMP.sub("/tmp/ipykernel/", out.text).replace(sys.prefix, "<venv>"))
                 run.append(out)
                 continue
-            outputs += sorted(run, key=lambda o: o.name != "stdout")
+            for name in ("stdout", "stderr"):
+                if any(o.name == name for o in run):
+                    text = "".join(o.text for o in run if o.name == name)
+                    text = SUMMARY.sub(r"\1", _KERNEL_TMP.sub("/tmp/ipykernel/", text).replace(sys.prefix, "<venv>"))
+                    outputs.append(nbformat.v4.new_output("stream", name=name, text=text))
             run = []
             if out is not None:
                 outputs.append(out)

@@ -33,13 +33,15 @@ def test_scrub_removes_volatile_fields():
     cell = nb.cells[0]
     cell.metadata["execution"] = {"iopub.execute_input": "t"}
     cell.metadata["papermill"] = {"start_time": "t", "status": "completed"}
-    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=f"w /tmp/ipykernel_123/1.py {sys.prefix}/x.py"),
-                    nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="[done] a: 5 epochs"),
+                    nbformat.v4.new_output("stream", name="stderr", text=f"w /tmp/ipykernel_123/1.py {sys.prefix}/x.py"),
+                    nbformat.v4.new_output("stream", name="stdout", text="\n1\n")]
     out = nbrun.scrub(nb)
     assert out.metadata["papermill"] == {"parameters": {"a": 1}}
     assert out.metadata["language_info"] == {"name": "python"}
     assert "execution" not in cell.metadata and cell.metadata["papermill"] == {"status": "completed"}
-    assert [o.name for o in cell.outputs] == ["stdout", "stderr"]
+    assert [o.name for o in cell.outputs] == ["stdout", "stderr"]  # one of each, however the kernel cut them
+    assert cell.outputs[0].text == "[done] a: 5 epochs\n1\n"
     assert "/tmp/ipykernel/" in cell.outputs[1].text and "<venv>/x.py" in cell.outputs[1].text
 
 
