@@ -1,5 +1,6 @@
-"""The mask store's format: `store.json` (one record per image and concept) beside one `.npz` of masks per
-image; written by the masks stage, read by fine-tuning and evaluation."""
+"""The mask store's format: `manifest.json` (the header and one record per image: split, id, label, quality flag,
+policy action, its concepts) beside `<split>/<id>.npz` (union, weighted map, per-concept masks) for each image
+not dropped; written by the masks stage, read by fine-tuning and evaluation."""
 
 from __future__ import annotations
 
