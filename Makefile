@@ -15,20 +15,27 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# `make repro PROFILE=paper` switches the profile first (`make profile`), checks that everything the profile
-# needs is on disk (cftlib.stages.preflight), then runs the pipeline.
+# `make repro PROFILE=paper` switches the profile first (`make profile`), rebuilds the world's pre-trained
+# checkpoints when the committed ones are another profile's (the smoke profile's take seconds), checks that
+# everything the profile needs is on disk (cftlib.stages.preflight), then runs the pipeline. DVC deletes a stage's
+# outputs before running it: when a stage fails, the last line says how to get the committed ones back.
 repro: setup
 ifdef PROFILE
 	$(MAKE) --no-print-directory profile PROFILE=$(PROFILE)
 endif
+	@$(PY) -m cftlib.stages.preflight --pretrained; rc=$$?; \
+		if [ $$rc = 3 ]; then echo "make repro: rebuilding models/pretrain for this profile (make pretrain)"; \
+		$(MAKE) --no-print-directory pretrain || exit 1; elif [ $$rc != 0 ]; then exit $$rc; fi
 	$(PY) -m cftlib.stages.preflight
-	. $(VENV)/bin/activate && dvc repro
+	@. $(VENV)/bin/activate && dvc repro || { echo "make repro: a stage failed (its log above). DVC deleted that \
+	stage's outputs before running it; the committed ones come back with \`make profile PROFILE=default\` (which \
+	also restores params.yaml) or \`git checkout -- $(OUTPUTS) && dvc checkout\`" >&2; exit 1; }
 
 # The committed results are the default profile's (profiles/default.yaml = params.yaml, a test checks it).
 # `make profile PROFILE=<name>` puts profiles/<name>.yaml in params.yaml, refusing when params.yaml holds edits
 # that are in no profile; PROFILE=default also restores the committed outputs (git, then the DVC cache), so that
 # git status is clean again after a run of another profile.
-OUTPUTS := dvc.lock executed metrics plots figures reports
+OUTPUTS := dvc.lock executed metrics plots figures reports models/pretrain
 profile:
 	@test -n "$(PROFILE)" -a -f "profiles/$(PROFILE).yaml" || \
 		{ echo "make profile: PROFILE=<name> of profiles/<name>.yaml: $$(cd profiles && ls *.yaml | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except PapermillExecutionError as e:  # one line naming the cause; the traceback is in the failed notebook
         cause = " ".join(str(e.evalue).split())
         print(f"{args.paths[0]} failed in cell {e.exec_count}: {e.ename}: {cause} (traceback: "
-              f"{failed_path(args.paths[1])})", file=sys.stderr)
+              f"{failed_path(args.paths[1])}). Under `dvc repro` this stage's outputs were deleted before it ran; "
+              f"the committed ones come back with `make profile PROFILE=default`", file=sys.stderr)
         return 1
     return 0
 

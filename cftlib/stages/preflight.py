@@ -2,6 +2,7 @@
 weights — and list every missing piece with where to get it, so a run never stops half-way.
 
     python -m cftlib.stages.preflight --params profiles/paper.yaml --stage masks finetune
+    python -m cftlib.stages.preflight --pretrained   # exit 3: models/pretrain is another profile's
     preflight.require(P, "masks")   # first cell of each stage notebook: raises listing what is missing
 """
 
@@ -21,14 +22,18 @@ from packaging.requirements import Requirement
 
 from cftlib.concepts import ConceptError, WordNet
 from cftlib.core import config, hub
+from cftlib.core.io import read_torch
 from cftlib.data import datasets
 from cftlib.data.datasets import SOURCES, imagenet_synsets
 from cftlib.models import zoo
+from cftlib.training import pretrain
 
 STAGES = ("pretrain", "world", "concepts", "masks", "finetune", "evaluate", "figures", "ablations")
 """The stages of dvc.yaml, in order."""
 PRETRAINED = "models/pretrain"
 """Where the pretrain stage keeps its checkpoints (relative to the project root)."""
+MISFIT = 3
+"""Exit status of `--pretrained` when a checkpoint is missing or built for another profile."""
 EVERY = "all stages"
 """The stage name of the checks every stage shares (the packages)."""
 
@@ -212,6 +217,24 @@ def _zoo_model(stage: str, key: str, name: str, weights: str, weights_key: str) 
     return Check(stage, "weights", key, True, name + (f" ({weights})" if weights else ""))
 
 
+def pretrained(P: config.Params, folder: str | Path = PRETRAINED) -> list[Check]:
+    """The pretrain stage's committed checkpoints: present, and built for this profile's models (architecture,
+    input size, patch size, outputs; `pretrain.misfits`). Only the config is read, not the model built."""
+    out = []
+    for role in pretrain.roles(P):
+        path = Path(folder) / f"{role}.pt"
+        if not path.is_file():
+            out.append(Check("world", "weights", str(path), False, "missing: the pretrain stage's checkpoint, "
+                             "committed with the project; restore it (`git checkout models/pretrain`) or rebuild it "
+                             "for this profile (`make pretrain`)"))
+            continue
+        bad = pretrain.misfits(P, role, read_torch(path)["config"])
+        out.append(Check("world", "weights", str(path), not bad, "fits this profile" if not bad else
+                         f"built for another profile ({'; '.join(bad)}): rebuild it for this one with `make pretrain` "
+                         f"(`make repro` does so itself), or switch back (`make profile PROFILE=default`)"))
+    return out
+
+
 INPUTS = "inputs"
 """Where files the user brings belong: a DVC dependency of the stages that read them (inputs/README.md)."""
 
@@ -247,12 +270,8 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
     """Everything `stage` needs beyond the shared packages."""
     real = P.concepts.dataset != "world"  # real images: ImageNet-scale work, a GPU advisable
     out = []
-    if stage == "world" and not real:  # the pretrain stage's committed checkpoints
-        for role in ("vit", *(["cnn"] if P.finetune.cnn.arms else [])):
-            path = Path(PRETRAINED) / f"{role}.pt"
-            out.append(Check(stage, "weights", str(path), path.is_file(),
-                             "present" if path.is_file() else "missing: the pretrain stage's checkpoint, committed with "
-                             "the project; restore it (`git checkout models/pretrain`) or rebuild it (`make pretrain`)"))
+    if stage == "world" and not real:
+        out += pretrained(P)
     if stage == "world" and P.pretrain.zoo:
         out.append(_zoo_model(stage, "pretrain.zoo", P.pretrain.zoo, P.pretrain.weights, "pretrain.weights"))
     cnn = P.finetune.cnn
@@ -348,12 +367,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cftlib.stages.preflight", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("--stage", nargs="+", choices=STAGES, help="only these stages (default: all)")
+    ap.add_argument("--pretrained", action="store_true", help="only whether the committed pre-trained checkpoints "
+                    f"fit the profile; exit {MISFIT} when not (`make repro` then rebuilds them)")
     args = ap.parse_args(argv)
     try:
         P = config.load(args.params)
     except config.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    if args.pretrained:
+        bad = [c for c in pretrained(P) if not c.ok]
+        for c in bad:
+            print(f"{c.name}: {c.detail}")
+        return MISFIT if bad else 0
     found = checks(P, args.stage)
     print(table(found))
     return 1 if any(not c.ok for c in found) else 0

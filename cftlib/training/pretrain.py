@@ -36,14 +36,26 @@ def fresh(cfg: Pretrain, num_classes: int, img_size: int | None, seed: int) -> t
     return build_model(build["name"], num_classes, img_size, **build["kwargs"]), build
 
 
-def from_pretrained(path, num_classes: int, seed: int) -> tuple[torch.nn.Module, dict]:
-    """A pre-trained checkpoint with a new, seeded classifier head for `num_classes` (timm's
-    `reset_classifier`), as a 21k model is given a 1k head; returns (model, build config)."""
-    model, build = load_checkpoint(path)
-    torch.manual_seed(seed)
-    model.reset_classifier(num_classes)
-    build = {k: v for k, v in build.items() if k in ("name", "img_size", "kwargs")} | {"num_classes": num_classes}
-    return model, build
+def outputs(P: Params) -> int:
+    """The pre-trained models' outputs: the species, then the blocks of `extra_labels`."""
+    return (P.world.n_species + (sum(map(len, world.ATTRIBUTES.values())) if P.pretrain.attributes else 0)
+            + (len(world.HABITATS) + len(world.COLORS) if P.pretrain.context else 0))
+
+
+def misfits(P: Params, role: str, build: dict) -> list[str]:
+    """How a checkpoint's build config (`save_checkpoint`'s `config`) differs from the model this profile
+    pre-trains for `role`: one line per params key, e.g. "world.image_size: 32 here, the checkpoint was built
+    for 48"; empty when it fits. Checked before any work: a misfit otherwise fails deep in the world stage."""
+    prefix = "pretrain" if role == "vit" else "finetune.cnn.pretrain"
+    cfg, kwargs = roles(P)[role], build.get("kwargs", {})
+    pairs = {f"{prefix}.model": (cfg.model, build.get("name")),
+             "world.image_size": (P.world.image_size if role == "vit" else None, build.get("img_size")),
+             "world.n_species": (outputs(P), build.get("num_classes")),  # outputs: species + extra labels
+             **{f"{prefix}.model_kwargs.{k}": (cfg.model_kwargs.get(k), kwargs.get(k))
+                for k in sorted(set(cfg.model_kwargs) | set(kwargs))}}
+    what = {"world.n_species": " outputs (species + pretrain.attributes/context labels)"}
+    return [f"{key}: {want!r}{what.get(key, '')} here, the checkpoint was built for {have!r}"
+            for key, (want, have) in pairs.items() if want != have]
 
 
 def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -167,10 +179,9 @@ def pretrain_all(P: Params, progress: bool = False) -> dict[str, tuple[torch.nn.
         return {}
     train_set, val_set = pretraining_sets(P, progress)
     extra = extra_labels(P, train_set)
-    outputs = P.world.n_species + (sum(extra[1]) if extra else 0)
     out = {}
     for role, cfg in roles(P).items():
-        model, build = fresh(cfg, outputs, P.world.image_size if role == "vit" else None, P.base.seed)
+        model, build = fresh(cfg, outputs(P), P.world.image_size if role == "vit" else None, P.base.seed)
         model, history = train(model, cfg, train_set, val_set, P.base.seed, progress, desc=f"pretrain/{role}",
                                extra=extra)
         out[role] = (model, build, history)
