@@ -14,12 +14,14 @@ import argparse
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import papermill as pm
 import yaml
+from jupyter_client.manager import KernelManager
 from papermill.exceptions import PapermillExecutionError
 
 from cftlib.core.io import atomic_path
@@ -95,14 +97,17 @@ def run(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | N
     for stale in output.parent.glob(f".{output.name}.*"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    with atomic_path(output) as tmp:
-        try:
+    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix="cft-kernel-") as sockets:
+        try:  # the kernel on local IPC sockets (files in a private folder), not unencrypted TCP ports
+            km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
             pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name="python3",
                                 cwd=str(cwd) if cwd else None, progress_bar=False, log_output=log_output,
                                 stdout_file=sys.stdout if log_output else None,
                                 stderr_file=sys.stderr if log_output else None,
-                                request_save_on_cell_execute=False)
-        finally:  # keep the failed notebook next to the output for reading, scrubbed
+                                request_save_on_cell_execute=False, km=km)
+        finally:
+            if km.has_kernel:  # nbclient shuts down only a kernel manager of its own
+                km.shutdown_kernel()  # keep the failed notebook next to the output for reading, scrubbed
             if tmp.exists():
                 nb = scrub(nbformat.read(tmp, as_version=4))
                 nbformat.write(nb, tmp)

@@ -58,6 +58,16 @@ def misfits(P: Params, role: str, build: dict) -> list[str]:
             for key, (want, have) in pairs.items() if want != have]
 
 
+def from_pretrained(path, num_classes: int, seed: int) -> tuple[torch.nn.Module, dict]:
+    """A pre-trained checkpoint with a new, seeded classifier head for `num_classes` (timm's
+    `reset_classifier`), as a 21k model is given a 1k head; returns (model, build config)."""
+    model, build = load_checkpoint(path)
+    torch.manual_seed(seed)
+    model.reset_classifier(num_classes)
+    build = {k: v for k, v in build.items() if k in ("name", "img_size", "kwargs")} | {"num_classes": num_classes}
+    return model, build
+
+
 def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Mean cross-entropy of the extra labels: logits (B, C + sum(sizes)) carry, after the C species, one
     block per label; `targets` (B, A) is each image's value index of each."""

@@ -2,7 +2,9 @@
 profile (slow: marked, run by `make test` and CI)."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,8 +109,10 @@ def test_a_failure_is_one_line_and_a_later_success_leaves_no_litter(tmp_path, ca
     nbformat.write(nb, src)
     assert nbrun.main([str(src), str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"{src} failed in cell 2: ValueError: params.yaml: finetune.lr: must be > 0 "
-                   f"(traceback: {tmp_path / 'executed' / 'n.failed.ipynb'})"]
+    assert len(err) == 1 and err[0].startswith(
+        f"{src} failed in cell 2: ValueError: params.yaml: finetune.lr: must be > 0 "
+        f"(traceback: {tmp_path / 'executed' / 'n.failed.ipynb'}). ")
+    assert "make profile PROFILE=default" in err[0]  # how to get the outputs DVC deleted back
     assert not out.exists() and nbrun.failed_path(out).is_file()
     killed = tmp_path / "executed" / ".n.ipynb.abc123"
     killed.mkdir()
@@ -171,3 +175,21 @@ def test_a_notebook_run_by_hand_leaves_git_status_clean(tmp_path, small_world):
     assert (proj / "scratch" / "metrics" / "concepts.json").is_file() and (proj / "scratch" / "data" / "concepts").is_dir()
     assert not (proj / "metrics").exists() and not (proj / "data" / "concepts").exists()
     assert git("status", "--porcelain") == ""
+
+
+@pytest.mark.slow
+def test_a_stage_log_carries_no_kernel_transport_or_progress_bar_warning(tmp_path):
+    """The kernel talks over private IPC sockets (no 'TCP without encryption' warning), and tqdm.auto, which
+    huggingface_hub imports, finds ipywidgets (no 'IProgress not found'); the socket folder is removed."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import huggingface_hub, tqdm.auto, timm\nprint('ran')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    done = subprocess.run([sys.executable, "-m", "cftlib.stages.nbrun", str(tmp_path / "n.ipynb"),
+                           str(tmp_path / "out.ipynb")], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0 and "ran" in done.stdout, done.stderr
+    log = done.stdout + done.stderr
+    for warning in ("without encryption", "IProgress", "Parent appears to have exited", "Warning"):
+        assert warning not in log, log
+    assert not list(tmp_path.glob("cft-kernel-*")) and not list(tmp_path.glob("kernel-*"))

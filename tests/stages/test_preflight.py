@@ -237,3 +237,33 @@ def test_a_file_of_yours_outside_inputs_works_but_is_flagged_as_untracked(tmp_pa
     assert outside.ok and outside.warning and "DVC does not see edits to it" in outside.detail
     gone = preflight._brought("concepts", "concepts.class_names", "inputs/nope.json")
     assert not gone.ok and gone.detail == "inputs/nope.json: no such file"
+
+
+def test_pretrained_checkpoints_of_another_profile_are_refused_by_key(tmp_path):
+    """A smoke-sized checkpoint under the default profile (and the reverse): every differing key named, the
+    remedy given, `--pretrained` exits 3; the profile it was built for fits."""
+    from cftlib.models.checkpoints import save_checkpoint
+    from cftlib.training import pretrain
+
+    smoke, default = config.load(ROOT / "profiles" / "smoke.yaml"), config.load(ROOT / "params.yaml")
+    for role, cfg in pretrain.roles(smoke).items():
+        model, build = pretrain.fresh(cfg, pretrain.outputs(smoke), smoke.world.image_size if role == "vit" else None, 0)
+        save_checkpoint(tmp_path / f"{role}.pt", model, build)
+    assert all(c.ok for c in preflight.pretrained(smoke, tmp_path))
+    found = by_name(preflight.pretrained(default, tmp_path))
+    vit, cnn = found[str(tmp_path / "vit.pt")], found[str(tmp_path / "cnn.pt")]
+    assert not vit.ok and not cnn.ok and "make pretrain" in vit.detail
+    for key in ("world.image_size: 48 here, the checkpoint was built for 32", "pretrain.model_kwargs.embed_dim: 128",
+                "pretrain.model_kwargs.depth", "world.n_species: 88 outputs"):
+        assert key in vit.detail, (key, vit.detail)
+    assert "finetune.cnn.pretrain.model_kwargs.channels" in cnn.detail and "world.image_size" not in cnn.detail
+    assert not found.keys() - {str(tmp_path / "vit.pt"), str(tmp_path / "cnn.pt")}
+    (tmp_path / "vit.pt").unlink()
+    missing = by_name(preflight.pretrained(smoke, tmp_path))[str(tmp_path / "vit.pt")]
+    assert not missing.ok and "missing" in missing.detail
+
+
+def test_cli_pretrained_exits_3_for_another_profiles_checkpoints():
+    """The committed checkpoints are the default profile's: they fit it and not the smoke profile."""
+    assert preflight.main(["--pretrained"]) == 0
+    assert preflight.main(["--pretrained", "--params", str(ROOT / "profiles" / "smoke.yaml")]) == preflight.MISFIT
