@@ -314,13 +314,13 @@ def truth_for(P: config.Params) -> WorldGrounder | None:
 
 def store_header(P: config.Params, bank: dict, selection: dict, class_index=None) -> dict:
     """The store's header: bank, grounder, the masks params that decide the masks (not `processes` or
-    `groundingsam.batch_size`, so the store is the same however it was run), seed and the class split; with
+    `groundingsam.batch_size`, so the store is the same however it was run; `class_fraction` among them, which
+    `fewshot.subset` reads), seed and the classes; with
     `class_index` (`fewshot.Pool.class_index`, when it is not the identity) the model output of each label."""
     params = config.as_dict(P.masks)
     del params["processes"], params["groundingsam"]["batch_size"]
     header = {"bank": f"bank-{content_hash(bank)}.json", "grounder": P.masks.grounder, "params": params,
-              "seed": P.base.seed, "train_classes": selection["train_classes"].tolist(),
-              "val_classes": selection["val_classes"].tolist()}
+              "seed": P.base.seed, "classes": selection["classes"].tolist()}
     if class_index is not None and not np.array_equal(class_index, np.arange(len(class_index))):
         header["class_index"] = [int(i) for i in class_index]
     return header

@@ -90,7 +90,7 @@ class World:
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained on labelled world images: AdamW, linear warm-up then cosine decay, label
-    smoothing, random flips (cftlib.training.pretrain.train)."""
+    smoothing, random flips and zoom (cftlib.training.pretrain.train, cftlib.data.augment)."""
     epochs: int = 12
     batch_size: int = 64
     lr: float = 0.001
@@ -98,12 +98,15 @@ class Recipe:
     warmup: float = 0.05
     label_smoothing: float = 0.1
     flip: bool = True
+    scale: float = 1.0  # > 1: resize by it and crop back at a random offset, as fine-tuning does (finetune.scale)
     keep_epoch: int = 0  # the model kept: 0 = the epoch of the best held-out accuracy; N = the model after epoch N
 
     def check(self, err):
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
+        if not 1 <= self.scale < float("inf"):
+            err("scale", "must be >= 1 (resize up, then crop back)")
         if not 0 <= self.keep_epoch <= self.epochs:
             err("keep_epoch", f"in [0, epochs = {self.epochs}] (0: the best held-out epoch)")
         if self.lr <= 0:
@@ -313,7 +316,7 @@ class Masks:
             err("min_fraction", "need 0 <= min_fraction < max_fraction <= 1")
 
 
-ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "none", "dfr")
+ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "confidence", "none", "dfr")
 REPORTED = ("none", "cft")
 """Arms every later stage needs: each claim, table and figure compares CFT with the base model."""
 
@@ -396,8 +399,9 @@ class FinetuneCNN:
 class Finetune:
     """The few-shot fine-tuning protocol (docs/paper.md §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
     model selection by the lowest validation total loss (the last epoch kept too)."""
-    arms: list = field(default_factory=lambda: ["none", "ce", "dfr", "robustvit", "cft_fgmask", "cft"])
-    seeds: int = 1  # runs per arm and base model (bases.seeds), seeds numbered across bases (finetune.plan)
+    arms: list = field(default_factory=lambda: ["none", "ce", "confidence", "dfr", "robustvit", "cft_fgmask", "cft"])
+    seeds: int = 5  # class subsets (fewshot.subset), each run on every base model (bases.seeds): the (base, subset)
+    # pairs arms are compared over; seeds numbered across bases (runspec.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
     k: int = 3  # training images per class, the first k of the masks stage's (<= masks.k)
     epochs: int = 5  # chosen on validation data (benchmarks/finetune_budget.py)
@@ -447,7 +451,7 @@ class Evaluate:
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.stages.benchmarks."""
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "bg_random", "color_conflict", "pose",
                                                   "rendition"])
-    max_images: int = 0  # per split, the first N (a split's images are in random order); 0 = all
+    max_images: int = 500  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
     alignment_images: int = 64  # the first N images of each alignment split

@@ -1,6 +1,7 @@
 """The few-shot data of CFT (§4.1; docs/paper.md §3.1): k images from each of a seeded half of the classes
 to fine-tune on, one image from each other class to validate on — from the world's training split or an
-ImageNet-style image folder. The concepts, masks and fine-tune stages share this one choice."""
+ImageNet-style image folder. The masks stage grounds k + 1 images of every class (`select`); each fine-tuning
+seed draws its own half (`subset`), as the paper's seeds do."""
 
 from __future__ import annotations
 
@@ -14,27 +15,36 @@ from cftlib.data.maskstore import load_store, read_masks
 from cftlib.data.world import load_split
 
 
-def select(labels: np.ndarray, k: int, class_fraction: float, seed: int) -> dict:
-    """Indices into `labels`. Train classes: a seeded choice of round(fraction · n) of the sorted classes;
-    k images each, a seeded choice of that class's indices. Val: one image of every other class. The
-    official code takes unsorted `os.listdir` order (docs/paper.md §3.1); sorting first makes it reproducible.
-    Returns {train, val, train_classes, val_classes}, each a sorted int array."""
+def select(labels: np.ndarray, k: int, seed: int) -> dict:
+    """Indices into `labels` of the images the masks stage grounds: for every class, k training images and one
+    validation image, disjoint, a seeded choice among the class's images. Which classes a run fine-tunes on is
+    its own draw (`subset`), so every class needs both. The official code takes unsorted `os.listdir` order
+    (docs/paper.md §3.1); sorting first makes it reproducible. Returns {train, val, classes}, sorted int arrays."""
     labels = np.asarray(labels)
     classes = np.unique(labels)
-    n_train = int(round(class_fraction * len(classes)))
-    if not 0 < n_train < len(classes):
-        raise ValueError(f"class_fraction {class_fraction} of {len(classes)} classes leaves no train or no val class")
-    rng = np.random.default_rng([seed, 3301])
-    train_classes = np.sort(rng.choice(classes, n_train, replace=False))
-    val_classes = np.setdiff1d(classes, train_classes)
+    rng = np.random.default_rng([seed, 3302])
     train, val = [], []
     for c in classes:
         idx = np.flatnonzero(labels == c)
-        want = k if c in train_classes else 1
-        if len(idx) < want:
-            raise ValueError(f"class {c} has {len(idx)} images; the few-shot choice needs {want}")
-        (train if c in train_classes else val).extend(rng.choice(idx, want, replace=False).tolist())
-    return {"train": np.sort(train), "val": np.sort(val), "train_classes": train_classes, "val_classes": val_classes}
+        if len(idx) < k + 1:
+            raise ValueError(f"class {c} has {len(idx)} images; the few-shot choice needs {k + 1} (k = {k} to train "
+                             "on, one to validate on, since every class trains in some run and validates in others)")
+        chosen = rng.choice(idx, k + 1, replace=False)
+        train += chosen[:k].tolist()
+        val.append(int(chosen[k]))
+    return {"train": np.sort(train), "val": np.sort(val), "classes": classes}
+
+
+def subset(classes, class_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A run's classes (the paper's protocol, drawn anew for every fine-tuning seed): a seeded choice of
+    round(fraction · n) of the sorted classes to fine-tune on (k images each), the others to validate on (one
+    image each). Returns (train classes, validation classes), sorted."""
+    classes = np.unique(np.asarray(classes))
+    n_train = int(round(class_fraction * len(classes)))
+    if not 0 < n_train < len(classes):
+        raise ValueError(f"class_fraction {class_fraction} of {len(classes)} classes leaves no train or no val class")
+    train = np.sort(np.random.default_rng([seed, 3301]).choice(classes, n_train, replace=False))
+    return train, np.setdiff1d(classes, train)
 
 
 def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:

@@ -137,6 +137,12 @@ def attribute_table(species: list[Species]) -> tuple[np.ndarray, list[int]]:
     return table, [len(v) for v in ATTRIBUTES.values()]
 
 
+def concept_parts(species: list[Species]) -> list[list[str]]:
+    """Per species, the parts its field-guide description names (beak, wings, tail and breast; crest and cap where
+    it has one): the world's own concepts, known before any proposer runs."""
+    return [sorted(a for a in ATTRIBUTES if getattr(s, a) != "none") for s in species]
+
+
 def field_guide(species: list[Species]) -> list[dict]:
     """One entry per species: its name, part attributes and a one-sentence description."""
     return [{"label": i, "name": s.name, "description": s.description, "parts": s.attributes(),

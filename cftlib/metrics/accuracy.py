@@ -129,11 +129,18 @@ def validity(rows, splits=("test", "bg_conflict")) -> dict[str, float]:
 
 def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarray, batch_size: int = 500) -> list[dict]:
     """One row per split and class group (all, seen, unseen): top-1 and top-5 of one model."""
-    rows = []
-    for split, a in arrays.items():
-        logits = predict(model, a["images"], batch_size)
-        rows += [{"split": split, "group": g, **acc} for g, acc in split_report(logits, a["label"], seen).items()]
-    return rows
+    return accuracy_rows(split_logits(model, arrays, batch_size), arrays, seen)
+
+
+def split_logits(model: torch.nn.Module, arrays: dict[str, dict], batch_size: int = 500) -> dict[str, np.ndarray]:
+    """The model's logits on every split's images."""
+    return {split: predict(model, a["images"], batch_size) for split, a in arrays.items()}
+
+
+def accuracy_rows(logits: dict[str, np.ndarray], arrays: dict[str, dict], seen: np.ndarray) -> list[dict]:
+    """`run_accuracy`'s rows from logits already computed (one model scored once, grouped by each run's classes)."""
+    return [{"split": split, "group": g, **acc} for split, a in arrays.items()
+            for g, acc in split_report(logits[split], a["label"], seen).items()]
 
 
 def gaps_frame(acc, reference: str = "test", ood=OOD):

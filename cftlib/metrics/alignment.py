@@ -72,6 +72,30 @@ def concept_alignment(relevance: np.ndarray, concept: np.ndarray, foreground: np
             "concept_area": m.mean((1, 2)), "pointing": m.reshape(len(m), -1)[np.arange(len(m)), peak]}
 
 
+def oracle_maps(concept: np.ndarray, grid: int) -> np.ndarray:
+    """(N, H, W): the best map a model whose relevance lives on a grid×grid token map can draw — the exact concept
+    mask (N, H, W) average-pooled to the grid, upsampled bilinearly as `relevance.explain` upsamples, min-max
+    normalised like `relevance_maps`. Its concept mass is the ceiling of what relevance at that grid can put on
+    the concepts: the headroom a model's own concept mass leaves CFT."""
+    m = torch.from_numpy(np.asarray(concept, np.float32))[:, None]
+    up = torch.nn.functional.interpolate(torch.nn.functional.adaptive_avg_pool2d(m, grid), size=m.shape[-2:],
+                                         mode="bilinear", align_corners=False)[:, 0].double()
+    lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
+    return ((up - lo) / (hi - lo).clamp_min(1e-12)).numpy()
+
+
+def headroom(model: torch.nn.Module, arrays: dict, class_parts: list[list[str]], method: str, n: int) -> dict:
+    """On the first `n` images of a split: the concept mass of the model's own relevance and of `oracle_maps` at
+    the model's token grid (read off the map `method` draws there) — what CFT can still move onto the concepts."""
+    parts, labels, images = arrays["parts"][:n], arrays["label"][:n], arrays["images"][:n]
+    concept, fg = part_masks(parts, labels, class_parts), parts > 0
+    grid = explain(model.eval(), to_tensor(images[:1]), method, output="patch")[0].shape[-1]
+    own = concept_alignment(relevance_maps(model, images, method), concept, fg)["concept_mass"].mean()
+    best = concept_alignment(oracle_maps(concept, grid), concept, fg)["concept_mass"].mean()
+    return {"grid": int(grid), "concept_mass": float(own), "oracle_concept_mass": float(best),
+            "concept_area": float(concept.mean())}
+
+
 def part_mass(relevance: np.ndarray, parts: np.ndarray, n_parts: int) -> np.ndarray:
     """Per image (N, n_parts + 1): the share of relevance mass on each part of the part-label map (label i + 1
     is part i), the last column the background; rows sum to 1."""

@@ -63,6 +63,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Logits (N, classes) for uint8 images, in eval mode."""
+    """Logits (N, classes) for uint8 images, in eval mode, on the model's device."""
     model.eval()
-    return torch.cat([model(to_tensor(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]).numpy()
+    device = next(model.parameters()).device
+    return torch.cat([model(to_tensor(images[i:i + batch_size]).to(device)).float().cpu()
+                      for i in range(0, len(images), batch_size)]).numpy()

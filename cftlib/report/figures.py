@@ -109,9 +109,11 @@ def accuracy_bars(acc: pd.DataFrame, chance: float, hue: str | None = None) -> p
 
 # ----------------------------------------------------------------------------- evaluation figures
 
-ARM_ORDER = ("none", "ce", "dfr", "robustvit", "cft_fgmask", "cft")
-"""Arms left to right: base, plain fine-tuning, the DFR reference, RobustViT, CFT on foreground masks, CFT."""
-ARM_COLORS = dict(zip(ARM_ORDER, sns.color_palette("deep", len(ARM_ORDER))))
+ARM_ORDER = ("none", "ce", "confidence", "dfr", "robustvit", "cft_fgmask", "cft")
+"""Arms left to right: base, plain fine-tuning, CFT's confidence term alone, the DFR reference, RobustViT, CFT on
+foreground masks, CFT."""
+ARM_COLORS = dict(zip(("none", "ce", "dfr", "robustvit", "cft_fgmask", "cft", "confidence"),
+                      sns.color_palette("deep", len(ARM_ORDER))))
 """One colour per arm in every figure."""
 
 

@@ -55,7 +55,7 @@ def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, ou
     header = {"noise_scale": scale, "params": config.as_dict(cfg)}
     manifest = store / "manifest.json"
     if not manifest.is_file() or json.loads(manifest.read_text())["header"] != header:
-        selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
+        selection = fewshot.select(pool.labels, P.masks.k, P.base.seed)
         maskstore.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed), header)
     return store
 
@@ -82,7 +82,6 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     out_dir = Path(out_dir)
     base, build = load_checkpoint(base_path)
     pool = fewshot.Pool("world", data_dir)
-    seen = evaluate.seen_classes(masks_dir)
     class_parts = alignment.concept_parts(bank)
     align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
     acc, align, data, scored = [], [], {}, {}
@@ -92,7 +91,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
             data[v["k"], v["noise"]] = trainer.load_data(store, pool, v["k"], build["img_size"])
         cfg = dataclasses.replace(P.finetune, k=v["k"], relevance=v["method"])
         for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
-            spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr)
+            spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr, subset=seed)  # the main run's
             folder = out_dir / _key(v)
             if _finished(spec, cfg, base, data[v["k"], v["noise"]], Path(finetune_dir)):
                 folder = Path(finetune_dir)
@@ -101,7 +100,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
                     trainer.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
                 model, _ = runspec.load_run(spec, folder)
                 scored[folder, seed] = (
-                    accuracy.run_accuracy(model, arrays, seen, P.evaluate.batch_size),
+                    accuracy.run_accuracy(model, arrays, evaluate.seen_classes(masks_dir, seed), P.evaluate.batch_size),
                     alignment.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
                                            P.evaluate.alignment_images)[0])
             ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}

@@ -34,7 +34,7 @@ from cftlib.metrics.alignment import (
     segmentation_counts,
     segmentation_scores,
 )
-from cftlib.stages.evaluate import seen_classes, weights_digest
+from cftlib.stages.evaluate import seen_by_subset, weights_digest
 from cftlib.training.runspec import load_run, plan
 
 
@@ -175,14 +175,15 @@ def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
     return Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
 
 
-def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torch.device | str = "cpu",
+def evaluate_runs(runs, finetune_dir: str | Path, seen: dict[int, np.ndarray], P, dev: torch.device | str = "cpu",
                   progress: bool = False, cache_dir: str | Path | None = None, store: dict | None = None) -> list[dict]:
     """Result rows (RESULTS) of every fine-tuning run's selected checkpoint on every configured benchmark
     (a seeded sample of `evaluate.benchmark_images` each), on ImageNet-Segmentation, and with `store` the
     concept usage on the mask store's validation images (`evaluate_model`). Maps use
     `evaluate.relevance` where it explains the model, else the run's own method (the CNN's Grad-CAM); runs
     with identical weights are computed once. With `cache_dir`, each model's rows are kept there under the
-    hash of its weights, the evaluate params, seed, seen classes and device, so an interrupted stage resumes
+    hash of its weights, the evaluate params, seed, seen classes (`seen`: class subset → its classes) and
+    device, so an interrupted stage resumes
     at the first model not yet scored. Rank 0 gets the rows, other processes []."""
     E = P.evaluate
     benches = {name: datasets.sample(datasets.load(name, root), E.benchmark_images, P.base.seed)
@@ -192,15 +193,16 @@ def evaluate_runs(runs, finetune_dir: str | Path, seen: np.ndarray, P, dev: torc
     rows, done = [], {}
     for spec in bar(runs, desc="benchmarks", progress=progress, rank=launch.rank_world()[0], unit="runs"):
         model, build = load_run(spec, finetune_dir)
-        key = weights_digest(model)
+        mine = seen[spec.subset]
+        key = (weights_digest(model), tuple(int(c) for c in mine))  # the groups differ between class subsets
         method = explainer(model, E.relevance, spec.relevance)
-        cached = _cached(cache_dir, {"weights": key, "method": method, "evaluate": as_dict(E), "seed": P.base.seed,
-                                     "seen": [int(c) for c in seen], "device": torch.device(dev).type,
+        cached = _cached(cache_dir, {"weights": key[0], "method": method, "evaluate": as_dict(E), "seed": P.base.seed,
+                                     "seen": list(key[1]), "device": torch.device(dev).type,
                                      "store": None if store is None else store["ids"]})
         if key not in done and cached is not None and cached.is_file():
             done[key] = read_json(cached)
         if key not in done:
-            done[key] = evaluate_model(model.to(dev), benches, seen, E, method, seg, P.base.threads, build, store)
+            done[key] = evaluate_model(model.to(dev), benches, mine, E, method, seg, P.base.threads, build, store)
             if cached is not None and launch.rank_world()[0] == 0:
                 write_json(cached, done[key])
         rows += [{"model": spec.model, "arm": spec.arm, "seed": spec.seed, **r} for r in done[key]]
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = launch.device(P.evaluate.device, "evaluate.device")
     with launch.distributed(dev.type == "cuda", "evaluate.processes"):
         store = fewshot.load(args.masks, "val", fewshot.Pool(P.concepts.dataset, args.data, P.concepts.image_dir))
-        rows = evaluate_runs(plan(P.finetune, P.base.seed, P.bases.seeds), args.runs, seen_classes(args.masks), P, dev,
+        runs = plan(P.finetune, P.base.seed, P.bases.seeds)
+        rows = evaluate_runs(runs, args.runs, seen_by_subset(args.masks, runs), P, dev,
                              args.progress, args.cache, store)
         if launch.rank_world()[0] == 0:
             write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))

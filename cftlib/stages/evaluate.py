@@ -11,18 +11,19 @@ import pandas as pd
 import torch
 
 from cftlib.core.progress import bar
+from cftlib.data import fewshot
 from cftlib.data.maskstore import load_store
 from cftlib.metrics import accuracy, alignment
 from cftlib.training.runspec import load_run
 
 
-def seen_classes(store_dir: str | Path) -> np.ndarray:
-    """The classes fine-tuned on, as model outputs: labels of the mask store's training items (the few-shot
-    choice), mapped through the header's `class_index` (store label → model output, e.g. the ImageNet-1k
-    index; absent = the label itself)."""
-    store = load_store(store_dir)
-    index = store["header"].get("class_index")
-    labels = {r["label"] for r in store["items"] if r["split"] == "train"}
+def seen_classes(store_dir: str | Path, subset: int) -> np.ndarray:
+    """The classes a run with class subset `subset` fine-tuned on, as model outputs: `fewshot.subset` of the
+    mask store's classes and class fraction, mapped through the header's `class_index` (store label → model
+    output, e.g. the ImageNet-1k index; absent = the label itself)."""
+    header = load_store(store_dir)["header"]
+    labels, _ = fewshot.subset(header["classes"], header["params"]["class_fraction"], subset)
+    index = header.get("class_index")
     return np.array(sorted(labels if index is None else {int(index[y]) for y in labels}), dtype=int)
 
 
@@ -34,12 +35,19 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: np.ndarray,
+def seen_by_subset(store_dir: str | Path, runs) -> dict[int, np.ndarray]:
+    """`seen_classes` of every class subset among `runs`."""
+    return {s: seen_classes(store_dir, s) for s in sorted({r.subset for r in runs})}
+
+
+def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: dict[int, np.ndarray],
                   class_parts: list[list[str]], cfg, progress: bool = False, store: dict | None = None):
     """Accuracy, alignment and per-class part usage rows (model, arm, seed, …) of every fine-tuning run's
-    selected (best) checkpoint; with `store` (the mask store's validation images, cftlib.data.fewshot.load), the
-    usage from their grounded concept masks too (`concept_usage`). Maps use `cfg.relevance` where it explains the model, else the run's own method (the CNN's
-    Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
+    selected (best) checkpoint, the seen/unseen groups by the run's own classes (`seen`: class subset → the
+    classes it fine-tuned on, `seen_by_subset`); with `store` (the mask store's validation images,
+    cftlib.data.fewshot.load), the usage from their grounded concept masks too (`concept_usage`). Maps use
+    `cfg.relevance` where it explains the model, else the run's own method (the CNN's Grad-CAM). Runs with
+    identical weights (the `none` arm's seeds) are computed once."""
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
     acc, align, usage, done = [], [], [], {}
     for spec in bar(runs, desc="evaluate", progress=progress, unit="runs"):
@@ -50,9 +58,9 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
             rows, usage_ = alignment.run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images)
             if store is not None:
                 usage_ += alignment.concept_usage(model, store, method, build.get("img_size"), cfg.batch_size)
-            done[key] = (accuracy.run_accuracy(model, arrays, seen, cfg.batch_size), rows, usage_)
+            done[key] = (accuracy.split_logits(model, arrays, cfg.batch_size), rows, usage_)
         ids = {"model": spec.model, "arm": spec.arm, "seed": spec.seed}
-        acc += [{**ids, **r} for r in done[key][0]]
+        acc += [{**ids, **r} for r in accuracy.accuracy_rows(done[key][0], arrays, seen[spec.subset])]
         align += [{**ids, **r} for r in done[key][1]]
         usage += [{**ids, **r} for r in done[key][2]]
     return pd.DataFrame(acc), pd.DataFrame(align), pd.DataFrame(usage)

@@ -40,7 +40,7 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
     rank, world = launch.rank_world()
     bank = concepts.load(concepts_dir)
     pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
-    selection = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
+    selection = fewshot.select(pool.labels, P.masks.k, P.base.seed)
     header = grounding.store_header(P, bank, selection, pool.class_index)
     inputs = {"header": header, "bank": bank, "data": [str(data_dir), P.concepts.dataset, P.concepts.image_dir,
                                                        config.as_dict(P.world)]}

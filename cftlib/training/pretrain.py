@@ -1,6 +1,7 @@
 """Training a classifier on labelled world images: the world's pre-trained checkpoints (stage pretrain, the
 world's "ImageNet-21k") and the shortcut-biased base models trained from them (stage world, the "21k → 1k"
-step). AdamW, warm-up + cosine, label smoothing, flips; the epoch with the best held-out accuracy is kept."""
+step). AdamW, warm-up + cosine, label smoothing, flips and zoom (`cftlib.data.augment`, the fine-tuning
+protocol's); the epoch with the best held-out accuracy is kept."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from cftlib.core.config import Params, Pretrain, Recipe
 from cftlib.data import world
+from cftlib.data.augment import augment
 from cftlib.models.checkpoints import load_checkpoint
 from cftlib.models.factory import build_model, to_tensor
 
@@ -120,10 +122,7 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps + i, total, cfg)
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb, yb = x[idx], y[idx]
-            if cfg.flip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            xb, yb = augment(x[idx], x[idx][:, :0], gen, cfg.scale, cfg.flip)[0], y[idx]
             logits = model(xb)
             if extra is not None:
                 loss = F.cross_entropy(logits[:, :n_cls], yb, label_smoothing=cfg.label_smoothing) + \
@@ -151,6 +150,21 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
               + f" (val accuracy {best[0]:.3f})", flush=True)
     model.load_state_dict(best[1])
     return model.eval(), history
+
+
+@torch.no_grad()
+def augmentation_gap(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, scale: float, flip: bool,
+                     seed: int, draws: int = 10) -> dict[str, float]:
+    """Top-1 on `images` as they are and under the fine-tuning augmentation (`augment` with `scale`, `flip`; the
+    mean over `draws` seeded draws), and the gap between the two in points. A large gap means fine-tuning first
+    has to teach the model a new zoom: the augmentation is a distribution shift for it."""
+    model.eval()
+    x, y = to_tensor(images), torch.as_tensor(np.asarray(labels, np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    plain = (model(x).argmax(1) == y).float().mean().item()
+    moved = float(np.mean([(model(augment(x, x[:, :0], gen, scale, flip)[0]).argmax(1) == y).float().mean().item()
+                           for _ in range(draws)]))
+    return {"as_is": plain, "augmented": moved, "gap_points": 100 * (plain - moved)}
 
 
 @torch.no_grad()

@@ -23,12 +23,14 @@ class FinetuneError(ValueError):
 @dataclass(frozen=True)
 class Arm:
     """A fine-tuning arm. mask: which mask the alignment term reads (concept union, foreground) or None;
-    loss: "bce" (CFT), "mse" (RobustViT) or "ce" (labels only); trains: False for the base model."""
+    loss: "bce" (CFT), "mse" (RobustViT) or "ce" (labels only); trains: False for the base model; align: False
+    drops the alignment term from the loss (λ_align = 0; the maps are still computed and logged)."""
     name: str
     mask: str | None
     loss: str
     trains: bool
     description: str
+    align: bool = True
 
 
 ARMS = {a.name: a for a in (
@@ -36,6 +38,8 @@ ARMS = {a.name: a for a in (
     Arm("cft_fgmask", "foreground", "bce", True, "CFT's loss on foreground masks (concepts vs segmentation)"),
     Arm("robustvit", "foreground", "mse", True, "RobustViT: foreground masks, MSE alignment + confidence term"),
     Arm("ce", None, "ce", True, "plain fine-tuning: cross-entropy on the labels of the same images"),
+    Arm("confidence", "concept", "bce", True, "CFT's confidence term alone (λ_align = 0): is a gain CFT shows the "
+        "self-distillation term's rather than the masks'?", align=False),
     Arm("none", "concept", "bce", False, "the base model, not fine-tuned (validated with CFT's loss)"),
     Arm("dfr", "concept", "bce", False, "DFR reference: the base's last layer refitted on labelled, habitat-balanced "
         "images no other arm sees (cftlib.training.dfr; the world only)"),
@@ -52,15 +56,17 @@ def get_arm(name: str) -> Arm:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: model role ("vit": the base ViT; "cnn": the CNN), arm, seed, relevance method, lr, and which
-    base model (index into the world stage's bases) it starts from. Seeds are numbered across bases, so the
-    seed alone names the (base, seed) pair that differences between arms are paired by."""
+    """One run: model role ("vit": the base ViT; "cnn": the CNN), arm, seed, relevance method, lr, which
+    base model (index into the world stage's bases) it starts from, and the seed of its class subset (which
+    classes it fine-tunes on, `fewshot.subset`). Seeds are numbered across bases, so the seed alone names the
+    (base, subset) pair that differences between arms are paired by."""
     model: str
     arm: str
     seed: int
     relevance: str
     lr: float
     base: int = 0
+    subset: int = 0
 
     @property
     def name(self) -> str:
@@ -72,15 +78,16 @@ class RunSpec:
 
 def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
     """Every (model, arm, base, seed) run of the parameters — `cfg.seeds` seeds on each of `bases` base
-    models, seed `seed + base * cfg.seeds + i` — checked before any work: a wrong arm or a relevance method
-    that cannot explain the model fails naming it."""
+    models, seed `seed + base * cfg.seeds + i`, its class subset `seed + i` (each subset on every base: a
+    crossed design) — checked before any work: a wrong arm or a relevance method that cannot explain the model
+    fails naming it."""
     runs = []
     for model, arms, method, lr in (("vit", cfg.arms, cfg.relevance, cfg.lr),
                                     ("cnn", cfg.cnn.arms, cfg.cnn.relevance, cfg.cnn.lr)):
         kinds = relevance.get(method).model_kinds
         if arms and model not in kinds:
             raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
-        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method, lr, b)
+        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method, lr, b, seed + i)
                  for a in arms for b in range(bases) for i in range(cfg.seeds)]
     return runs
 

@@ -1,5 +1,5 @@
 """The few-shot fine-tuning loop (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name —
-`cft`, `cft_fgmask`, `robustvit`, `ce`, `none` — run on the masks stage's few-shot images under one seeded protocol
+`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, `none` — run on the masks stage's few-shot images under one seeded protocol
 (AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, selection by the lowest validation total
 loss), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0
 writes).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ from cftlib.core import config, launch
 from cftlib.core.io import atomic_path, read_json, read_torch, write_csv, write_json
 from cftlib.core.progress import bar
 from cftlib.data import fewshot, maskstore
+from cftlib.data.augment import augment
 from cftlib.models import checkpoints, factory
 from cftlib.training import dfr, losses, runspec
 
@@ -78,12 +80,14 @@ def foreground_masks(masks_cfg: config.Masks, names: list[str]):
 
 
 def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, foreground=None) -> dict:
-    """The few-shot data of the masks stage: the first k training images of each class (the store holds
-    masks.k, in sorted order) and every validation image, as tensors {x, y (the model's output index of the
-    class, `pool.class_index`), concept, foreground, ids} per
-    split, plus `counts`: images, quality flags and policy actions of the chosen images (dropped ones are
-    skipped and counted). A missing store, a class with fewer than k images, or no image left are errors."""
-    items = maskstore.load_store(masks_dir)["items"]
+    """The few-shot data of the masks stage, every class: the first k training images of each class (the store
+    holds masks.k, in sorted order) and every validation image, as tensors {x, y (the model's output index of
+    the class, `pool.class_index`), labels (the store's), concept, foreground, ids} per split, with `classes`,
+    `class_fraction` (the store's) and `records` (the chosen store items) for `for_subset`, plus `counts`:
+    images, quality flags and policy actions of the chosen images (dropped ones are skipped and counted). A missing store, a class with fewer than
+    k images, or no image left are errors."""
+    store = maskstore.load_store(masks_dir)
+    items = store["items"]
     per_class: dict[int, list] = {}
     for r in items:
         if r["split"] == "train":
@@ -95,7 +99,7 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
         raise runspec.FinetuneError(f"finetune.k={k}, but the masks store {masks_dir} holds fewer images of class(es) "
                             f"{short} (label: images); lower finetune.k or re-run masks with masks.k >= {k}")
     chosen = {r["id"] for rs in per_class.values() for r in rs[:k]} | {r["id"] for r in items if r["split"] == "val"}
-    data, counts = {}, {}
+    data, records = {}, {}
     for split in ("train", "val"):
         recs = [r for r in items if r["split"] == split and r["id"] in chosen]
         d = fewshot.load(masks_dir, split, pool)
@@ -108,28 +112,47 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
             fg = _tensors([d["images"][i] for i in keep],
                           [d["foregrounds"][i] if d["foregrounds"][i] is not None
                            else foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
-        data[split] = {"x": x, "y": torch.tensor([int(pool.class_index[d["labels"][i]]) for i in keep]), "concept": concept,
-                       "foreground": fg, "ids": [d["ids"][i] for i in keep]}
-        counts[split] = {"images": len(keep), "flags": {f: sum(r["flag"] == f for r in recs) for f in grounding.FLAGS},
-                         "actions": {a: sum(r["action"] == a for r in recs) for a in ("kept", "dropped", "foreground")}}
-    data["counts"] = counts
+        data[split] = {"x": x, "y": torch.tensor([int(pool.class_index[d["labels"][i]]) for i in keep]),
+                       "labels": np.array([d["labels"][i] for i in keep]), "concept": concept, "foreground": fg,
+                       "ids": [d["ids"][i] for i in keep]}
+        records[split] = recs
+    data["counts"] = _counts(records)
+    data["records"] = records
+    data["classes"] = np.array(store["header"].get("classes", sorted(per_class)))
+    data["class_fraction"] = store["header"].get("params", {}).get("class_fraction", 0.5)
     return data
 
 
-def augment(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator, scale: float, flip: bool):
-    """The same random geometry for images and masks (official: Resize 256, RandomCrop 224, flip p = 0.5):
-    resize by `scale`, crop back to size at a uniform offset, flip with p = 0.5. Draws from `gen` only."""
-    B, _, H, W = x.shape
-    both = torch.cat([x, m], 1)
-    if scale > 1:
-        big = F.interpolate(both, size=(round(H * scale), round(W * scale)), mode="bilinear", align_corners=False)
-        oy = torch.randint(0, big.shape[-2] - H + 1, (B,), generator=gen).tolist()
-        ox = torch.randint(0, big.shape[-1] - W + 1, (B,), generator=gen).tolist()
-        both = torch.stack([big[i, :, a:a + H, b:b + W] for i, (a, b) in enumerate(zip(oy, ox))])
-    if flip:
-        f = (torch.rand(B, generator=gen) < 0.5).to(x.device)
-        both = torch.where(f[:, None, None, None], both.flip(-1), both)
-    return both[:, :3], both[:, 3:]
+def _counts(records: dict[str, list[dict]]) -> dict:
+    """Per split: images used, and the quality flags and policy actions of the chosen store items."""
+    return {split: {"images": sum(r["action"] != "dropped" for r in recs),
+                    "flags": {f: sum(r["flag"] == f for r in recs) for f in grounding.FLAGS},
+                    "actions": {a: sum(r["action"] == a for r in recs) for a in ("kept", "dropped", "foreground")}}
+            for split, recs in records.items()}
+
+
+def for_subset(data: dict, subset: int) -> dict:
+    """One run's few-shot data (`load_data`'s, narrowed): the training images of its classes and the
+    validation images of the others (`fewshot.subset` with seed `subset`), and `train_classes`. Data already
+    narrowed (no `classes`) is returned as it is."""
+    if "classes" not in data:
+        return data
+    train_classes, val_classes = fewshot.subset(data["classes"], data["class_fraction"], subset)
+    out = {k: v for k, v in data.items() if k not in ("classes", "class_fraction", "records")}
+    mine = {s: [r for r in data["records"][s] if r["label"] in set(c.tolist())]
+            for s, c in (("train", train_classes), ("val", val_classes))}
+    out["counts"] = _counts(mine)
+    for split, classes in (("train", train_classes), ("val", val_classes)):
+        d = data[split]
+        keep = np.flatnonzero(np.isin(d["labels"], classes))
+        if not len(keep):
+            raise runspec.FinetuneError(f"class subset {subset}: no {split} image of classes {classes.tolist()} in "
+                                        "the masks store (all dropped by masks.policy?)")
+        t = torch.from_numpy(keep)
+        out[split] = {k: v[t] if torch.is_tensor(v) else v[keep] if isinstance(v, np.ndarray) else
+                      [v[i] for i in keep] if isinstance(v, list) else v for k, v in d.items()}
+    out["train_classes"] = train_classes
+    return out
 
 
 # ----------------------------------------------------------------------------- one step
@@ -141,7 +164,13 @@ def objective(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: st
         logits = model(x)
         return {"loss": F.cross_entropy(logits.float(), y)}, logits
     r, logits = relevance.explain(model, x, method, target=y, create_graph=True, output="pixel")
-    return losses.objective(r, m, logits, y, arm.loss, cfg.loss), logits
+    return losses.objective(r, m, logits, y, arm.loss, arm_loss(arm, cfg)), logits
+
+
+def arm_loss(arm: runspec.Arm, cfg: config.Finetune) -> config.Loss:
+    """The loss weights an arm trains and is selected with: `finetune.loss`, with λ_align = 0 for an arm
+    without the alignment term (`confidence`)."""
+    return cfg.loss if arm.align else dataclasses.replace(cfg.loss, lambda_align=0.0)
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -200,7 +229,7 @@ def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: s
         if arm.loss == "ce":
             terms = {"loss": F.cross_entropy(logits.float(), y)}
         else:
-            terms = losses.objective(r, val[arm.mask][i], logits, y, arm.loss, cfg.loss)
+            terms = losses.objective(r, val[arm.mask][i], logits, y, arm.loss, arm_loss(arm, cfg))
         cft = losses.alignment(r, concept, "bce", cfg.loss)["align"]
         vals = [terms.get(k, torch.tensor(math.nan)) for k in ("loss", "context", "concept", "confidence")]
         vals += [cft, (logits.argmax(1) == y).float().mean()]
@@ -220,7 +249,7 @@ def _digest(*tensors: torch.Tensor) -> str:
 def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Module, data: dict) -> dict:
     """What determines a run's result: its spec, the protocol parameters, the base weights and the data.
     Its hash decides whether a finished run is reused and whether a saved state may be resumed."""
-    arm = runspec.ARMS[spec.arm]
+    arm, data = runspec.ARMS[spec.arm], for_subset(data, spec.subset)
     split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
                                *([data[s]["foreground"]] if arm.mask == "foreground" else []))
                     for s in ("train", "val")}
@@ -235,11 +264,13 @@ def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Modul
 
 
 def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune,
-        out_dir: str | Path, progress: bool = False) -> dict:
+        out_dir: str | Path, progress: bool = False, on_epoch=None) -> dict:
     """Run `spec` into its folder and return its run.json. A complete run with the same config hash is
     reused; a saved state with the same hash is resumed at its last finished epoch (and ends with the same
-    history as an uninterrupted run); anything else starts over."""
+    history as an uninterrupted run); anything else starts over. `on_epoch(row, model)` is called with each
+    epoch's `epochs.csv` row (epoch 0, the base, included) and the model in eval mode (studies score it there)."""
     arm, folder = runspec.ARMS[spec.arm], spec.folder(out_dir)
+    data = for_subset(data, spec.subset)
     conf = run_config(spec, cfg, base, data)
     rank, world = launch.rank_world()
     done = folder / "run.json"
@@ -273,6 +304,8 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
             shutil.rmtree(folder)
         st["epochs"].append({"epoch": 0, "lr": spec.lr, "train_loss": math.nan,
                              **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
+        if on_epoch is not None:
+            on_epoch(st["epochs"][-1], model)
     epochs = cfg.epochs if arm.trains else 0
     n, steps = len(train["y"]), math.ceil(len(train["y"]) / cfg.batch_size)
     steps_bar = tqdm(total=epochs * steps, initial=st["epoch"] * steps, desc=spec.name, unit="steps",
@@ -311,6 +344,8 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
         st["epochs"].append({"epoch": epoch + 1, "lr": lr,
                              "train_loss": float(np.mean(losses_)) if losses_ else math.nan, **v, "best": int(best)})
         st["epoch"] = epoch + 1
+        if on_epoch is not None:
+            on_epoch(st["epochs"][-1], model)
         if rank == 0:
             if best:
                 checkpoints.save_checkpoint(folder / "best.pt", model,
@@ -319,7 +354,8 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
                 torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "state": st}, tmp)
     steps_bar.close()
-    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"], "epochs": epochs,
+    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"],
+               "train_classes": [int(c) for c in data.get("train_classes", [])], "epochs": epochs,
                "steps": len(st["history"]),
                "best_epoch": st["best"][1], "best_val_loss": st["best"][0] if epochs else st["epochs"][0]["val_loss"],
                "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],

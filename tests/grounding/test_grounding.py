@@ -156,17 +156,25 @@ def test_missing_store_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------------------- the few-shot choice
 
 def test_fewshot_selection_is_the_papers_protocol():
+    """The store: k training images and one validation image of every class, disjoint; a run's classes: a
+    seeded half (the others validate), different for another seed, the same for the same seed."""
     labels = np.repeat(np.arange(10), 7)[np.random.default_rng(1).permutation(70)]
-    s = fewshot.select(labels, k=3, class_fraction=0.5, seed=0)
-    assert len(s["train_classes"]) == 5 and set(s["val_classes"]) == set(range(10)) - set(s["train_classes"])
-    assert sorted(np.bincount(labels[s["train"]], minlength=10)[s["train_classes"]]) == [3] * 5
-    assert sorted(labels[s["val"]]) == sorted(s["val_classes"])
+    s = fewshot.select(labels, k=3, seed=0)
+    assert np.bincount(labels[s["train"]], minlength=10).tolist() == [3] * 10
+    assert sorted(labels[s["val"]]) == list(range(10)) and s["classes"].tolist() == list(range(10))
     assert list(s["train"]) == sorted(s["train"]) and not set(s["train"]) & set(s["val"])
-    again = fewshot.select(labels, k=3, class_fraction=0.5, seed=0)
+    again = fewshot.select(labels, k=3, seed=0)
     assert all((again[k] == s[k]).all() for k in s)
-    assert not (fewshot.select(labels, 3, 0.5, seed=1)["train"] == s["train"]).all()
+    assert not (fewshot.select(labels, 3, seed=1)["train"] == s["train"]).all()
     with pytest.raises(ValueError, match="has 7 images; the few-shot choice needs 8"):
-        fewshot.select(labels, k=8, class_fraction=0.5, seed=0)
+        fewshot.select(labels, k=7, seed=0)
+    train, val = fewshot.subset(s["classes"], 0.5, 0)
+    assert len(train) == 5 and set(val) == set(range(10)) - set(train)
+    assert (fewshot.subset(s["classes"], 0.5, 0)[0] == train).all()
+    draws = {tuple(fewshot.subset(s["classes"], 0.5, seed)[0]) for seed in range(5)}
+    assert len(draws) == 5  # each seed its own classes
+    with pytest.raises(ValueError, match="leaves no train or no val class"):
+        fewshot.subset(s["classes"], 0.01, 0)
 
 
 def test_missing_images_are_clear_errors(tmp_path):
@@ -291,10 +299,10 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_folder(pool.class_dirs), seed=0)
     path = concepts.save(bank, tmp_path / "concepts")
     bank = concepts.load(path.parent)
-    sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, 0)
+    sel = fewshot.select(pool.labels, P.masks.k, 0)
     manifest = maskstore.write_store(tmp_path / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, 0),
                                      {"bank": path.name})
-    assert [r["split"] for r in manifest["items"]] == ["train", "val"]
+    assert [r["split"] for r in manifest["items"]] == ["train", "train", "val", "val"]  # k + 1 of every class
     for r in manifest["items"]:
         assert r["source"].endswith(".png") and len(r["concepts"]) == len(bank["classes"][r["label"]]["concepts"])
     data = fewshot.load(tmp_path / "masks", "train", pool)
@@ -308,7 +316,8 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
         assert fg is not None and np.array_equal(fg, want)
     # the validation image's grounded concept masks measure a model's concept usage at its own input size
     val = fewshot.load(tmp_path / "masks", "val", pool)
-    (rec,) = [r for r in manifest["items"] if r["split"] == "val" and r["action"] != "dropped"]
+    rec = [r for r in manifest["items"] if r["split"] == "val" and r["action"] != "dropped"][0]
+    val = {k: v[:1] for k, v in val.items()}  # one image: its class's concepts
     assert val["texts"] == [[c["text"] for c in rec["concepts"]]]
     assert val["concepts"][0].shape == (len(rec["concepts"]), *val["images"][0].shape[:2])
     vit = factory.build_model("vit_tiny_patch16_224", 2, 32, patch_size=16, embed_dim=16, depth=1, num_heads=2)
@@ -361,12 +370,12 @@ def test_stage_store_is_the_notebooks_store(tmp_path, stage_inputs):
     P, data, bank_dir = stage_inputs
     manifest = ground.run_stage(P, data, bank_dir, tmp_path / "masks")
     bank, pool = concepts.load(bank_dir), fewshot.Pool("world", data)
-    sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, P.base.seed)
+    sel = fewshot.select(pool.labels, P.masks.k, P.base.seed)
     header = grounding.store_header(P, bank, sel)
     maskstore.write_store(tmp_path / "direct", grounding.ground_items(pool.items(sel), bank, P.masks, P.base.seed,
                                                                       truth=grounding.truth_for(P)), header)
     assert _files(tmp_path / "masks") == _files(tmp_path / "direct")
-    assert manifest == maskstore.load_store(tmp_path / "masks") and len(manifest["items"]) == 8
+    assert manifest == maskstore.load_store(tmp_path / "masks") and len(manifest["items"]) == 4 * (3 + 1)
     assert "processes" not in manifest["header"]["params"] and "iou" in manifest["items"][0]
     assert not (tmp_path / "masks.partial").exists()
 
@@ -380,7 +389,7 @@ def test_interrupted_stage_resumes_to_the_same_store(tmp_path, stage_inputs):
     again = _Counting(P)  # another batch size decides nothing: the work folder is kept
     ground.run_stage(_with(P, groundingsam=config.GroundingSAM(batch_size=5)), data, bank_dir, tmp_path / "masks",
                         grounder=again)
-    assert again.calls == 8 - 3
+    assert again.calls == 16 - 3
     assert _files(tmp_path / "masks") == _files(tmp_path / "whole") and not (tmp_path / "masks.partial").exists()
 
 
@@ -391,7 +400,7 @@ def test_work_folder_of_other_inputs_is_discarded(tmp_path, stage_inputs):
     other = _with(P, world=config.WorldNoise(boundary=0, p_miss=0.5, q_spurious=0.0))
     fresh = _Counting(other)
     ground.run_stage(other, data, bank_dir, tmp_path / "masks", grounder=fresh)
-    assert fresh.calls == 8
+    assert fresh.calls == 16
     ground.run_stage(other, data, bank_dir, tmp_path / "clean")
     assert _files(tmp_path / "masks") == _files(tmp_path / "clean")
 

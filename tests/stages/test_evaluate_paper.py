@@ -13,7 +13,7 @@ import yaml
 from conftest import ROOT
 
 from cftlib.core import config
-from cftlib.data import datasets
+from cftlib.data import datasets, fewshot
 from cftlib.metrics import accuracy, alignment, intervals
 from cftlib.models import factory
 from cftlib.report import claims, figures, tables
@@ -88,12 +88,15 @@ def test_gaps_against_imagenet_val(frames, P):
     assert g[("vit", "cft", 1, "imagenet_a")] == pytest.approx(BASE["imagenet_val"] + GAIN["imagenet_val"][1] - BASE["imagenet_a"] - GAIN["imagenet_a"][1])
 
 
-def test_seen_classes_are_model_outputs_through_the_class_index(tmp_path):
-    items = [{"split": "train", "label": 0}, {"split": "train", "label": 2}, {"split": "val", "label": 1}]
-    (tmp_path / "manifest.json").write_text(json.dumps({"header": {"class_index": [7, 300, 42]}, "items": items}))
-    assert evaluate.seen_classes(tmp_path).tolist() == [7, 42]
-    (tmp_path / "manifest.json").write_text(json.dumps({"header": {}, "items": items}))
-    assert evaluate.seen_classes(tmp_path).tolist() == [0, 2]  # no index: the labels are the outputs
+def test_seen_classes_are_the_subsets_classes_as_model_outputs_through_the_class_index(tmp_path):
+    header = {"classes": [0, 1, 2, 3], "params": {"class_fraction": 0.5}}
+    train = fewshot.subset([0, 1, 2, 3], 0.5, 4)[0]
+    (tmp_path / "manifest.json").write_text(json.dumps({"header": {**header, "class_index": [7, 300, 42, 9]},
+                                                         "items": []}))
+    assert evaluate.seen_classes(tmp_path, 4).tolist() == sorted(int([7, 300, 42, 9][c]) for c in train)
+    (tmp_path / "manifest.json").write_text(json.dumps({"header": header, "items": []}))
+    assert evaluate.seen_classes(tmp_path, 4).tolist() == train.tolist()  # no index: the labels are the outputs
+    assert {tuple(evaluate.seen_classes(tmp_path, s)) for s in range(6)} != {tuple(train)}  # seeds differ
 
 
 def _paper_params(**evaluate_):
@@ -126,7 +129,7 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
     assert find("CNN")["verdict"] == claims.HOLDS
     mean = find("on average over the paper's benchmarks")  # ImageNet-A and ObjectNet: +5.5 over the base, +4.5 over CE
     assert mean["verdict"] == claims.HOLDS and "ImageNet-A, ObjectNet" in mean["evidence"]
-    assert len(rows) == 2 + 6  # one claim per OOD benchmark, then the six others
+    assert len(rows) == 2 + 7  # one claim per OOD benchmark, then the seven others
     claims.write_claims(tmp_path / "claims.md", acc, align, P)
     text = (tmp_path / "claims.md").read_text()
     assert "Accuracy under the `chefer` protocol." in text and "synthetic bird world" not in text

@@ -19,6 +19,7 @@ from conftest import ROOT
 from cftlib import concepts, grounding
 from cftlib.core import config, launch
 from cftlib.data import fewshot, maskstore, world
+from cftlib.data.augment import augment
 from cftlib.grounding import GroundingError
 from cftlib.models import checkpoints
 from cftlib.stages import finetune, nbrun
@@ -33,7 +34,7 @@ def project(tmp_path_factory, small_world, smoke_params):
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(world_dir)), seed)
     concepts.save(bank, root / "data" / "concepts")
     pool = fewshot.Pool("world", world_dir)
-    sel = fewshot.select(pool.labels, P.masks.k, P.masks.class_fraction, seed)
+    sel = fewshot.select(pool.labels, P.masks.k, seed)
     maskstore.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed), {})
     for b in range(P.bases.seeds):  # random tiny bases where the world stage puts its trained ones
         for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
@@ -101,11 +102,30 @@ def test_ce_arm_step_is_plain_cross_entropy(project):
         assert torch.equal(p, q), name
 
 
+def test_confidence_arm_trains_on_the_confidence_term_alone(project):
+    """λ_align = 0: its loss is λ_acc · CE(z, argmax z) whatever the mask, and one step moves the weights as a
+    step on that term alone does."""
+    P, _, data, _ = _setup(project, arms=["none", "cft", "confidence"], seeds=1)
+    (x, m, y), arm, cfg = _batch(data), runspec.ARMS["confidence"], P.finetune
+    terms, logits = trainer.objective(_vit(project), arm, x, m, y, cfg, "attnlrp")
+    flipped, _ = trainer.objective(_vit(project), arm, x, 1 - m, y, cfg, "attnlrp")
+    assert torch.allclose(terms["loss"], cfg.loss.lambda_acc * F.cross_entropy(logits, logits.argmax(1)))
+    assert torch.allclose(terms["loss"], flipped["loss"]) and terms["align"] > 0  # the map is still measured
+    a, b = _vit(project), _vit(project)
+    trainer.train_step(a, torch.optim.SGD(a.parameters(), lr=1.0), arm, x, m, y, len(y), cfg, "attnlrp",
+                       torch.autocast("cpu", enabled=False))
+    z = b(x)
+    (cfg.loss.lambda_acc * F.cross_entropy(z, z.detach().argmax(1))).backward()
+    torch.optim.SGD(b.parameters(), lr=1.0).step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
 def test_augmentation_moves_image_and_mask_together():
     gen = torch.Generator().manual_seed(0)
     m = (torch.rand(6, 1, 16, 16) > 0.5).float()
     x = m.expand(-1, 3, -1, -1).clone()  # the mask drawn into the image
-    xa, ma = trainer.augment(x, m, gen, 8 / 7, True)
+    xa, ma = augment(x, m, gen, 8 / 7, True)
     assert xa.shape == x.shape and torch.allclose(xa[:, :1], ma) and not torch.equal(ma, m)
 
 
@@ -242,9 +262,15 @@ def test_fewshot_data_respects_the_stores_policy_and_counts_it(project, tmp_path
     pool = fewshot.Pool("world", project / "data" / "world")
     data = trainer.load_data(store, pool, 3, 32)
     assert data["counts"]["train"]["actions"]["dropped"] == 1 and data["counts"]["train"]["flags"]["empty"] == 1
-    assert data["counts"]["train"]["images"] == 5 and first["id"] not in data["train"]["ids"]
+    assert data["counts"]["train"]["images"] == 4 * 3 - 1 and first["id"] not in data["train"]["ids"]
     fewer = trainer.load_data(store, pool, 1, 32)
-    assert fewer["counts"]["train"]["images"] + fewer["counts"]["train"]["actions"]["dropped"] == 2
+    assert fewer["counts"]["train"]["images"] + fewer["counts"]["train"]["actions"]["dropped"] == 4
+    for subset in range(4):  # a run counts its own classes' images: the dropped one only where its class trains
+        mine = trainer.for_subset(data, subset)
+        trains = first["label"] in mine["train_classes"]
+        assert mine["counts"]["train"]["images"] == 2 * 3 - trains == len(mine["train"]["y"])
+        assert mine["counts"]["train"]["actions"]["dropped"] == trains
+        assert set(mine["val"]["labels"]) == set(data["classes"]) - set(mine["train_classes"])
 
 
 def test_foreground_masks_are_the_silhouette(project):

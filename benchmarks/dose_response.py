@@ -1,0 +1,224 @@
+"""The dose–response study: when does CFT help? Every arm that could explain a gain, trained for the paper's 50
+epochs on every base model at each learning rate of a grid fixed before the run, with and without the protocol's
+zoom (the official resize by 256/224 and random crop back, `finetune.scale`, which the world's bases never saw),
+scored after every epoch. It answers whether CFT is inert here because of its selection rule, its budget, the
+world's augmentation shift or the method.
+
+The plan and the rule, fixed before the study was run (and printed at the top of its report):
+  * runs: arms cft, ce, confidence (CFT's confidence term alone, λ_align = 0), robustvit and cft_fgmask; every
+    ViT base model of the world stage; lr in LRS; zoom in ZOOMS (finetune.scale); EPOCHS epochs with the
+    pipeline's protocol otherwise (official decay, batch 8, the masks stage's few-shot images, the class subset
+    of seed base.seed); every epoch recorded, epoch 0 being the base model;
+  * what selection may read (validation data only: one image of each held-out class): the validation total loss
+    and the held-out CFT alignment loss, per epoch;
+  * what the report reads, never for a choice: top-1 on the first IMAGES images of test, bg_conflict and
+    color_conflict, and the concept mass of the relevance on the first MAPS images of bg_conflict;
+  * the rule for the pipeline's protocol: (a) the official candidate, each run keeps the epoch of its lowest
+    validation total loss; (b) ours, each run keeps the epoch of its lowest held-out alignment loss among the
+    epochs whose validation top-1 is at least the base's (epoch 0's) — the alignment on classes the run never
+    saw is what CFT is for, and the total loss also carries the confidence term, which any change away from
+    the base raises, so it favours the base. The protocol (zoom, lr, candidate) is the one whose CFT runs, at
+    their selected epochs, have the lowest mean held-out alignment loss with mean validation top-1 no lower than
+    the base's; ties go to the official candidate, then the smaller lr. The best-on-OOD epoch is drawn in the
+    figure as an oracle ceiling and chooses nothing.
+
+    python benchmarks/dose_response.py run --shard 0/8     # one of 8 processes (a GPU takes them side by side)
+    python benchmarks/dose_response.py report               # reports/dose_response.md, figures/dose_response.png
+The runs are cached in cache/dose_response/<zoom>/<lr>/ (re-running reuses complete ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from cftlib import concepts
+from cftlib.core import config, io
+from cftlib.data import world
+from cftlib.metrics import accuracy, alignment
+from cftlib.models.factory import predict
+from cftlib.report import figures
+from cftlib.stages import finetune
+from cftlib.training import runspec, trainer
+
+ARMS = ("cft", "ce", "confidence", "robustvit", "cft_fgmask")
+LRS = (3e-5, 1e-4, 3e-4)
+ZOOMS = (1.1428571428571428, 1.0)  # the protocol's 256/224, and none
+EPOCHS = 50
+IMAGES, MAPS = 500, 64
+SPLITS = ("test", "bg_conflict", "color_conflict")
+OUT = Path("cache/dose_response")
+
+
+def plan(P: config.Params) -> list[tuple[float, float, object]]:
+    """Every (zoom, lr, run spec) of the study, in a fixed order (the shards take every n-th)."""
+    cfg = dataclasses.replace(P.finetune, arms=["none", *ARMS], seeds=1, cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
+    runs = [r for r in runspec.plan(cfg, P.base.seed, P.bases.seeds) if r.arm in ARMS]  # one class subset per base
+    return [(zoom, lr, dataclasses.replace(r, lr=lr)) for zoom in ZOOMS for lr in LRS for r in runs]
+
+
+def scorer(arrays: dict, class_parts, method: str):
+    """`on_epoch` for `trainer.fit`: top-1 on SPLITS and the concept mass on bg_conflict, appended to `rows`."""
+    rows = []
+    conflict = arrays["bg_conflict"]
+    masks = alignment.part_masks(conflict["parts"][:MAPS], conflict["label"][:MAPS], class_parts)
+
+    def on_epoch(row: dict, model: torch.nn.Module) -> None:
+        top1 = {s: accuracy.accuracy(predict(model, a["images"], 500), a["label"])["top1"]
+                for s, a in arrays.items()}
+        r = alignment.relevance_maps(model, conflict["images"][:MAPS], method)
+        mass = alignment.concept_alignment(r, masks, conflict["parts"][:MAPS] > 0)["concept_mass"].mean()
+        rows.append({**{k: row[k] for k in ("epoch", "val_loss", "val_cft_align", "val_acc")}, **top1,
+                     "concept_mass": float(mass)})
+
+    return rows, on_epoch
+
+
+def run(P: config.Params, shard: int, shards: int) -> None:
+    torch.set_num_threads(P.base.threads)
+    arrays = {s: {k: v[:IMAGES] for k, v in world.load_split("data/world", s).items()} for s in SPLITS}
+    class_parts = alignment.concept_parts(concepts.load("data/concepts"))
+    for zoom, lr, spec in plan(P)[shard::shards]:
+        folder = OUT / f"zoom{zoom:.3f}" / f"lr{lr:g}"
+        scores = spec.folder(folder) / "scores.csv"
+        if scores.is_file():
+            continue
+        cfg = dataclasses.replace(P.finetune, epochs=EPOCHS, scale=zoom, arms=["none", *ARMS], seeds=1,
+                                  cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
+        runs, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world",
+                                           "models/base", folder, select=lambda r, s=spec: r.arm == s.arm and r.base == s.base)
+        rows, on_epoch = scorer(arrays, class_parts, P.evaluate.relevance)
+        trainer.fit(spec, *bases[spec.model, spec.base], data, cfg, folder, on_epoch=on_epoch)
+        per_epoch = int(np.ceil(len(trainer.for_subset(data, spec.subset)["train"]["y"]) / cfg.batch_size))
+        frame = pd.DataFrame(rows).assign(arm=spec.arm, base=spec.base, lr=lr, zoom=zoom)
+        io.write_csv(scores, frame.assign(steps=frame["epoch"] * per_epoch))
+        print(f"[done] {spec.name} zoom {zoom:.3f} lr {lr:g}", flush=True)
+
+
+# ----------------------------------------------------------------------------- the report
+
+def selected(g: pd.DataFrame) -> dict[str, int]:
+    """One run's epochs under the two candidates of the rule (and the oracle, for the figure only)."""
+    trained = g[g["epoch"] >= 1]
+    base_acc = g.loc[g["epoch"] == 0, "val_acc"].iloc[0]
+    official = int(trained.loc[trained["val_loss"][::-1].idxmin(), "epoch"])  # later epochs win ties (official <=)
+    ok = trained[trained["val_acc"] >= base_acc - 1e-9]
+    ours = int(ok.loc[ok["val_cft_align"].idxmin(), "epoch"]) if len(ok) else 0
+    return {"official": official, "ours": ours, "oracle": int(g.loc[g["bg_conflict"].idxmax(), "epoch"])}
+
+
+def tables(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (zoom, lr, arm, candidate): means over bases at the selected epochs, gains over the base (epoch 0);
+    and the rule's protocol table (CFT only)."""
+    rows = []
+    for (zoom, lr, arm, base), g in scores.groupby(["zoom", "lr", "arm", "base"]):
+        g = g.sort_values("epoch").reset_index(drop=True)
+        start = g[g["epoch"] == 0].iloc[0]
+        for cand, epoch in selected(g).items():
+            at = g[g["epoch"] == epoch].iloc[0]
+            rows.append({"zoom": zoom, "lr": lr, "arm": arm, "base": base, "candidate": cand, "epoch": epoch,
+                         "val_cft_align": at["val_cft_align"], "val_acc": at["val_acc"],
+                         "base_val_acc": start["val_acc"], "base_val_cft_align": start["val_cft_align"],
+                         **{f"{s} gain": 100 * (at[s] - start[s]) for s in SPLITS},
+                         "concept mass gain": 100 * (at["concept_mass"] - start["concept_mass"])})
+    per_run = pd.DataFrame(rows)
+    mean = per_run.groupby(["zoom", "lr", "arm", "candidate"], as_index=False).mean(numeric_only=True)
+    return per_run, mean.drop(columns="base")
+
+
+def choose(mean: pd.DataFrame) -> pd.Series:
+    """The rule: among CFT's (zoom, lr, candidate ∈ official, ours) with mean validation top-1 no lower than the
+    base's, the lowest mean held-out alignment loss; ties to official, then the smaller lr."""
+    c = mean[(mean["arm"] == "cft") & mean["candidate"].isin(["official", "ours"])].copy()
+    c = c[c["val_acc"] >= c["base_val_acc"] - 1e-9]
+    c["order"] = (c["candidate"] != "official").astype(int)
+    return c.sort_values(["val_cft_align", "order", "lr"]).iloc[0]
+
+
+def figure(scores: pd.DataFrame, per_run: pd.DataFrame) -> plt.Figure:
+    """bg_conflict gain over the base against optimiser steps, one line per arm (band: range over bases), one
+    panel per (zoom, lr); ▼ the official validation-selected epoch (mean over bases), ★ the best-on-OOD epoch
+    (an oracle ceiling: it reads the OOD split)."""
+    s = scores.copy()
+    s["bg_conflict gain"] = 100 * (s["bg_conflict"] - s.groupby(["zoom", "lr", "arm", "base"])["bg_conflict"]
+                                   .transform(lambda v: v.iloc[0]))
+    zooms, lrs = sorted(s["zoom"].unique(), reverse=True), sorted(s["lr"].unique())
+    fig, axes = plt.subplots(len(zooms), len(lrs), figsize=(4.2 * len(lrs), 3.3 * len(zooms)), sharey=True,
+                             squeeze=False)
+    arms = [a for a in figures.ARM_ORDER if a in set(s["arm"])]
+    for i, zoom in enumerate(zooms):
+        for j, lr in enumerate(lrs):
+            ax, part = axes[i, j], s[(s["zoom"] == zoom) & (s["lr"] == lr)]
+            sns.lineplot(data=part, x="steps", y="bg_conflict gain", hue="arm", hue_order=arms, errorbar=("pi", 100),
+                         palette=figures.ARM_COLORS, ax=ax, legend=(i, j) == (0, len(lrs) - 1), linewidth=1)
+            for arm in arms:
+                mine = per_run[(per_run["zoom"] == zoom) & (per_run["lr"] == lr) & (per_run["arm"] == arm)]
+                curve = part[part["arm"] == arm].groupby("epoch")[["steps", "bg_conflict gain"]].mean()
+                for cand, marker in (("official", "v"), ("oracle", "*")):
+                    e = int(round(mine.loc[mine["candidate"] == cand, "epoch"].mean()))
+                    ax.plot(*curve.loc[e], marker=marker, ms=8, color=figures.ARM_COLORS[arm], mec="k", mew=0.5)
+            ax.axhline(0, color="0.5", lw=0.8)
+            ax.set(title=f"zoom {zoom:.3f}, lr {lr:g}", xlabel="optimiser steps",
+                   ylabel="bg_conflict top-1 − base (points)")
+    sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    fig.suptitle("▼ validation-selected epoch (official rule), ★ best epoch on bg_conflict (oracle ceiling, "
+                 "chooses nothing); band: range over base models", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def report(P: config.Params) -> str:
+    scores = pd.concat([pd.read_csv(p) for p in sorted(OUT.glob("zoom*/lr*/vit/*/seed*/scores.csv"))],
+                       ignore_index=True)
+    per_run, mean = tables(scores)
+    pick = choose(mean)
+    figures.save(figure(scores, per_run), Path("figures") / "dose_response.png")
+    io.write_csv(Path("reports") / "dose_response.csv", per_run)
+    rule = __doc__.split("(and printed at the top of its report):\n")[1].split("\n\n")[0]
+    n = scores.groupby(["zoom", "lr", "arm"])["base"].nunique()
+    cols = ["zoom", "lr", "arm", "candidate", "epoch", "val_cft_align", "val_acc", "base_val_acc",
+            *[f"{s} gain" for s in SPLITS], "concept mass gain"]
+    show = mean[mean["candidate"] != "oracle"][cols]
+    oracle = mean[mean["candidate"] == "oracle"][["zoom", "lr", "arm", "epoch", "bg_conflict gain", "test gain"]]
+    return (f"# Dose–response study: when does CFT help?\n\nGenerated by `python benchmarks/dose_response.py` "
+            f"(profile `{P.base.profile}`; {len(scores.groupby(['zoom', 'lr', 'arm', 'base']))} runs, "
+            f"{n.min()}–{n.max()} base models per cell, {EPOCHS} epochs; figure `figures/dose_response.png`; "
+            f"every epoch of every run in `reports/dose_response.csv` at the selected epochs).\n\n"
+            f"## The rule (fixed before the runs)\n\n{rule}\n\n"
+            f"## At the selected epochs (means over base models; gains in points over the base, epoch 0)\n\n"
+            f"{show.to_markdown(index=False, floatfmt='.4g')}\n\n"
+            f"## The oracle ceiling (the epoch best on `bg_conflict`; reads the OOD split, chooses nothing)\n\n"
+            f"{oracle.to_markdown(index=False, floatfmt='.4g')}\n\n"
+            f"## The rule's choice\n\nzoom {pick['zoom']:.3f}, lr {pick['lr']:g}, candidate `{pick['candidate']}` "
+            f"(mean selected epoch {pick['epoch']:.1f}): held-out alignment {pick['val_cft_align']:.4f} against the "
+            f"base's {pick['base_val_cft_align']:.4f}, validation top-1 {pick['val_acc']:.3f} (base "
+            f"{pick['base_val_acc']:.3f}).\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("run", "report"))
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--shard", default="0/1", help="i/n: this process takes runs i, i + n, ...")
+    args = ap.parse_args(argv)
+    P = config.load(args.params)
+    if args.what == "run":
+        i, n = map(int, args.shard.split("/"))
+        run(P, i, n)
+    else:
+        text = report(P)
+        Path("reports/dose_response.md").write_text(text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
