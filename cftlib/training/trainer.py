@@ -297,7 +297,7 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     if saved is not None and saved["hash"] == conf["hash"]:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"])
+        gen.set_state(saved["generator"].cpu())  # a CPU generator; the state was loaded onto the run's device
         st = saved["state"]
     else:
         if rank == 0 and folder.exists():
