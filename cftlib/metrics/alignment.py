@@ -73,10 +73,11 @@ def concept_alignment(relevance: np.ndarray, concept: np.ndarray, foreground: np
 
 
 def oracle_maps(concept: np.ndarray, grid: int) -> np.ndarray:
-    """(N, H, W): the best map a model whose relevance lives on a grid×grid token map can draw — the exact concept
-    mask (N, H, W) average-pooled to the grid, upsampled bilinearly as `relevance.explain` upsamples, min-max
-    normalised like `relevance_maps`. Its concept mass is the ceiling of what relevance at that grid can put on
-    the concepts: the headroom a model's own concept mass leaves CFT."""
+    """(N, H, W): the map of a model whose relevance is exactly the concepts, seen through a grid×grid token map —
+    the exact concept mask (N, H, W) average-pooled to the grid, upsampled bilinearly as `relevance.explain`
+    upsamples, min-max normalised like `relevance_maps`. Its concept mass is the reference for what relevance at
+    that grid can put on the concepts (a map exceeds it only by dropping concept tokens that also hold
+    background): the headroom a model's own concept mass leaves CFT."""
     m = torch.from_numpy(np.asarray(concept, np.float32))[:, None]
     up = torch.nn.functional.interpolate(torch.nn.functional.adaptive_avg_pool2d(m, grid), size=m.shape[-2:],
                                          mode="bilinear", align_corners=False)[:, 0].double()
@@ -86,7 +87,8 @@ def oracle_maps(concept: np.ndarray, grid: int) -> np.ndarray:
 
 def headroom(model: torch.nn.Module, arrays: dict, class_parts: list[list[str]], method: str, n: int) -> dict:
     """On the first `n` images of a split: the concept mass of the model's own relevance and of `oracle_maps` at
-    the model's token grid (read off the map `method` draws there) — what CFT can still move onto the concepts."""
+    the model's token grid (read off the map `method` draws there) — how far CFT can move the maps onto the
+    concepts at that grid."""
     parts, labels, images = arrays["parts"][:n], arrays["label"][:n], arrays["images"][:n]
     concept, fg = part_masks(parts, labels, class_parts), parts > 0
     grid = explain(model.eval(), to_tensor(images[:1]), method, output="patch")[0].shape[-1]

@@ -52,10 +52,10 @@ def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, ou
         return Path(main_dir)
     store = out_dir / f"masks_noise{scale:g}"
     cfg = dataclasses.replace(P.masks, world=scaled_noise(P.masks.world, scale))
-    header = {"noise_scale": scale, "params": config.as_dict(cfg)}
+    selection = fewshot.select(pool.labels, P.masks.k, P.base.seed)
+    header = {**grounding.store_header(dataclasses.replace(P, masks=cfg), bank, selection), "noise_scale": scale}
     manifest = store / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text())["header"] != header:
-        selection = fewshot.select(pool.labels, P.masks.k, P.base.seed)
+    if not manifest.is_file() or json.loads(manifest.read_text())["header"] != header:  # same bank, choice, noise
         maskstore.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed), header)
     return store
 

@@ -253,7 +253,7 @@ def _paper_tree(tmp_path):
          [np.pad(np.ones((8, 8), np.uint8), 5)[:20, :18] for _ in range(3)])
     (tmp_path / "masks" / "val").mkdir(parents=True)
     (tmp_path / "masks" / "manifest.json").write_text(json.dumps(
-        {"header": {"class_index": [1, 7]},
+        {"header": {"class_index": [1, 7], "classes": [0, 1], "params": {"class_fraction": 0.5}},  # subset 0: class 0
          "items": [{"split": "train", "id": "000000", "label": 0, "action": "kept"},
                    {"split": "val", "id": "000003", "label": 1, "action": "kept",  # the pool's 4th image: val/syn[2]/0
                     "concepts": [{"text": t, "weight": 1.0} for t in TREE_CONCEPTS]}]}))

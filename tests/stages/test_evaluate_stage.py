@@ -56,11 +56,11 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
     claims = (proj / "reports" / "claims.md").read_text()
     assert set(json.loads((proj / "reports" / "ablations.json").read_text())) == {"k", "mask noise", "relevance"}
     verdicts = json.loads((proj / "reports" / "claims.json").read_text())
-    assert len(verdicts["claims"]) == 12 and sum(verdicts["counts"].values()) == 12
+    assert len(verdicts["claims"]) == 13 and sum(verdicts["counts"].values()) == 13
     small = {f: headline.check(json.loads((proj / "metrics" / f"{f}.json").read_text()), f)
              for f in ("evaluate", "claims", "ablations")}
     assert small["evaluate"]["vit_none"]["test_top1"] == round(100 * metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1"], 1)
-    assert sum(small["claims"]["verdicts"].values()) == 12
+    assert sum(small["claims"]["verdicts"].values()) == 13
     assert all(f"| {c['claim']} | {c['verdict']}" in claims for c in verdicts["claims"])  # the report shows the same
 
 

@@ -74,7 +74,15 @@ def test_pretrain_and_world_stages_run_on_smoke_profile_deterministically(tmp_pa
     base = json.loads((proj / "reports" / "base.json").read_text())
     assert base["bases"] == P.bases.seeds and base["species"] == P.world.n_species
     assert set(base["learnability"]) == {"vit", "cnn"} and set(base["validity"]["bars"]) == {
-        "test >= 0.85", "test - bg_conflict >= 0.30", "DFR: test - bg_conflict <= 0.15"}
+        "test >= 0.85", "test - bg_conflict >= 0.30", "DFR: test - bg_conflict <= 0.15",
+        "few-shot top-1 under the fine-tuning augmentation within 3 points (every base)",
+        "oracle concept mass at the token grid >= 0.60"}
+    fit = base["fine_tuning_fit"]  # per ViT base: the augmentation gap and the concept-mass headroom
+    assert set(fit) == {f"vit{b}" for b in range(P.bases.seeds)}
+    for f in fit.values():
+        assert f["gap_points"] == pytest.approx(100 * (f["as_is"] - f["augmented"]))
+        assert f["grid"] == P.world.image_size // P.pretrain.model_kwargs["patch_size"]
+        assert 0 <= f["concept_mass"] <= 1 and f["concept_area"] < f["oracle_concept_mass"] <= 1
     assert set(base["accuracy"]["vit"]) == set(P.world.splits) - {"train", "val", "dfr"}
     small = json.loads((proj / "metrics" / "base.json").read_text())  # the headline: the same numbers in percent
     assert small["vit"]["shortcut_gap"] == round(100 * base["validity"]["gap"], 1)
