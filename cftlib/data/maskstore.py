@@ -39,6 +39,17 @@ def load_store(store_dir: str | Path) -> dict:
     return read_json(path)
 
 
+def store_classes(store: dict, store_dir: str | Path) -> tuple[list[int], float]:
+    """The classes a store grounded images of and its `masks.class_fraction`: what a run's class subset is drawn
+    from (`cftlib.data.fewshot.subset`). A store written before per-seed class subsets is refused by name."""
+    header = store["header"]
+    if "classes" not in header or "class_fraction" not in header.get("params", {}):
+        raise GroundingError(f"{Path(store_dir) / 'manifest.json'}: a mask store without `classes` and "
+                             "`params.class_fraction` in its header (written before per-seed class subsets); "
+                             "re-run the masks stage (`dvc repro masks`)")
+    return [int(c) for c in header["classes"]], float(header["params"]["class_fraction"])
+
+
 def read_masks(store_dir: str | Path, record: dict) -> dict[str, np.ndarray]:
     """{union, weighted, concepts, and on real images foreground} of one kept item of a store."""
     path = Path(store_dir) / record["split"] / f"{record['id']}.npz"

@@ -12,7 +12,7 @@ import torch
 
 from cftlib.core.progress import bar
 from cftlib.data import fewshot
-from cftlib.data.maskstore import load_store
+from cftlib.data.maskstore import load_store, store_classes
 from cftlib.metrics import accuracy, alignment
 from cftlib.training.runspec import load_run
 
@@ -21,9 +21,9 @@ def seen_classes(store_dir: str | Path, subset: int) -> np.ndarray:
     """The classes a run with class subset `subset` fine-tuned on, as model outputs: `fewshot.subset` of the
     mask store's classes and class fraction, mapped through the header's `class_index` (store label → model
     output, e.g. the ImageNet-1k index; absent = the label itself)."""
-    header = load_store(store_dir)["header"]
-    labels, _ = fewshot.subset(header["classes"], header["params"]["class_fraction"], subset)
-    index = header.get("class_index")
+    store = load_store(store_dir)
+    labels, _ = fewshot.subset(*store_classes(store, store_dir), subset)
+    index = store["header"].get("class_index")
     return np.array(sorted(labels if index is None else {int(index[y]) for y in labels}), dtype=int)
 
 

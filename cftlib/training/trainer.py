@@ -84,9 +84,10 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
     holds masks.k, in sorted order) and every validation image, as tensors {x, y (the model's output index of
     the class, `pool.class_index`), labels (the store's), concept, foreground, ids} per split, with `classes`,
     `class_fraction` (the store's) and `records` (the chosen store items) for `for_subset`, plus `counts`:
-    images, quality flags and policy actions of the chosen images (dropped ones are skipped and counted). A missing store, a class with fewer than
-    k images, or no image left are errors."""
+    images, quality flags and policy actions of the chosen images (dropped ones are skipped and counted). A
+    missing or outdated store, a class with fewer than k images, or no image left are errors."""
     store = maskstore.load_store(masks_dir)
+    classes, class_fraction = maskstore.store_classes(store, masks_dir)
     items = store["items"]
     per_class: dict[int, list] = {}
     for r in items:
@@ -118,8 +119,7 @@ def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, fore
         records[split] = recs
     data["counts"] = _counts(records)
     data["records"] = records
-    data["classes"] = np.array(store["header"].get("classes", sorted(per_class)))
-    data["class_fraction"] = store["header"].get("params", {}).get("class_fraction", 0.5)
+    data["classes"], data["class_fraction"] = np.array(classes), class_fraction
     return data
 
 

@@ -22,7 +22,7 @@ from cftlib.data import fewshot, maskstore, world
 from cftlib.data.augment import augment
 from cftlib.grounding import GroundingError
 from cftlib.models import checkpoints
-from cftlib.stages import finetune, nbrun
+from cftlib.stages import evaluate, finetune, nbrun
 from cftlib.training import dfr, pretrain, runspec, trainer
 
 
@@ -35,7 +35,8 @@ def project(tmp_path_factory, small_world, smoke_params):
     concepts.save(bank, root / "data" / "concepts")
     pool = fewshot.Pool("world", world_dir)
     sel = fewshot.select(pool.labels, P.masks.k, seed)
-    maskstore.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed), {})
+    maskstore.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed),
+                          grounding.store_header(P, bank, sel))
     for b in range(P.bases.seeds):  # random tiny bases where the world stage puts its trained ones
         for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
             model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
@@ -288,6 +289,15 @@ def test_missing_masks_are_clear_errors(project, tmp_path):
     next((store / "train").glob("*.npz")).unlink()
     with pytest.raises(GroundingError, match="missing"):
         trainer.load_data(store, pool, 3, 32)
+    old = tmp_path / "old"  # a store from before per-seed class subsets: refused by name, before any image is read
+    shutil.copytree(project / "data" / "masks", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["header"]["classes"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GroundingError, match=r"old/manifest.json: a mask store without `classes`.*dvc repro masks"):
+        trainer.load_data(old, pool, 3, 32)
+    with pytest.raises(GroundingError, match="without `classes`"):
+        evaluate.seen_classes(old, 0)
 
 
 def test_k_larger_than_the_images_of_a_class_is_a_clear_error(project, tmp_path):
@@ -326,13 +336,13 @@ def test_wrong_names_fail_in_the_library_too():
 
 def test_plan_is_every_model_arm_base_seed():
     runs = runspec.plan(config.Finetune(seeds=3), 7)
-    assert len(runs) == 6 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
+    assert len(runs) == 7 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
     assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
     runs = runspec.plan(config.Finetune(seeds=2), 7, bases=3)
-    assert len(runs) == (6 + 3) * 3 * 2
-    for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, seed) pair
-        mine = [(r.base, r.seed) for r in runs if r.model == "vit" and r.arm == arm]
-        assert mine == [(0, 7), (0, 8), (1, 9), (1, 10), (2, 11), (2, 12)]
+    assert len(runs) == (7 + 3) * 3 * 2
+    for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, subset) pair
+        mine = [(r.base, r.seed, r.subset) for r in runs if r.model == "vit" and r.arm == arm]
+        assert mine == [(0, 7, 7), (0, 8, 8), (1, 9, 7), (1, 10, 8), (2, 11, 7), (2, 12, 8)]  # subsets crossed
     assert len({r.folder("out") for r in runs}) == len(runs)
 
 
