@@ -71,9 +71,9 @@ def test_paper_profile_runs_end_to_end_on_fakes(tmp_path, paper_fakes, device):
     bank = json.loads(next((proj / "data" / "concepts").glob("bank-*.json")).read_text())
     assert bank["header"]["proposer"] == "llm" and len(bank["classes"]) == len(CLASSES)
     masks = json.loads((proj / "reports" / "masks.json").read_text())
-    assert masks["grounder"] == "groundingsam" and masks["images"] == 3 * 3 + 3  # k=3 × half the classes + 1 each
+    assert masks["grounder"] == "groundingsam" and masks["images"] == len(CLASSES) * (3 + 1)  # k = 3 + 1 per class
     runs = json.loads((proj / "reports" / "finetune.json").read_text())["runs"]
-    assert set(runs) == {f"vit/{a}/seed0" for a in ("none", "ce", "robustvit", "cft_fgmask", "cft")} | \
+    assert set(runs) == {f"vit/{a}/seed0" for a in ("none", "ce", "confidence", "robustvit", "cft_fgmask", "cft")} | \
         {f"cnn/{a}/seed0" for a in ("none", "ce", "cft")}
     acc = pd.read_csv(proj / "plots" / "evaluate_accuracy.csv")
     assert set(acc["split"]) == bench and set(acc["model"]) == {"vit", "cnn"}

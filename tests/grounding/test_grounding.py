@@ -454,8 +454,8 @@ def test_concepts_and_masks_stages_run_on_smoke_profile_deterministically(tmp_pa
     first = _run(proj, "01_concepts", "02_masks")
     assert _run(proj, "01_concepts", "02_masks") == first, "executed notebooks must be byte-identical"
     m = json.loads((proj / "reports" / "masks.json").read_text())
-    assert m["images"] == 8 and m["bank"] == json.loads((proj / "reports" / "concepts.json").read_text())["bank"]
-    assert json.loads((proj / "metrics" / "masks.json").read_text())["masks"]["images"] == 8
+    assert m["images"] == 4 * (3 + 1) and m["bank"] == json.loads((proj / "reports" / "concepts.json").read_text())["bank"]
+    assert json.loads((proj / "metrics" / "masks.json").read_text())["masks"]["images"] == 16
     for f in ("figures/concepts.png", "figures/masks_concepts.png", "figures/masks_failures.png",
               "data/masks/manifest.json"):
         assert (proj / f).is_file(), f
@@ -490,7 +490,7 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
     proj = _project(tmp_path, yaml.safe_dump(params))
     _run(proj, "01_concepts", "02_masks")
     m = json.loads((proj / "reports" / "masks.json").read_text())
-    assert m["images"] == 2 * 2 + 2 and m["grounder"] == "groundingsam" and "mean_iou" not in m
+    assert m["images"] == 4 * (2 + 1) and m["grounder"] == "groundingsam" and "mean_iou" not in m  # k + 1 per class
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one LLM answer per class, cached
     cm = json.loads((proj / "reports" / "concepts.json").read_text())
     assert cm["concepts"] == 8 and cm["repairs"] == 0
