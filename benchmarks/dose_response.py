@@ -59,10 +59,16 @@ SPLITS = ("test", "bg_conflict", "color_conflict")
 OUT = Path("cache/dose_response")
 
 
+def protocol(P: config.Params) -> config.Finetune:
+    """The pipeline's fine-tuning parameters with the study's arms and EPOCHS, one class subset per base, no CNN
+    (each run sets its own zoom)."""
+    return dataclasses.replace(P.finetune, epochs=EPOCHS, arms=["none", *ARMS], seeds=1,
+                               cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
+
+
 def plan(P: config.Params) -> list[tuple[float, float, object]]:
     """Every (zoom, lr, run spec) of the study, in a fixed order (the shards take every n-th)."""
-    cfg = dataclasses.replace(P.finetune, arms=["none", *ARMS], seeds=1, cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
-    runs = [r for r in runspec.plan(cfg, P.base.seed, P.bases.seeds) if r.arm in ARMS]  # one class subset per base
+    runs = [r for r in runspec.plan(protocol(P), P.base.seed, P.bases.seeds) if r.arm in ARMS]
     return [(zoom, lr, dataclasses.replace(r, lr=lr)) for zoom in ZOOMS for lr in LRS for r in runs]
 
 
@@ -87,18 +93,17 @@ def run(P: config.Params, shard: int, shards: int) -> None:
     torch.set_num_threads(P.base.threads)
     arrays = {s: {k: v[:IMAGES] for k, v in world.load_split("data/world", s).items()} for s in SPLITS}
     class_parts = alignment.concept_parts(concepts.load("data/concepts"))
+    cfg = protocol(P)  # the few-shot data and the bases, loaded once: they do not depend on zoom or lr
+    _, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world", "models/base", OUT)
     for zoom, lr, spec in plan(P)[shard::shards]:
         folder = OUT / f"zoom{zoom:.3f}" / f"lr{lr:g}"
         scores = spec.folder(folder) / "scores.csv"
         if scores.is_file():
             continue
         shutil.rmtree(spec.folder(folder), ignore_errors=True)  # a killed run starts over: its scores are per epoch
-        cfg = dataclasses.replace(P.finetune, epochs=EPOCHS, scale=zoom, arms=["none", *ARMS], seeds=1,
-                                  cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
-        runs, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world",
-                                           "models/base", folder, select=lambda r, s=spec: r.arm == s.arm and r.base == s.base)
         rows, on_epoch = scorer(arrays, class_parts, P.evaluate.relevance)
-        trainer.fit(spec, *bases[spec.model, spec.base], data, cfg, folder, on_epoch=on_epoch)
+        trainer.fit(spec, *bases[spec.model, spec.base], data, dataclasses.replace(cfg, scale=zoom), folder,
+                    on_epoch=on_epoch)
         per_epoch = int(np.ceil(len(trainer.for_subset(data, spec.subset)["train"]["y"]) / cfg.batch_size))
         frame = pd.DataFrame(rows).assign(arm=spec.arm, base=spec.base, lr=lr, zoom=zoom)
         io.write_csv(scores, frame.assign(steps=frame["epoch"] * per_epoch))

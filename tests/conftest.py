@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,33 @@ def small_world(tmp_path_factory, smoke_params):
     out = tmp_path_factory.mktemp("world") / "world"
     world.generate(smoke_params.world, smoke_params.base.seed, out)
     return smoke_params.world, smoke_params.base.seed, out
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory, small_world, smoke_params):
+    """A project folder the fine-tuning code runs in: the smoke profile's params, world, concepts and masks stages,
+    and random tiny base models (ViT and CNN) where the world stage puts its trained ones. Read-only: a test that
+    writes into it copies it first."""
+    from cftlib import concepts, grounding
+    from cftlib.data import fewshot, maskstore, world
+    from cftlib.models import checkpoints
+    from cftlib.training import pretrain
+
+    P, (_, seed, world_dir) = smoke_params, small_world
+    root = tmp_path_factory.mktemp("project")
+    bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(world_dir)), seed)
+    concepts.save(bank, root / "data" / "concepts")
+    pool = fewshot.Pool("world", world_dir)
+    sel = fewshot.select(pool.labels, P.masks.k, seed)
+    maskstore.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed),
+                          grounding.store_header(P, bank, sel))
+    for b in range(P.bases.seeds):
+        for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
+            model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
+            checkpoints.save_checkpoint(pretrain.base_path(root / "models" / "base", role, b), model, build)
+    shutil.copy(ROOT / "profiles" / "smoke.yaml", root / "params.yaml")
+    shutil.copytree(world_dir, root / "data" / "world")
+    return root
 
 
 @pytest.fixture(scope="session")

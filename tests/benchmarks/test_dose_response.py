@@ -11,11 +11,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from cftlib import concepts, grounding
 from cftlib.core import config
-from cftlib.data import fewshot, maskstore, world
-from cftlib.models import checkpoints
-from cftlib.training import pretrain
 
 spec = importlib.util.spec_from_file_location("dose_response", ROOT / "benchmarks" / "dose_response.py")
 study = importlib.util.module_from_spec(spec)
@@ -48,19 +44,8 @@ def test_the_rule_picks_the_lowest_held_out_alignment_that_keeps_validation_accu
 
 
 @pytest.mark.slow
-def test_the_study_on_the_smoke_world(tmp_path, monkeypatch, small_world, smoke_params):
-    P, (_, seed, world_dir) = smoke_params, small_world
-    shutil.copytree(world_dir, tmp_path / "data" / "world")
-    bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(world_dir)), seed)
-    concepts.save(bank, tmp_path / "data" / "concepts")
-    pool = fewshot.Pool("world", world_dir)
-    sel = fewshot.select(pool.labels, P.masks.k, seed)
-    maskstore.write_store(tmp_path / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed),
-                          grounding.store_header(P, bank, sel))
-    for b in range(P.bases.seeds):
-        model, build = pretrain.fresh(P.pretrain, P.world.n_species, P.world.image_size, b)
-        checkpoints.save_checkpoint(pretrain.base_path(tmp_path / "models" / "base", "vit", b), model, build)
-    shutil.copy(ROOT / "profiles" / "smoke.yaml", tmp_path / "params.yaml")
+def test_the_study_on_the_smoke_world(tmp_path, monkeypatch, smoke_project):
+    shutil.copytree(smoke_project, tmp_path, dirs_exist_ok=True)  # the study writes cache/, reports/, figures/
     monkeypatch.chdir(tmp_path)
     for name, value in (("EPOCHS", 2), ("LRS", (1e-3,)), ("ZOOMS", (1.0,)), ("IMAGES", 20), ("MAPS", 8)):
         monkeypatch.setattr(study, name, value)

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
-from cftlib import concepts, grounding
 from cftlib.core import config, launch
-from cftlib.data import fewshot, maskstore, world
+from cftlib.data import fewshot, world
 from cftlib.data.augment import augment
 from cftlib.grounding import GroundingError
 from cftlib.models import checkpoints
@@ -27,23 +26,8 @@ from cftlib.training import dfr, pretrain, runspec, trainer
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, small_world, smoke_params):
-    """The smoke profile's concepts and masks stages on the small world, and a random tiny base ViT."""
-    P, (_, seed, world_dir) = smoke_params, small_world
-    root = tmp_path_factory.mktemp("ft")
-    bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(world_dir)), seed)
-    concepts.save(bank, root / "data" / "concepts")
-    pool = fewshot.Pool("world", world_dir)
-    sel = fewshot.select(pool.labels, P.masks.k, seed)
-    maskstore.write_store(root / "data" / "masks", grounding.ground_items(pool.items(sel), bank, P.masks, seed),
-                          grounding.store_header(P, bank, sel))
-    for b in range(P.bases.seeds):  # random tiny bases where the world stage puts its trained ones
-        for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
-            model, build = pretrain.fresh(cfg, P.world.n_species, size, b)
-            checkpoints.save_checkpoint(pretrain.base_path(root / "bases", role, b), model, build)
-    shutil.copy(ROOT / "profiles" / "smoke.yaml", root / "params.yaml")
-    shutil.copytree(world_dir, root / "data" / "world")
-    return root
+def project(smoke_project):
+    return smoke_project
 
 
 def _params(root, **kw):
@@ -53,7 +37,7 @@ def _params(root, **kw):
 
 def _setup(root, **kw):
     P = _params(root, **kw)
-    runs, data, bases = finetune.setup(P, root / "data" / "masks", root / "data" / "world", root / "bases",
+    runs, data, bases = finetune.setup(P, root / "data" / "masks", root / "data" / "world", root / "models" / "base",
                                        root / "runs", root / "data" / "concepts")
     return P, runs, data, bases
 
@@ -64,7 +48,7 @@ def _batch(data, n=4):
 
 
 def _vit(root):
-    return checkpoints.load_checkpoint(pretrain.base_path(root / "bases", "vit", 0))[0]
+    return checkpoints.load_checkpoint(pretrain.base_path(root / "models" / "base", "vit", 0))[0]
 
 
 # ----------------------------------------------------------------------------- one step
@@ -350,7 +334,7 @@ def test_plan_is_every_model_arm_base_seed():
 
 def _cli(root, out, *extra, nproc=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    args = ["--params", "params.yaml", "--masks", "data/masks", "--data", "data/world", "--base", "bases",
+    args = ["--params", "params.yaml", "--masks", "data/masks", "--data", "data/world", "--base", "models/base",
             "--out", str(out), "--model", "vit", "--arm", "cft", "--seed", "0", *extra]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
            if nproc > 1 else [sys.executable]) + ["-m", "cftlib.stages.finetune", *args]
@@ -416,7 +400,7 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
     _cli(project, tmp_path / "whole", "--params", "long.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cftlib.stages.finetune", "--params", "long.yaml", "--masks", "data/masks", "--data",
-           "data/world", "--base", "bases", "--out", str(tmp_path / "killed"), "--model", "vit", "--arm", "cft",
+           "data/world", "--base", "models/base", "--out", str(tmp_path / "killed"), "--model", "vit", "--arm", "cft",
            "--seed", "0"]
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = SPEC.folder(tmp_path / "killed") / "state.pt"
