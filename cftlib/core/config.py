@@ -98,7 +98,8 @@ class Recipe:
     warmup: float = 0.05
     label_smoothing: float = 0.1
     flip: bool = True
-    scale: float = 1.0  # > 1: resize by it and crop back at a random offset, as fine-tuning does (finetune.scale)
+    scale: float = 1.0  # > 1: random-resized crops, each image resized by a factor in [1, scale] and cropped back
+                        # (finetune.scale's zoom and the images as they are both inside what the model sees)
     keep_epoch: int = 0  # the model kept: 0 = the epoch of the best held-out accuracy; N = the model after epoch N
 
     def check(self, err):

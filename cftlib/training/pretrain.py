@@ -103,7 +103,8 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
     loss/accuracy, val loss/accuracy, lr); the run always goes on to `cfg.epochs`.
     `extra` = (targets (N, A) of `train_set`, sizes), from `extra_labels`, adds `attribute_loss` (the model then
     has sum(sizes) more outputs, after the species); accuracies are the species'. `on_epoch(record, model)` is
-    called after each epoch (studies snapshot the model there)."""
+    called after each epoch (studies snapshot the model there); a true return ends the run there (a study that
+    needs only the first epochs of a longer schedule)."""
     gen = torch.Generator().manual_seed(seed)
     x, y = to_tensor(train_set["images"]), torch.from_numpy(train_set["label"].astype(np.int64))
     xv, yv = to_tensor(val_set["images"]), torch.from_numpy(val_set["label"].astype(np.int64))
@@ -122,7 +123,7 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps + i, total, cfg)
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb, yb = augment(x[idx], x[idx][:, :0], gen, cfg.scale, cfg.flip)[0], y[idx]
+            xb, yb = augment(x[idx], x[idx][:, :0], gen, cfg.scale, cfg.flip, jitter=True)[0], y[idx]
             logits = model(xb)
             if extra is not None:
                 loss = F.cross_entropy(logits[:, :n_cls], yb, label_smoothing=cfg.label_smoothing) + \
@@ -140,10 +141,10 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
         val_loss, val_acc = evaluate(model, xv, yv, None if extra is None else n_cls)
         history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=loss_sum / len(x),
                             train_acc=correct / len(x), val_loss=val_loss, val_acc=val_acc))
-        if on_epoch is not None:
-            on_epoch(history[-1], model)
         if (val_acc > best[0]) if not cfg.keep_epoch else (epoch + 1 == cfg.keep_epoch):
             best = (val_acc, copy.deepcopy(model.state_dict()))
+        if on_epoch is not None and on_epoch(history[-1], model):
+            break
     bar.close()
     if not progress:  # papermill logs: one line per training
         print(f"{desc}: {cfg.epochs} epochs, kept " + (f"epoch {cfg.keep_epoch}" if cfg.keep_epoch else "the best")

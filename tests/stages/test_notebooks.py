@@ -76,7 +76,7 @@ def test_pretrain_and_world_stages_run_on_smoke_profile_deterministically(tmp_pa
     assert set(base["learnability"]) == {"vit", "cnn"} and set(base["validity"]["bars"]) == {
         "test >= 0.85", "test - bg_conflict >= 0.30", "DFR: test - bg_conflict <= 0.15",
         "few-shot top-1 under the fine-tuning augmentation within 3 points (every base)",
-        "oracle concept mass at the token grid >= 0.60"}
+        "oracle concept mass at the token grid >= 0.60", "parts-only learnability >= 0.90 (every pre-trained model)"}
     fit = base["fine_tuning_fit"]  # per ViT base: the augmentation gap and the concept-mass headroom
     assert set(fit) == {f"vit{b}" for b in range(P.bases.seeds)}
     for f in fit.values():

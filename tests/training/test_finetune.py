@@ -18,7 +18,6 @@ from conftest import ROOT
 
 from cftlib.core import config, launch
 from cftlib.data import fewshot, world
-from cftlib.data.augment import augment
 from cftlib.grounding import GroundingError
 from cftlib.models import checkpoints
 from cftlib.stages import evaluate, finetune, nbrun
@@ -104,14 +103,6 @@ def test_confidence_arm_trains_on_the_confidence_term_alone(project):
     torch.optim.SGD(b.parameters(), lr=1.0).step()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
-
-
-def test_augmentation_moves_image_and_mask_together():
-    gen = torch.Generator().manual_seed(0)
-    m = (torch.rand(6, 1, 16, 16) > 0.5).float()
-    x = m.expand(-1, 3, -1, -1).clone()  # the mask drawn into the image
-    xa, ma = augment(x, m, gen, 8 / 7, True)
-    assert xa.shape == x.shape and torch.allclose(xa[:, :1], ma) and not torch.equal(ma, m)
 
 
 def test_lr_decays_by_the_official_step():
