@@ -20,7 +20,7 @@ first table (none was), before the variants were run: the same rule over (varian
 
 Default epochs 2 3 4 5 6 8 12 20; `key=value` (YAML values) override the profile for a variant, e.g.
 `world.rho_bg=0.97`. The snapshots are kept in `$CFT_SWEEP_CACHE` (default `/tmp/cft_validity_sweep`), keyed by the
-pre-training's own parameters, so variants of the world stage reuse them; the pre-training stops after the last
+pre-training's own parameters and code, so variants of the world stage reuse them; the pre-training stops after the last
 epoch asked for (its schedule is still the full run's). Slow (a minute or more per pre-training epoch, then two to
 three minutes per snapshot on 2 cores): a study, not a test.
 """
@@ -40,7 +40,7 @@ import torch
 import yaml
 
 from cftlib.core import config
-from cftlib.data import world
+from cftlib.data import augment, world
 from cftlib.models.factory import build_model, predict
 from cftlib.training import dfr, pretrain
 
@@ -75,7 +75,8 @@ def snapshots(P: config.Params, keep: list[int]) -> tuple[dict, dict, int]:
     cached on disk by the pre-training's parameters."""
     drawing = {k: v for k, v in config.as_dict(P.world).items() if k not in ("rho_bg", "rho_color", "splits")}
     recipe = config.as_dict(P.pretrain) | {"keep_epoch": 0}  # every epoch is snapshotted whatever is shipped
-    key = hashlib.sha256(json.dumps([recipe, drawing, P.base.seed],
+    code = [Path(m.__file__).read_text() for m in (pretrain, augment)]  # a change to the training code is a new run
+    key = hashlib.sha256(json.dumps([recipe, drawing, P.base.seed, code],
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = CACHE / f"{key}.pt"
     if path.is_file():

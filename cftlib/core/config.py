@@ -98,8 +98,9 @@ class Recipe:
     warmup: float = 0.05
     label_smoothing: float = 0.1
     flip: bool = True
-    scale: float = 1.0  # > 1: random-resized crops, each image resized by a factor in [1, scale] and cropped back
-                        # (finetune.scale's zoom and the images as they are both inside what the model sees)
+    # > 1: random-resized crops, each image resized by a factor drawn in [1, scale] and cropped back, so that the
+    # images as they are and fine-tuning's zoom (finetune.scale) are both inside what the model sees
+    scale: float = 1.1428571428571428
     keep_epoch: int = 0  # the model kept: 0 = the epoch of the best held-out accuracy; N = the model after epoch N
 
     def check(self, err):
@@ -127,7 +128,7 @@ class Pretrain(Recipe):
     a pretrained model of cftlib.models.zoo instead (the fields but zoo/weights/model_kwargs unused)."""
     model: str = "vit_tiny_patch16_224"
     model_kwargs: dict = field(default_factory=lambda: dict(
-        patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, conv_stem=32))
+        patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, conv_stem=32))
     epochs: int = 20
     keep_epoch: int = 4  # ship the model after epoch 4 (benchmarks/validity_sweep.py); the run goes on to `epochs`
     images: int = 10000  # the pre-training set (habitat and colour random)
@@ -452,7 +453,7 @@ class Evaluate:
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.stages.benchmarks."""
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "bg_random", "color_conflict", "pose",
                                                   "rendition"])
-    max_images: int = 500  # per split, the first N (a split's images are in random order); 0 = all
+    max_images: int = 250  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
     alignment_images: int = 64  # the first N images of each alignment split

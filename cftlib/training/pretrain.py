@@ -147,7 +147,7 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
             break
     bar.close()
     if not progress:  # papermill logs: one line per training
-        print(f"{desc}: {cfg.epochs} epochs, kept " + (f"epoch {cfg.keep_epoch}" if cfg.keep_epoch else "the best")
+        print(f"{desc}: {len(history)} epochs, kept " + (f"epoch {cfg.keep_epoch}" if cfg.keep_epoch else "the best")
               + f" (val accuracy {best[0]:.3f})", flush=True)
     model.load_state_dict(best[1])
     return model.eval(), history

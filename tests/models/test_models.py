@@ -84,6 +84,9 @@ def test_keep_epoch_ships_that_epochs_model_and_the_run_goes_on(small_world, smo
     kept = model.state_dict()
     assert all(torch.equal(kept[k], snaps[0][k]) for k in kept)  # the model after epoch 1, not the last
     assert not all(torch.equal(kept[k], snaps[2][k]) for k in kept)
+    model, _ = pretrain.fresh(p, cfg.n_species, cfg.image_size, seed)  # a study stops after epoch 2 of the schedule
+    _, early = pretrain.train(model, p, tr, va, seed, on_epoch=lambda r, m: r["epoch"] >= 2)
+    assert early == hist[:2]  # the same epochs as the full run's: its schedule, not a 2-epoch one
 
 
 def test_renormalise_gives_a_zoo_model_its_own_statistics_and_leaves_world_models_alone():
