@@ -138,12 +138,9 @@ def run(P: config.Params, shard: int, shards: int, threads: int | None = None) -
 # ----------------------------------------------------------------------------- the report
 
 def candidates(g: pd.DataFrame) -> dict[str, int]:
-    """One run's epochs under the rule's two candidates, read off its validation columns only."""
-    trained = g[g["epoch"] >= 1]
-    base_acc = g.loc[g["epoch"] == 0, "val_acc"].iloc[0]
-    official = int(trained.loc[trained["val_loss"][::-1].idxmin(), "epoch"])  # later epochs win ties (official <=)
-    ok = trained[trained["val_acc"] >= base_acc - 1e-9]
-    return {"official": official, "ours": int(ok.loc[ok["val_cft_align"].idxmin(), "epoch"]) if len(ok) else 0}
+    """One run's epochs under the rule's two candidates (trainer.select_epoch), read off its validation columns."""
+    rows = g.sort_values("epoch").astype({"epoch": int}).to_dict("records")
+    return {"official": trainer.select_epoch(rows, "val_loss"), "ours": trainer.select_epoch(rows, "alignment")}
 
 
 def selected(g: pd.DataFrame) -> dict[str, int]:

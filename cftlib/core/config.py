@@ -400,13 +400,14 @@ class FinetuneCNN:
 @dataclass(frozen=True)
 class Finetune:
     """The few-shot fine-tuning protocol (docs/paper.md §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
-    model selection by the lowest validation total loss (the last epoch kept too)."""
+    an epoch selected on the validation images (cftlib.training.trainer.select_epoch; the last epoch kept too)."""
     arms: list = field(default_factory=lambda: ["none", "ce", "confidence", "dfr", "robustvit", "cft_fgmask", "cft"])
     seeds: int = 5  # class subsets (fewshot.subset), each run on every base model (bases.seeds): the (base, subset)
     # pairs arms are compared over; seeds numbered across bases (runspec.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
     k: int = 3  # training images per class, the first k of the masks stage's (<= masks.k)
     epochs: int = 5  # chosen on validation data (benchmarks/finetune_budget.py)
+    selection: str = "alignment"  # val_loss (official) | alignment (benchmarks/dose_response.py's rule chose it)
     batch_size: int = 8
     lr: float = 0.0001
     weight_decay: float = 0.0001
@@ -438,6 +439,8 @@ class Finetune:
             err("scale", "must be >= 1 (resize up, then crop back)")
         if self.device not in ("auto", "cpu", "cuda"):
             err("device", "choose auto, cpu or cuda")
+        if self.selection not in ("val_loss", "alignment"):
+            err("selection", f"unknown selection {self.selection!r}; choose val_loss or alignment")
 
 
 BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_v2", "objectnet", "si_location", "si_rotation",

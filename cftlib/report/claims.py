@@ -29,6 +29,12 @@ WORLD_COUNTERPART = (("ImageNet-A", "bg_conflict"), ("ObjectNet, SI-Score", "pos
 
 # ----------------------------------------------------------------------------- claims
 
+SELECTIONS = {"val_loss": "the epoch of the lowest validation total loss kept, the official rule",
+              "alignment": "the epoch of the lowest held-out alignment loss that keeps the base's validation top-1 "
+                           "kept, the rule `reports/dose_response.md` chose"}
+"""How each `finetune.selection` (cftlib.training.trainer.select_epoch) reads in the report."""
+
+
 def compare(frame: pd.DataFrame, metric: str, arm: str, versus: str, level: float, threshold: float = 0.0,
             decides: bool = True, **where) -> dict:
     """One comparison of a claim: `paired_difference` of (arm − versus) in `metric` over the rows `where`, and
@@ -280,6 +286,10 @@ def deviations(P: config.Params) -> list[dict]:
              here=f"lr {f.lr:g}, {f.epochs} epochs, batch {f.batch_size}",
              why="chosen on validation data by benchmarks/finetune_budget.py (reports/finetune_budget.md)" if world
                  else "the paper's setting"),
+        dict(what="model selection", official="the epoch of the lowest validation total loss",
+             here=SELECTIONS[f.selection],
+             why="chosen on validation data by benchmarks/dose_response.py's rule (reports/dose_response.md)"
+                 if f.selection == "alignment" else "the official rule"),
         dict(what="sample choice", official="unsorted os.listdir (filesystem order)", here="sorted, then seeded",
              why="docs/paper.md §6.20: reproducible"),
         dict(what="seeds", official="one run, one base model (the paper: 5 seeds, each its own half of the classes)",
@@ -296,7 +306,7 @@ def deviations(P: config.Params) -> list[dict]:
 
 def heldout_alignment(epochs: pd.DataFrame, level: float = 0.95) -> dict | None:
     """CFT's alignment loss on the held-out classes' validation images at each ViT `cft` run's selected epoch
-    (its last epoch marked best) minus the base model's (epoch 0 of the same run), paired over runs; None
+    (the epoch marked best) minus the base model's (epoch 0 of the same run), paired over runs; None
     without such runs. `epochs`: the stacked epochs.csv of the runs (plots/finetune_epochs.csv)."""
     e = epochs[(epochs["model"] == "vit") & (epochs["arm"] == "cft")]
     if e.empty:
@@ -316,8 +326,9 @@ def heldout_sentence(d: dict | None, P: config.Params) -> str:
         return "No ViT `cft` run: the held-out alignment loss was not measured."
     ci = "" if math.isnan(d["ci"]) else f" ± {d['ci']:.4f}"
     lower = d["mean"] + (0 if math.isnan(d["ci"]) else d["ci"]) < 0
-    return (f"Under the chosen protocol (lr {P.finetune.lr:g}, up to {P.finetune.epochs} epochs, the epoch of the lowest "
-            f"validation loss kept; `reports/finetune_budget.md`), CFT's alignment loss on the held-out classes' "
+    kept = SELECTIONS[P.finetune.selection]
+    return (f"Under the chosen protocol (lr {P.finetune.lr:g}, up to {P.finetune.epochs} epochs, {kept}), CFT's "
+            f"alignment loss on the held-out classes' "
             f"validation images is {d['cft']:.4f} at the selected epoch against the base models' {d['base']:.4f} "
             f"(difference {d['mean']:+.4f}{ci} over {d['n']} (base, seed) pairs): CFT "
             + ("**lowers** it below the base's." if lower else "does **not** lower it below the base's (the interval "

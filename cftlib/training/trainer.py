@@ -1,16 +1,16 @@
 """The few-shot fine-tuning loop (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name —
 `cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, `none` — run on the masks stage's few-shot images under one seeded protocol
-(AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, selection by the lowest validation total
-loss), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0
+(AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, an epoch selected on the validation images by
+`finetune.selection`, `select_epoch`), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0
 writes).
 
 A run is (model, arm, seed); its folder `<out>/<model>/<arm>/seed<seed>/` holds
     run.json     the run's spec, parameters, config hash and summary (written last: the run is complete)
-    best.pt      weights at the lowest validation total loss, `checkpoints.save_checkpoint` format
+    best.pt      weights at the selected epoch (`select_epoch`), `checkpoints.save_checkpoint` format
     last.pt      weights after the last epoch, same format
     history.csv  per step: epoch, step, lr, loss, context, concept, confidence, saturated, skipped
     epochs.csv   per epoch (0 = before fine-tuning): lr, train_loss, val_loss, val_context, val_concept,
-                 val_confidence, val_cft_align, val_acc, best
+                 val_confidence, val_cft_align, val_acc, best (1 on the selected epoch)
     state.pt     the resume state while the run is in progress (removed when it completes)
 """
 
@@ -49,6 +49,19 @@ EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_context", "val_co
 
 class NonFiniteLoss(RuntimeError):
     """A run that keeps producing non-finite losses or gradients."""
+
+
+def select_epoch(epochs: list[dict], selection: str) -> int:
+    """The epoch a run keeps, read off its validation rows (`epochs`, epoch 0 = the base model first).
+    `val_loss` (official): the trained epoch of the lowest validation total loss, later epochs winning ties
+    (the official `val_loss <= best_loss`). `alignment` (benchmarks/dose_response.py's rule): the trained epoch
+    of the lowest held-out CFT alignment loss among those whose validation top-1 is at least the base's,
+    earlier epochs winning ties; the base itself (0) where none is."""
+    trained = [e for e in epochs if e["epoch"] >= 1]
+    if selection == "val_loss":
+        return min(trained, key=lambda e: (e["val_loss"], -e["epoch"]))["epoch"] if trained else 0
+    ok = [e for e in trained if e["val_acc"] >= epochs[0]["val_acc"] - 1e-9]
+    return min(ok, key=lambda e: (e["val_cft_align"], e["epoch"]))["epoch"] if ok else 0
 
 
 def lr_at(epoch: int, lr: float, cfg: config.Finetune) -> float:
@@ -290,7 +303,7 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     train["x"], val["x"] = checkpoints.renormalise(train["x"], build), checkpoints.renormalise(val["x"], build)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)
-    st = {"epoch": 0, "history": [], "epochs": [], "best": (math.inf, 0), "nonfinite": 0, "consecutive": 0}
+    st = {"epoch": 0, "history": [], "epochs": [], "best": 0, "nonfinite": 0, "consecutive": 0}
     state_path = folder / "state.pt"
     saved = (read_torch(state_path, "delete it to restart this run from its first epoch", device)
              if state_path.is_file() else None)
@@ -337,12 +350,12 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
             raise NonFiniteLoss(f"{folder}: every one of the {st['nonfinite']} training steps so far (epoch "
                                 f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
                                 f"finetune.lr, and keep finetune.loss.squeeze > 0")
-        v = validate(model, arm, val, cfg, spec.relevance, amp)
-        best = v["val_loss"] <= st["best"][0]  # official: is_best = val_loss <= best_loss
-        if best:
-            st["best"] = (v["val_loss"], epoch + 1)
         st["epochs"].append({"epoch": epoch + 1, "lr": lr,
-                             "train_loss": float(np.mean(losses_)) if losses_ else math.nan, **v, "best": int(best)})
+                             "train_loss": float(np.mean(losses_)) if losses_ else math.nan,
+                             **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
+        best = select_epoch(st["epochs"], cfg.selection) == epoch + 1
+        if best:
+            st["best"] = epoch + 1
         st["epoch"] = epoch + 1
         if on_epoch is not None:
             on_epoch(st["epochs"][-1], model)
@@ -357,15 +370,17 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"],
                "train_classes": [int(c) for c in data.get("train_classes", [])], "epochs": epochs,
                "steps": len(st["history"]),
-               "best_epoch": st["best"][1], "best_val_loss": st["best"][0] if epochs else st["epochs"][0]["val_loss"],
+               "best_epoch": st["best"], "best_val_loss": st["epochs"][st["best"]]["val_loss"],
                "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
                "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
     if rank == 0:
         checkpoints.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
-        if not epochs:
-            checkpoints.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": 0})
+        if st["best"] == 0:  # no fine-tuning, or no trained epoch selected: the (DFR-refitted) base itself
+            checkpoints.save_checkpoint(folder / "best.pt", base if epochs else model,
+                                        {**build, "run": asdict(spec), "epoch": 0})
         write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
-        write_csv(folder / "epochs.csv", pd.DataFrame(st["epochs"], columns=list(EPOCH_COLUMNS)))
+        rows = [{**e, "best": int(e["epoch"] == st["best"])} for e in st["epochs"]]
+        write_csv(folder / "epochs.csv", pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)))
         write_json(done, summary)
         state_path.unlink(missing_ok=True)
     if world > 1:

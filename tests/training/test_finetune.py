@@ -120,8 +120,38 @@ def _fit(root, spec, out, **kw):
 SPEC = runspec.RunSpec("vit", "cft", 0, "attnlrp", 1e-4)
 
 
+def test_select_epoch_official_and_alignment_rules():
+    rows = [{"epoch": 0, "val_loss": 0.5, "val_cft_align": 0.30, "val_acc": 1.0},
+            {"epoch": 1, "val_loss": 0.4, "val_cft_align": 0.28, "val_acc": 1.0},
+            {"epoch": 2, "val_loss": 0.4, "val_cft_align": 0.25, "val_acc": 0.9},  # below the base's top-1
+            {"epoch": 3, "val_loss": 0.6, "val_cft_align": 0.28, "val_acc": 1.0}]
+    assert trainer.select_epoch(rows, "val_loss") == 2  # the lowest loss, the later of a tie (official <=)
+    assert trainer.select_epoch(rows, "alignment") == 1  # epoch 2 loses top-1; of the tie 1/3 the earlier
+    worse = [rows[0]] + [{**r, "val_acc": 0.5} for r in rows[1:]]
+    assert trainer.select_epoch(worse, "alignment") == 0 and trainer.select_epoch(worse, "val_loss") == 2
+    assert trainer.select_epoch(rows[:1], "alignment") == trainer.select_epoch(rows[:1], "val_loss") == 0
+
+
+def test_alignment_selection_keeps_the_base_when_every_epoch_loses_top1(project, tmp_path, monkeypatch):
+    real = trainer.validate
+
+    def losing(*args, **kwargs):
+        v = real(*args, **kwargs)
+        losing.calls += 1
+        return v if losing.calls == 1 else {**v, "val_acc": v["val_acc"] - 0.5}  # epoch 0 is the base
+
+    losing.calls = 0
+    monkeypatch.setattr(trainer, "validate", losing)
+    s, _ = _fit(project, SPEC, tmp_path, epochs=2, selection="alignment")
+    ep = pd.read_csv(SPEC.folder(tmp_path) / "epochs.csv")
+    assert s["best_epoch"] == 0 and ep["best"].tolist() == [1, 0, 0]
+    assert s["best_val_loss"] == pytest.approx(ep["val_loss"][0], rel=1e-5) and s["steps"] == 4
+    base, (best, build) = _vit(project).state_dict(), checkpoints.load_checkpoint(SPEC.folder(tmp_path) / "best.pt")
+    assert build["epoch"] == 0 and all(torch.equal(base[k], best.state_dict()[k]) for k in base)
+
+
 def test_run_folder_layout_and_reuse(project, tmp_path):
-    s, _ = _fit(project, SPEC, tmp_path, epochs=3)
+    s, _ = _fit(project, SPEC, tmp_path, epochs=3, selection="val_loss")
     folder = SPEC.folder(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "epochs.csv", "history.csv", "last.pt", "run.json"]
     hist, ep = pd.read_csv(folder / "history.csv"), pd.read_csv(folder / "epochs.csv")
@@ -129,14 +159,15 @@ def test_run_folder_layout_and_reuse(project, tmp_path):
     assert ep["epoch"].tolist() == [0, 1, 2, 3] and len(hist) == 3 * 2 == s["steps"]  # 6 images, batch 4
     trained = ep[ep["epoch"] > 0]  # selection: lowest val loss, later epochs winning ties (official <=)
     assert s["best_epoch"] == trained["epoch"][trained["val_loss"] == trained["val_loss"].min()].max()
+    assert ep["best"].tolist() == [int(e == s["best_epoch"]) for e in ep["epoch"]]
     model, cfg = checkpoints.load_checkpoint(folder / "best.pt")
     assert cfg["run"]["arm"] == "cft" and cfg["epoch"] == s["best_epoch"]
     assert json.loads((folder / "run.json").read_text())["counts"]["train"]["images"] == 6
     stamp = (folder / "run.json").stat().st_mtime_ns
-    _fit(project, SPEC, tmp_path, epochs=3)  # same config: reused, not re-run
+    _fit(project, SPEC, tmp_path, epochs=3, selection="val_loss")  # same config: reused, not re-run
     assert (folder / "run.json").stat().st_mtime_ns == stamp
-    s2, _ = _fit(project, SPEC, tmp_path, epochs=2)  # another config: run again
-    assert s2["config"]["hash"] != s["config"]["hash"] and len(pd.read_csv(folder / "epochs.csv")) == 3
+    s2, _ = _fit(project, SPEC, tmp_path, epochs=3)  # another selection: another config, run again
+    assert s2["config"]["hash"] != s["config"]["hash"] and (folder / "run.json").stat().st_mtime_ns != stamp
 
 
 def test_none_arm_is_the_base_model(project, tmp_path):
