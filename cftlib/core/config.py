@@ -152,7 +152,7 @@ class Bases(Recipe):
     """The target classifiers (stage world): each pretrained checkpoint (ViT and CNN), its head re-initialised,
     trained on the world's biased `train` split, once per seed; every fine-tuning arm runs on each."""
     seeds: int = 3  # base models per architecture, training seeds base.seed, base.seed + 1, ...
-    epochs: int = 4
+    epochs: int = 3
     lr: float = 0.0003
     dfr_l2: float = 0.001  # the features-exist probe (cftlib.training.dfr): L2 strength of the refitted last layer
 
@@ -419,6 +419,7 @@ class Finetune:
     device: str = "auto"  # auto: cuda when present
     amp: bool = True  # bfloat16 autocast on CUDA (CPU runs in float32)
     processes: int = 1  # > 1: the stage runs each run under torchrun with this many processes (one per GPU)
+    workers: int = 2  # > 1 (and processes 1): runs side by side, base.threads split between them
     loss: Loss = field(default_factory=Loss)
     cnn: FinetuneCNN = field(default_factory=FinetuneCNN)
 
@@ -428,7 +429,7 @@ class Finetune:
             err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
         if self.weight_decay < 0:
             err("weight_decay", "must be >= 0")
-        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite", "processes"):
+        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite", "processes", "workers"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
         if self.lr <= 0:
@@ -456,7 +457,7 @@ class Evaluate:
     seeds, relevance alignment on a few splits, and at paper scale the benchmarks of cftlib.stages.benchmarks."""
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "bg_random", "color_conflict", "pose",
                                                   "rendition"])
-    max_images: int = 250  # per split, the first N (a split's images are in random order); 0 = all
+    max_images: int = 100  # per split, the first N (a split's images are in random order); 0 = all
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
     alignment_images: int = 64  # the first N images of each alignment split

@@ -2,13 +2,16 @@
 the stage's tables (curves, metrics).
 
     python -m cftlib.stages.finetune --params params.yaml --arm cft --seed 0
+    python -m cftlib.stages.finetune --shard 0/2 --threads 1 & python -m cftlib.stages.finetune --shard 1/2 --threads 1
     torchrun --standalone --nproc_per_node 2 -m cftlib.stages.finetune --arm cft --seed 0
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,39 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_di
     return runs, data, bases
 
 
+def side_by_side(params_file: str | Path, workers: int, threads: int, paths: list[str]) -> None:
+    """Every run of the stage trained by `workers` processes side by side at `threads` torch threads each (`main`
+    with `--shard i/workers`; `paths`: its folder options), so that the caller's `trainer.run_all` reuses them.
+    On a CPU, small batches keep two cores half idle; two runs at a time fill them. A failed process raises
+    naming its command, with the end of its output, once all have ended."""
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = []
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "cftlib.stages.finetune", "--params", str(params_file), *map(str, paths),
+                   "--shard", f"{i}/{workers}", "--threads", str(threads)]
+            log = open(Path(tmp) / f"{i}.log", "w+")
+            jobs.append((cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        failed = []
+        for cmd, proc, log in jobs:
+            with log:
+                if proc.wait():
+                    log.seek(0)
+                    failed.append(f"{' '.join(cmd)} exited with {proc.returncode}:\n{log.read()[-4000:]}")
+    if failed:
+        raise launch.LaunchError("\n".join(failed))
+
+
+def shard(text: str) -> tuple[int, int]:
+    """`--shard i/n` as (i, n), 0 <= i < n."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cftlib.stages.finetune", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -80,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", choices=("vit", "cnn"), help="only these models (repeatable)")
     ap.add_argument("--arm", action="append", help="only these arms (repeatable)")
     ap.add_argument("--seed", action="append", type=int, help="only these seeds (repeatable)")
+    ap.add_argument("--shard", type=shard, default=(0, 1), help="i/n: only every n-th planned run, from the i-th")
+    ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     P = config.load(args.params)
-    torch.set_num_threads(P.base.threads)
+    torch.set_num_threads(args.threads or P.base.threads)
     for a in args.arm or []:
         runspec.get_arm(a)
     with launch.distributed(launch.device(P.finetune.device, "finetune.device").type == "cuda", "finetune.processes"):
@@ -93,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                   (args.seed, r.seed)))
 
         runs, data, bases = setup(P, args.masks, args.data, args.base, args.out, args.concepts, select, args.progress)
-        for spec in runs:
+        k, n = args.shard
+        for spec in runs[k::n]:
             trainer.fit(spec, *bases[spec.model, spec.base], data, P.finetune, args.out, args.progress)
     return 0
 

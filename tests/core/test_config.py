@@ -51,6 +51,8 @@ def test_bad_params_fail_naming_the_key(tmp_path, data, key):
     ("ablations: {noise: [0.0, .nan]}", "ablations.noise: [0.0, nan]; need a finite number"),
     ("pretrain: {model_kwargs: {mlp_ratio: .nan}}", "pretrain.model_kwargs: {'mlp_ratio': nan}; need a finite"),
     ("finetune: {weight_decay: -5}", "finetune.weight_decay: must be >= 0"),
+    ("finetune: {selection: best}", "finetune.selection: unknown selection 'best'; choose val_loss or alignment"),
+    ("finetune: {workers: 0}", "finetune.workers: must be >= 1"),
     ("bases: {weight_decay: -5}", "bases.weight_decay: must be >= 0"),
     ("finetune: {arms: [none, cft, cft]}", "finetune.arms: 'cft' repeated; list each once"),
     ("finetune: {cnn: {arms: [none, none, cft]}}", "finetune.cnn.arms: 'none' repeated"),

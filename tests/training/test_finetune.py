@@ -2,6 +2,7 @@
 plain cross-entropy, a killed run resumes to the same result, two processes take the steps one takes, and a
 wrong setup fails before any work, naming what is wrong."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -199,6 +200,36 @@ def test_dfr_arm_needs_the_worlds_balanced_split():
     data["finetune"]["arms"] = [*data["finetune"]["arms"], "dfr"]
     with pytest.raises(config.ConfigError, match="finetune.arms: dfr refits the head on the world's habitat-balanced"):
         config.parse(data, "paper.yaml")
+
+
+def _paths(root, out):
+    return ["--masks", root / "data" / "masks", "--data", root / "data" / "world", "--base", root / "models" / "base",
+            "--out", out, "--concepts", root / "data" / "concepts"]
+
+
+def test_runs_side_by_side_equal_the_runs_one_by_one(project, tmp_path):
+    only = ["--model", "vit", "--arm", "ce", "--arm", "cft"]
+    finetune.side_by_side(project / "params.yaml", 2, 1, [*_paths(project, tmp_path / "two"), *only])
+    threads = torch.get_num_threads()
+    try:
+        finetune.main(["--params", str(project / "params.yaml"), *map(str, _paths(project, tmp_path / "one")),
+                       *only, "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    one = sorted(p.parent.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("run.json"))
+    two = sorted(p.parent.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("run.json"))
+    assert one == two and len(one) >= 2  # both shards' runs, none twice
+    for run in one:
+        a = checkpoints.load_checkpoint(tmp_path / "one" / run / "best.pt")[0].state_dict()
+        b = checkpoints.load_checkpoint(tmp_path / "two" / run / "best.pt")[0].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+
+
+def test_a_failed_side_by_side_worker_names_its_command(project, tmp_path):
+    with pytest.raises(launch.LaunchError, match="--shard 1/2.*unknown arm|unknown arm.*--shard 1/2|--arm nope"):
+        finetune.side_by_side(project / "params.yaml", 2, 1, [*_paths(project, tmp_path), "--arm", "nope"])
+    with pytest.raises(argparse.ArgumentTypeError, match="need 0 <= i < n"):
+        finetune.shard("2/2")
 
 
 def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypatch):
