@@ -458,6 +458,7 @@ class Evaluate:
     splits: list = field(default_factory=lambda: ["test", "v2", "bg_conflict", "bg_random", "color_conflict", "pose",
                                                   "rendition"])
     max_images: int = 100  # per split, the first N (a split's images are in random order); 0 = all
+    split_images: dict = field(default_factory=lambda: {"test": 250, "bg_conflict": 250})  # split -> N instead
     level: float = 0.95  # confidence level of the intervals over seeds (Student t)
     alignment_splits: list = field(default_factory=lambda: ["test", "bg_conflict"])
     alignment_images: int = 64  # the first N images of each alignment split
@@ -472,6 +473,11 @@ class Evaluate:
     device: str = "auto"  # auto: cuda when present
     amp: bool = True  # bfloat16 autocast on CUDA for predictions and maps
     processes: int = 1  # > 1: benchmarks are scored under torchrun, images sharded over processes
+
+    def images(self, split: str) -> int:
+        """How many of `split`'s first images are scored (0: all): `split_images`, else `max_images`. The
+        splits the deciding comparisons read get more (test: the in-distribution tolerance; bg_conflict)."""
+        return self.split_images.get(split, self.max_images)
 
     def check(self, err):
         if self.device not in ("auto", "cpu", "cuda"):
@@ -500,6 +506,11 @@ class Evaluate:
             err("splits", "must include test (the in-distribution reference of the gaps and claims)")
         if self.max_images < 0:
             err("max_images", "must be >= 0 (0: all)")
+        for s, n in self.split_images.items():
+            if s not in SPLITS:
+                err("split_images", f"unknown split {s!r}; known: {', '.join(SPLITS)}")
+            elif isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                err("split_images", f"{s}: {n!r}; need an integer >= 0 (0: all)")
         for key in ("alignment_images", "batch_size"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")

@@ -339,7 +339,7 @@ def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldou
     """The text of reports/claims.md (`heldout`: `heldout_sentence`, placed above the table)."""
     n = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, UNTESTABLE)}
     E = P.evaluate
-    images = (f"the first {E.max_images} images of each split" if E.max_images else "every image of each split") \
+    images = ", ".join(f"`{s}` {f'the first {E.images(s)}' if E.images(s) else 'all'}" for s in E.splits) + " images" \
         if E.splits else (f"{E.benchmark_images} sampled images per benchmark" if E.benchmark_images else "every image")
     table = pd.DataFrame([{**r, "verdict": r["verdict"] + (f" ({r['why']})" if r["why"] else ""),
                            "data": f"[{Path(r['data']).name}](../{r['data']}), `{r['code']}`"} for r in rows])

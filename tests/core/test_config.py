@@ -53,6 +53,8 @@ def test_bad_params_fail_naming_the_key(tmp_path, data, key):
     ("finetune: {weight_decay: -5}", "finetune.weight_decay: must be >= 0"),
     ("finetune: {selection: best}", "finetune.selection: unknown selection 'best'; choose val_loss or alignment"),
     ("finetune: {workers: 0}", "finetune.workers: must be >= 1"),
+    ("evaluate: {split_images: {posed: 10}}", "evaluate.split_images: unknown split 'posed'; known: "),
+    ("evaluate: {split_images: {test: -1}}", "evaluate.split_images: test: -1; need an integer >= 0"),
     ("bases: {weight_decay: -5}", "bases.weight_decay: must be >= 0"),
     ("finetune: {arms: [none, cft, cft]}", "finetune.arms: 'cft' repeated; list each once"),
     ("finetune: {cnn: {arms: [none, none, cft]}}", "finetune.cnn.arms: 'none' repeated"),
