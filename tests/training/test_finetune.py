@@ -447,9 +447,11 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(project, tmp_path
     to the same files as a run never interrupted."""
     import time
 
-    smoke = (project / "params.yaml").read_text()
-    (project / "long.yaml").write_text(smoke.replace("  epochs: 2\n  batch_size: 4", "  epochs: 8\n  batch_size: 4"))
-    assert (project / "long.yaml").read_text() != smoke
+    import yaml
+
+    long = yaml.safe_load((project / "params.yaml").read_text())
+    long["finetune"]["epochs"] = 8
+    (project / "long.yaml").write_text(yaml.safe_dump(long))
     _cli(project, tmp_path / "whole", "--params", "long.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cftlib.stages.finetune", "--params", "long.yaml", "--masks", "data/masks", "--data",
