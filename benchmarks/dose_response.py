@@ -268,13 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("run", "report"))
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--shard", default="0/1", help="i/n: this process takes runs i, i + n, ...")
+    ap.add_argument("--shard", type=finetune.shard, default=(0, 1), help="i/n: this process takes runs i, i + n, ...")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default base.threads)")
     args = ap.parse_args(argv)
     P = config.load(args.params)
     if args.what == "run":
-        i, n = map(int, args.shard.split("/"))
-        run(P, i, n, args.threads)
+        run(P, *args.shard, args.threads)
     else:
         text = report(P)
         Path("reports/dose_response.md").write_text(text)

@@ -1,8 +1,8 @@
 """The few-shot fine-tuning loop (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name —
-`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, `none` — run on the masks stage's few-shot images under one seeded protocol
-(AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, an epoch selected on the validation images by
-`finetune.selection`, `select_epoch`), resumable per epoch, on CPU, CUDA (bfloat16 autocast) or under torchrun (gradients all-reduced, rank 0
-writes).
+`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, `none` — run on the masks stage's few-shot images under one
+seeded protocol (AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, an epoch selected on the
+validation images by `finetune.selection`, `select_epoch`), resumable per epoch, on CPU, CUDA (bfloat16 autocast)
+or under torchrun (gradients all-reduced, rank 0 writes).
 
 A run is (model, arm, seed); its folder `<out>/<model>/<arm>/seed<seed>/` holds
     run.json     the run's spec, parameters, config hash and summary (written last: the run is complete)
@@ -303,7 +303,7 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     train["x"], val["x"] = checkpoints.renormalise(train["x"], build), checkpoints.renormalise(val["x"], build)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)
-    st = {"epoch": 0, "history": [], "epochs": [], "best": 0, "nonfinite": 0, "consecutive": 0}
+    st = {"epoch": 0, "history": [], "epochs": [], "nonfinite": 0, "consecutive": 0}
     state_path = folder / "state.pt"
     saved = (read_torch(state_path, "delete it to restart this run from its first epoch", device)
              if state_path.is_file() else None)
@@ -354,8 +354,6 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
                              "train_loss": float(np.mean(losses_)) if losses_ else math.nan,
                              **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
         best = select_epoch(st["epochs"], cfg.selection) == epoch + 1
-        if best:
-            st["best"] = epoch + 1
         st["epoch"] = epoch + 1
         if on_epoch is not None:
             on_epoch(st["epochs"][-1], model)
@@ -367,19 +365,20 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
                 torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "state": st}, tmp)
     steps_bar.close()
+    chosen = select_epoch(st["epochs"], cfg.selection)
     summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"],
                "train_classes": [int(c) for c in data.get("train_classes", [])], "epochs": epochs,
                "steps": len(st["history"]),
-               "best_epoch": st["best"], "best_val_loss": st["epochs"][st["best"]]["val_loss"],
+               "best_epoch": chosen, "best_val_loss": st["epochs"][chosen]["val_loss"],
                "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
                "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
     if rank == 0:
         checkpoints.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
-        if st["best"] == 0:  # no fine-tuning, or no trained epoch selected: the (DFR-refitted) base itself
+        if chosen == 0:  # no fine-tuning, or no trained epoch selected: the (DFR-refitted) base itself
             checkpoints.save_checkpoint(folder / "best.pt", base if epochs else model,
                                         {**build, "run": asdict(spec), "epoch": 0})
         write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
-        rows = [{**e, "best": int(e["epoch"] == st["best"])} for e in st["epochs"]]
+        rows = [{**e, "best": int(e["epoch"] == chosen)} for e in st["epochs"]]
         write_csv(folder / "epochs.csv", pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)))
         write_json(done, summary)
         state_path.unlink(missing_ok=True)
