@@ -318,7 +318,7 @@ class Masks:
             err("min_fraction", "need 0 <= min_fraction < max_fraction <= 1")
 
 
-ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "confidence", "none", "dfr")
+ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "confidence", "gradmask", "rrr", "rrda", "none", "dfr")
 REPORTED = ("none", "cft")
 """Arms every later stage needs: each claim, table and figure compares CFT with the base model."""
 
@@ -349,9 +349,17 @@ class Loss:
     squeeze: float = 0.001  # δ: the map is squeezed into [δ, 1 − δ]; 0 = official (BCE(1, 0) saturates at 100)
     reverse_mask: str = "complement"  # complement: 1 − M; official: only exact 0/1 flipped (docs/paper.md §6.16)
     confidence_target: str = "argmax"  # argmax: the model's own prediction (official); label
+    # the paper's baselines (cftlib.training.baselines); world values chosen on validation data
+    # (benchmarks/baselines.py), the paper's Table 8 in profiles/paper.yaml
+    rrr_lambda: float = 1.0  # RRR λ₁: the squared input gradient of Σ log p outside the foreground
+    rrr_l2: float = 0.0  # RRR λ₂: Σ θ²
+    gradmask_lambda: float = 1.0  # GradMask: |∂z_y/∂x| outside the foreground
+    gradmask_ce: float = 1.0  # GradMask: the label cross-entropy
+    rrda_prob: float = 0.5  # RRDA: the share of images whose context is replaced
 
     def check(self, err):
-        for key in ("lambda_align", "lambda_acc", "lambda_ctx", "lambda_concept", "lambda_bg", "lambda_fg"):
+        for key in ("lambda_align", "lambda_acc", "lambda_ctx", "lambda_concept", "lambda_bg", "lambda_fg",
+                    "rrr_lambda", "rrr_l2", "gradmask_lambda", "gradmask_ce"):
             if getattr(self, key) < 0:
                 err(key, "must be >= 0")
         if self.temperature <= 0:
@@ -362,6 +370,8 @@ class Loss:
             err("reverse_mask", "choose complement or official")
         if self.confidence_target not in ("argmax", "label"):
             err("confidence_target", "choose argmax or label")
+        if not 0 <= self.rrda_prob <= 1:
+            err("rrda_prob", "in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -410,6 +420,7 @@ class Finetune:
     selection: str = "alignment"  # val_loss (official) | alignment (benchmarks/dose_response.py's rule chose it)
     batch_size: int = 8
     lr: float = 0.0001
+    arm_lr: dict = field(default_factory=dict)  # arm -> its own lr (baselines: Table 8; world: benchmarks/baselines.py)
     weight_decay: float = 0.0001
     lr_decay: float = 0.85
     lr_decay_every: int = 2
@@ -434,6 +445,11 @@ class Finetune:
                 err(key, "must be >= 1")
         if self.lr <= 0:
             err("lr", "must be > 0")
+        for arm, lr in self.arm_lr.items():
+            if arm not in ARMS:
+                err("arm_lr", f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+            elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+                err("arm_lr", f"{arm}: {lr!r} must be a number > 0")
         if not 0 < self.lr_decay <= 1:
             err("lr_decay", "in (0, 1]")
         if self.scale < 1:
