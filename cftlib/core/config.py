@@ -411,7 +411,8 @@ class FinetuneCNN:
 class Finetune:
     """The few-shot fine-tuning protocol (docs/paper.md §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
     an epoch selected on the validation images (cftlib.training.trainer.select_epoch; the last epoch kept too)."""
-    arms: list = field(default_factory=lambda: ["none", "ce", "confidence", "dfr", "robustvit", "cft_fgmask", "cft"])
+    arms: list = field(default_factory=lambda: [
+        "none", "ce", "confidence", "dfr", "gradmask", "rrr", "rrda", "robustvit", "cft_fgmask", "cft"])
     seeds: int = 5  # class subsets (fewshot.subset), each run on every base model (bases.seeds): the (base, subset)
     # pairs arms are compared over; seeds numbered across bases (runspec.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
