@@ -319,6 +319,7 @@ class Masks:
 
 
 ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "confidence", "gradmask", "rrr", "rrda", "none", "dfr")
+FOREGROUND_ARMS = ("cft_fgmask", "robustvit", "gradmask", "rrr", "rrda")  # they need foreground masks
 REPORTED = ("none", "cft")
 """Arms every later stage needs: each claim, table and figure compares CFT with the base model."""
 
@@ -543,24 +544,32 @@ class Evaluate:
                 err(f"benchmarks.{name}", "need the dataset's root folder")
 
 
+ABLATION_LOSSES = ("no_cls", "no_non_concept", "no_concept", "label_ce")
+"""The paper's Table 6 variants of CFT's loss (cftlib.stages.ablations.LOSSES)."""
+
+
 @dataclass(frozen=True)
 class Ablations:
     """The paper's ablations on the world (cftlib.stages.ablations): CFT runs varying one setting of the main run."""
     k: list = field(default_factory=lambda: [1, 3])  # images per class (<= masks.k)
     noise: list = field(default_factory=lambda: [0.0, 1.0, 2.0])  # the world grounder's noise, × masks.world
-    relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout"])  # ViT methods
-    seeds: int = 2  # 2+ gives intervals
+    relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout", "gradcam"])  # Table 7's we have
+    loss: list = field(default_factory=lambda: list(ABLATION_LOSSES))  # Table 6 (cftlib.stages.ablations.LOSSES)
+    seeds: int = 3  # 2+ gives intervals
 
     def check(self, err):
-        for key in ("k", "noise", "relevance"):
+        for m in self.loss:
+            if m not in ABLATION_LOSSES:
+                err("loss", f"unknown loss variant {m!r}; choose from {', '.join(ABLATION_LOSSES)}")
+        for key in ("k", "noise", "relevance", "loss"):
             _unique(err, key, getattr(self, key))
         if any(type(k) is not int or k < 1 for k in self.k):
             err("k", "positive integers")
         if any(type(s) not in (int, float) or s < 0 for s in self.noise):
             err("noise", "non-negative scales")
         for m in self.relevance:
-            if m not in RELEVANCE or m == "gradcam":
-                err("relevance", f"{m!r}: choose ViT methods from {', '.join(r for r in RELEVANCE if r != 'gradcam')}")
+            if m not in RELEVANCE:
+                err("relevance", f"{m!r}: choose from {', '.join(RELEVANCE)}")
         if self.seeds < 1:
             err("seeds", "must be >= 1")
 

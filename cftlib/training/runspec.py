@@ -51,6 +51,7 @@ ARMS = {a.name: a for a in (
         "images no other arm sees (cftlib.training.dfr; the world only)"),
 )}
 assert tuple(ARMS) == config.ARMS
+assert tuple(a.name for a in ARMS.values() if a.mask == "foreground") == config.FOREGROUND_ARMS
 
 
 def get_arm(name: str) -> Arm:

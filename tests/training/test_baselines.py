@@ -141,3 +141,18 @@ def test_plan_gives_each_arm_its_own_lr_and_rejects_unknown_arms(tmp_path):
     bad.write_text("finetune:\n  arm_lr: {rrx: 1.0e-6}\n")
     with pytest.raises(config.ConfigError, match="finetune.arm_lr.*rrx"):
         config.load(bad)
+
+
+@pytest.mark.parametrize("kind", ["rrr", "gradmask"])
+def test_penalties_differentiate_through_a_timm_vit_with_fused_attention(kind):
+    """timm's default fused CPU attention has no second derivative: the penalty's backward must still run."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=4)
+    x, y, m = torch.randn(2, 3, 32, 32), torch.tensor([1, 3]), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    baselines.objective(model, kind, x, m, y, CFG)[0]["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))  # restored after the call
