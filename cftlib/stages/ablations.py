@@ -22,7 +22,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-
 import torch
 
 from cftlib import concepts, grounding
@@ -92,10 +91,23 @@ def _finished(spec: runspec.RunSpec, cfg: config.Finetune, base, data: dict, fol
         trainer.run_config(spec, cfg, base, data)["hash"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One ablation run: its variant and seed, what `trainer.fit` needs, and its folder — the finetune stage's
+    (`reused`) where that stage holds the identical run (the main setting)."""
+    variant: dict
+    seed: int
+    spec: runspec.RunSpec
+    cfg: config.Finetune
+    data: dict
+    folder: Path
+    reused: bool
+
+
 def jobs(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
-         out_dir: str | Path, finetune_dir: str | Path = "models/finetune") -> tuple[list[tuple], tuple]:
-    """Every (variant, seed) run: (variant, seed, spec, cfg, data, folder), `folder` the finetune stage's where it
-    holds the identical run (the main setting), and the base (model, build) they start from."""
+         out_dir: str | Path, finetune_dir: str | Path = "models/finetune") -> tuple[list[Job], tuple]:
+    """Every (variant, seed) run, and the base (model, build) they start from. The noisier mask stores are
+    grounded here (`masks_for`), so call it once before training side by side."""
     out_dir = Path(out_dir)
     base, build = load_checkpoint(base_path)
     pool = fewshot.Pool("world", data_dir)
@@ -107,17 +119,16 @@ def jobs(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pa
         cfg, d = variant_config(P, v), data[v["k"], v["noise"]]
         for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
             spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr, subset=seed)  # the main run's
-            folder = Path(finetune_dir) if _finished(spec, cfg, base, d, Path(finetune_dir)) else out_dir / _key(v)
-            out.append((v, seed, spec, cfg, d, folder))
+            reused = _finished(spec, cfg, base, d, Path(finetune_dir))
+            out.append(Job(v, seed, spec, cfg, d, Path(finetune_dir) if reused else out_dir / _key(v), reused))
     return out, (base, build)
 
 
-def train(todo: list[tuple], base: tuple, progress: bool = False) -> None:
-    """Fit each job of `jobs` not already in the finetune stage's folder (a finished run is reused)."""
-    for v, seed, spec, cfg, d, folder in todo:
-        if folder.name != _key(v):
-            continue
-        trainer.fit(spec, *base, d, cfg, folder, progress)
+def train(todo: list[Job], base: tuple, progress: bool = False) -> None:
+    """Fit each job that the finetune stage does not hold (`trainer.fit` reuses one already finished)."""
+    for job in todo:
+        if not job.reused:
+            trainer.fit(job.spec, *base, job.data, job.cfg, job.folder, progress)
 
 
 def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
@@ -135,13 +146,13 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
                 pd.DataFrame(columns=["ablation", "value", "seed", "split", "concept_mass"]))
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
         raise runspec.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
+    todo, base = jobs(P, bank, data_dir, masks_dir, base_path, out_dir, finetune_dir)  # grounds the mask stores
     W = P.finetune.workers
-    if params_file is not None and W > 1:
+    if params_file is not None and W > 1 and any(not j.reused for j in todo):
         finetune.side_by_side(params_file, W, max(1, P.base.threads // W),
                               ["--data", data_dir, "--masks", masks_dir, "--base", base_path, "--out", out_dir,
                                "--finetune", finetune_dir, "--concepts", concepts_dir], module="cftlib.stages.ablations")
-    todo, base = jobs(P, bank, data_dir, masks_dir, base_path, out_dir, finetune_dir)
-    train(todo, base, progress)
+    train(todo, base, progress)  # what the workers trained is reused; without workers, everything here
     class_parts = alignment.concept_parts(bank)
     align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
     refs = [(dict(ablation="reference", value=name), seed, runspec.RunSpec("vit", arm, seed, P.finetune.relevance,
@@ -149,7 +160,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
             for name, arm in REFERENCES if arm in P.finetune.arms
             for seed in range(P.base.seed, P.base.seed + P.ablations.seeds)]
     acc, align, scored = [], [], {}
-    for v, seed, spec, folder in [*refs, *((v, s, sp, f) for v, s, sp, _, _, f in todo)]:
+    for v, seed, spec, folder in [*refs, *((j.variant, j.seed, j.spec, j.folder) for j in todo)]:
         if (folder, spec.arm, seed) not in scored:
             model, _ = runspec.load_run(spec, folder)
             scored[folder, spec.arm, seed] = (
