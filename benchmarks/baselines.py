@@ -114,7 +114,7 @@ def report(P: config.Params) -> str:
              f"{P.finetune.epochs} epochs, {per_run['base'].nunique()} base models per setting). Validation data only: "
              "no test or OOD split was read.", "", "## The rule (fixed before the runs)", "", rule, "",
              "## At the selected epochs (means over base models)", "",
-             mean.round(4).to_markdown(index=False, floatfmt="g"), "", "## Chosen", ""]
+             mean.to_markdown(index=False, floatfmt=".4g"), "", "## Chosen", ""]
     for arm, c in chosen.items():
         rest = ", ".join(f"`finetune.loss.{k}` {v:g}" for k, v in c.items() if k not in ("lr", "keeps_base_top1"))
         lines.append(f"- {arm}: `finetune.arm_lr.{arm}` {c['lr']:g}, {rest}"

@@ -352,11 +352,11 @@ class Loss:
     confidence_target: str = "argmax"  # argmax: the model's own prediction (official); label
     # the paper's baselines (cftlib.training.baselines); world values chosen on validation data
     # (benchmarks/baselines.py), the paper's Table 8 in profiles/paper.yaml
-    rrr_lambda: float = 1.0  # RRR λ₁: the squared input gradient of Σ log p outside the foreground
+    rrr_lambda: float = 0.1  # RRR λ₁: the squared input gradient of Σ log p outside the foreground
     rrr_l2: float = 0.0  # RRR λ₂: Σ θ²
     gradmask_lambda: float = 1.0  # GradMask: |∂z_y/∂x| outside the foreground
     gradmask_ce: float = 1.0  # GradMask: the label cross-entropy
-    rrda_prob: float = 0.5  # RRDA: the share of images whose context is replaced
+    rrda_prob: float = 1.0  # RRDA: the share of images whose context is replaced
 
     def check(self, err):
         for key in ("lambda_align", "lambda_acc", "lambda_ctx", "lambda_concept", "lambda_bg", "lambda_fg",
@@ -422,7 +422,8 @@ class Finetune:
     selection: str = "alignment"  # val_loss (official) | alignment (benchmarks/dose_response.py's rule chose it)
     batch_size: int = 8
     lr: float = 0.0001
-    arm_lr: dict = field(default_factory=dict)  # arm -> its own lr (baselines: Table 8; world: benchmarks/baselines.py)
+    # arm -> its own lr (the world's baselines: reports/baselines.md; the paper's: its Table 8)
+    arm_lr: dict = field(default_factory=lambda: {"gradmask": 1e-4, "rrr": 1e-4, "rrda": 3e-5})
     weight_decay: float = 0.0001
     lr_decay: float = 0.85
     lr_decay_every: int = 2
