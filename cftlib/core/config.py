@@ -318,7 +318,8 @@ class Masks:
             err("min_fraction", "need 0 <= min_fraction < max_fraction <= 1")
 
 
-ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "confidence", "none", "dfr")
+ARMS = ("cft", "cft_fgmask", "robustvit", "ce", "confidence", "gradmask", "rrr", "rrda", "none", "dfr")
+FOREGROUND_ARMS = ("cft_fgmask", "robustvit", "gradmask", "rrr", "rrda")  # they need foreground masks
 REPORTED = ("none", "cft")
 """Arms every later stage needs: each claim, table and figure compares CFT with the base model."""
 
@@ -349,9 +350,17 @@ class Loss:
     squeeze: float = 0.001  # δ: the map is squeezed into [δ, 1 − δ]; 0 = official (BCE(1, 0) saturates at 100)
     reverse_mask: str = "complement"  # complement: 1 − M; official: only exact 0/1 flipped (docs/paper.md §6.16)
     confidence_target: str = "argmax"  # argmax: the model's own prediction (official); label
+    # the paper's baselines (cftlib.training.baselines); world values chosen on validation data
+    # (benchmarks/baselines.py), the paper's Table 8 in profiles/paper.yaml
+    rrr_lambda: float = 0.1  # RRR λ₁: the squared input gradient of Σ log p outside the foreground
+    rrr_l2: float = 0.0  # RRR λ₂: Σ θ²
+    gradmask_lambda: float = 1.0  # GradMask: |∂z_y/∂x| outside the foreground
+    gradmask_ce: float = 1.0  # GradMask: the label cross-entropy
+    rrda_prob: float = 1.0  # RRDA: the share of images whose context is replaced
 
     def check(self, err):
-        for key in ("lambda_align", "lambda_acc", "lambda_ctx", "lambda_concept", "lambda_bg", "lambda_fg"):
+        for key in ("lambda_align", "lambda_acc", "lambda_ctx", "lambda_concept", "lambda_bg", "lambda_fg",
+                    "rrr_lambda", "rrr_l2", "gradmask_lambda", "gradmask_ce"):
             if getattr(self, key) < 0:
                 err(key, "must be >= 0")
         if self.temperature <= 0:
@@ -362,6 +371,8 @@ class Loss:
             err("reverse_mask", "choose complement or official")
         if self.confidence_target not in ("argmax", "label"):
             err("confidence_target", "choose argmax or label")
+        if not 0 <= self.rrda_prob <= 1:
+            err("rrda_prob", "in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -401,7 +412,8 @@ class FinetuneCNN:
 class Finetune:
     """The few-shot fine-tuning protocol (docs/paper.md §3): arms × seeds, AdamW, lr · decay^⌊epoch/every⌋,
     an epoch selected on the validation images (cftlib.training.trainer.select_epoch; the last epoch kept too)."""
-    arms: list = field(default_factory=lambda: ["none", "ce", "confidence", "dfr", "robustvit", "cft_fgmask", "cft"])
+    arms: list = field(default_factory=lambda: [
+        "none", "ce", "confidence", "dfr", "gradmask", "rrr", "rrda", "robustvit", "cft_fgmask", "cft"])
     seeds: int = 5  # class subsets (fewshot.subset), each run on every base model (bases.seeds): the (base, subset)
     # pairs arms are compared over; seeds numbered across bases (runspec.plan)
     relevance: str = "attnlrp"  # the ViT's map (cftlib.relevance); gae_rollout is the official code's
@@ -410,6 +422,8 @@ class Finetune:
     selection: str = "alignment"  # val_loss (official) | alignment (benchmarks/dose_response.py's rule chose it)
     batch_size: int = 8
     lr: float = 0.0001
+    # arm -> its own lr (the world's baselines: reports/baselines.md; the paper's: its Table 8)
+    arm_lr: dict = field(default_factory=lambda: {"gradmask": 1e-4, "rrr": 1e-4, "rrda": 3e-5})
     weight_decay: float = 0.0001
     lr_decay: float = 0.85
     lr_decay_every: int = 2
@@ -434,6 +448,11 @@ class Finetune:
                 err(key, "must be >= 1")
         if self.lr <= 0:
             err("lr", "must be > 0")
+        for arm, lr in self.arm_lr.items():
+            if arm not in ARMS:
+                err("arm_lr", f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+            elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+                err("arm_lr", f"{arm}: {lr!r} must be a number > 0")
         if not 0 < self.lr_decay <= 1:
             err("lr_decay", "in (0, 1]")
         if self.scale < 1:
@@ -526,24 +545,32 @@ class Evaluate:
                 err(f"benchmarks.{name}", "need the dataset's root folder")
 
 
+ABLATION_LOSSES = ("no_cls", "no_non_concept", "no_concept", "label_ce")
+"""The paper's Table 6 variants of CFT's loss (cftlib.stages.ablations.LOSSES)."""
+
+
 @dataclass(frozen=True)
 class Ablations:
     """The paper's ablations on the world (cftlib.stages.ablations): CFT runs varying one setting of the main run."""
     k: list = field(default_factory=lambda: [1, 3])  # images per class (<= masks.k)
     noise: list = field(default_factory=lambda: [0.0, 1.0, 2.0])  # the world grounder's noise, × masks.world
-    relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout"])  # ViT methods
-    seeds: int = 2  # 2+ gives intervals
+    relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout", "gradcam"])  # Table 7's we have
+    loss: list = field(default_factory=lambda: list(ABLATION_LOSSES))  # Table 6 (cftlib.stages.ablations.LOSSES)
+    seeds: int = 3  # 2+ gives intervals
 
     def check(self, err):
-        for key in ("k", "noise", "relevance"):
+        for m in self.loss:
+            if m not in ABLATION_LOSSES:
+                err("loss", f"unknown loss variant {m!r}; choose from {', '.join(ABLATION_LOSSES)}")
+        for key in ("k", "noise", "relevance", "loss"):
             _unique(err, key, getattr(self, key))
         if any(type(k) is not int or k < 1 for k in self.k):
             err("k", "positive integers")
         if any(type(s) not in (int, float) or s < 0 for s in self.noise):
             err("noise", "non-negative scales")
         for m in self.relevance:
-            if m not in RELEVANCE or m == "gradcam":
-                err("relevance", f"{m!r}: choose ViT methods from {', '.join(r for r in RELEVANCE if r != 'gradcam')}")
+            if m not in RELEVANCE:
+                err("relevance", f"{m!r}: choose from {', '.join(RELEVANCE)}")
         if self.seeds < 1:
             err("seeds", "must be >= 1")
 

@@ -56,7 +56,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            differentiable=True, exact_gradient=False, conservative=False),
     Method("grad_x_input", input_x_gradient, ("vit", "cnn"), ("grid", "input"),
            differentiable=True, exact_gradient=True, conservative=False),
-    Method("gradcam", gradcam, ("cnn",), ("grid",),
+    Method("gradcam", gradcam, ("cnn", "vit"), ("grid",),
            differentiable=True, exact_gradient=True, conservative=False),
 )}
 

@@ -1,4 +1,5 @@
-"""Gradient-based relevance: activation x (rule-modified) gradient for ViTs and CNNs, and Grad-CAM.
+"""Gradient-based relevance: activation x (rule-modified) gradient for ViTs and CNNs, and Grad-CAM (a CNN's last
+feature map; on a ViT the patch tokens entering the last block's attention, the form the paper's Table 7 compares).
 
 All methods explain the score s = sum_b z_b[t_b] (the target logits summed over the batch: samples
 are independent, so one backward gives every sample's map). `input_x_gradient` with an LRP rule set
@@ -6,6 +7,8 @@ is AttnLRP / CP-LRP (see `attnlrp.py`); with none it is plain gradient x input.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn as nn
@@ -55,10 +58,45 @@ def input_x_gradient(model, x, target=None, *, kind, level, create_graph=False, 
     return (a * g).sum(1, keepdim=True), logits
 
 
+@contextlib.contextmanager
+def unfused(model: nn.Module):
+    """timm attention on its explicit path for the call: PyTorch's fused CPU attention has no second derivative,
+    which a map trained on (or an input-gradient penalty) needs."""
+    mods = [m for m in model.modules() if getattr(m, "fused_attn", False)]
+    for m in mods:
+        m.fused_attn = False
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.fused_attn = True
+
+
+def vit_last_tokens(model: nn.Module, x: torch.Tensor):
+    """(the tokens entering the last block's attention (B, N, C): its first LayerNorm's output, logits) of a timm
+    ViT, from one forward. Not the block's output: a class-token head reads none of its patch tokens."""
+    out = {}
+    hook = model.blocks[-1].norm1.register_forward_hook(lambda mod, inp, o: out.setdefault("tokens", o))
+    try:
+        with unfused(model):
+            logits = model(x)
+    finally:
+        hook.remove()
+    return out["tokens"], logits
+
+
 def gradcam(model, x, target=None, *, kind, level, create_graph=False):
     """Grad-CAM (Selvaraju et al., ICCV 2017) on a CNN's last feature map: relu(sum_c alpha_c A_c),
-    alpha_c = spatial mean of ds/dA_c. With `create_graph` the weights alpha are differentiated too,
-    so the map's gradient is exact."""
+    alpha_c = spatial mean of ds/dA_c; on a ViT the same over the patch tokens entering the last block's
+    attention (`vit_last_tokens`; alpha_c the mean over patch tokens, prefix tokens dropped). With `create_graph` the weights alpha are differentiated too, so the
+    map's gradient is exact."""
+    if kind == "vit":
+        tokens, logits = vit_last_tokens(model, x)
+        (g,) = torch.autograd.grad(target_score(logits, target), tokens, create_graph=create_graph,
+                                   retain_graph=True)
+        n = model.num_prefix_tokens
+        a, g = tokens[:, n:], g[:, n:]
+        return token_grid(model, (g.mean(1, keepdim=True) * a).sum(-1).relu(), x.shape[-2:]), logits
     feats, logits = cnn_forward(model, x)
     (g,) = torch.autograd.grad(target_score(logits, target), feats, create_graph=create_graph,
                                retain_graph=True)

@@ -109,10 +109,10 @@ def accuracy_bars(acc: pd.DataFrame, chance: float, hue: str | None = None) -> p
 
 # ----------------------------------------------------------------------------- evaluation figures
 
-ARM_ORDER = ("none", "ce", "confidence", "dfr", "robustvit", "cft_fgmask", "cft")
-"""Arms left to right: base, plain fine-tuning, CFT's confidence term alone, the DFR reference, RobustViT, CFT on
-foreground masks, CFT."""
-ARM_COLORS = dict(zip(("none", "ce", "dfr", "robustvit", "cft_fgmask", "cft", "confidence"),
+ARM_ORDER = ("none", "ce", "confidence", "dfr", "gradmask", "rrr", "rrda", "robustvit", "cft_fgmask", "cft")
+"""Arms left to right: base, plain fine-tuning, CFT's confidence term alone, the DFR reference, the paper's
+baselines (GradMask, RRR, RRDA), RobustViT, CFT on foreground masks, CFT."""
+ARM_COLORS = dict(zip(("none", "ce", "dfr", "robustvit", "cft_fgmask", "cft", "confidence", "gradmask", "rrr", "rrda"),
                       sns.color_palette("deep", len(ARM_ORDER))))
 """One colour per arm in every figure."""
 

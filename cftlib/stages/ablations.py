@@ -1,28 +1,45 @@
 """Ablations of CFT (the paper's ablation studies, docs/paper.md §5.1): CFT runs that differ from the main run
 in one setting — k images per class, the world grounder's mask noise (a VLM's quality), the relevance
-method trained on — fine-tuned with `cftlib.training.trainer` and scored with `cftlib.metrics`.
+method trained on (the paper's Table 7), the loss (its Table 6: a term dropped, or label cross-entropy for the
+confidence term) — fine-tuned with `cftlib.training.trainer`, scored with `cftlib.metrics`, beside the base
+model and plain fine-tuning (CE) of the same (base 0, subset) pairs, read from the finetune stage.
 
-A variant is (k, noise scale, method); the main run's setting appears in every ablation, so its runs are
-trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished run."""
+A variant is (k, noise scale, method, loss); the main run's setting appears in every ablation, so its runs are
+trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished run. With
+`finetune.workers` > 1 the runs are trained side by side first (`python -m cftlib.stages.ablations --shard i/n`).
+
+    python -m cftlib.stages.ablations --shard 0/2 --threads 1 & python -m cftlib.stages.ablations --shard 1/2 --threads 1
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
-from cftlib import grounding
+from cftlib import concepts, grounding
 from cftlib.core import config
 from cftlib.data import fewshot, maskstore
 from cftlib.metrics import accuracy, alignment, intervals
 from cftlib.models.checkpoints import load_checkpoint
 from cftlib.report.tables import fmt, nan_to_none
-from cftlib.stages import evaluate
+from cftlib.stages import evaluate, finetune
 from cftlib.training import runspec, trainer
+
+LOSSES = {"full": {}, "no_cls": {"lambda_acc": 0.0}, "no_non_concept": {"lambda_ctx": 0.0},
+          "no_concept": {"lambda_concept": 0.0}, "label_ce": {"confidence_target": "label"}}
+"""The paper's Table 6 variants of CFT's loss (`ablations.loss`): without L_cls, without L_non-concept, without
+L_concept, and label cross-entropy instead of the model's own argmax in L_cls."""
+assert tuple(LOSSES)[1:] == config.ABLATION_LOSSES
+REFERENCES = (("base", "none"), ("CE", "ce"))
+"""The finetune stage's arms each ablation is read against, on the same (base 0, subset) pairs."""
 
 
 def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
@@ -32,17 +49,24 @@ def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
 
 
 def variants(P: config.Params) -> list[dict]:
-    """One row per (ablation, value): {ablation, value, k, noise, method}; the other two settings are the
-    main run's (finetune.k, noise × 1, finetune.relevance)."""
-    A, main = P.ablations, dict(k=P.finetune.k, noise=1.0, method=P.finetune.relevance)
+    """One row per (ablation, value): {ablation, value, k, noise, method, loss}; the other settings are the
+    main run's (finetune.k, noise × 1, finetune.relevance, the full loss)."""
+    A, main = P.ablations, dict(k=P.finetune.k, noise=1.0, method=P.finetune.relevance, loss="full")
     rows = [dict(main, ablation="k", value=str(k), k=k) for k in A.k]
     rows += [dict(main, ablation="mask noise", value=f"×{s:g}", noise=s) for s in A.noise]
     rows += [dict(main, ablation="relevance", value=m, method=m) for m in A.relevance]
+    rows += [dict(main, ablation="loss", value=name, loss=name) for name in ("full", *A.loss) if A.loss]
     return rows
 
 
 def _key(v: dict) -> str:
-    return f"k{v['k']}_noise{v['noise']:g}_{v['method']}"
+    return f"k{v['k']}_noise{v['noise']:g}_{v['method']}" + ("" if v["loss"] == "full" else f"_{v['loss']}")
+
+
+def variant_config(P: config.Params, v: dict) -> config.Finetune:
+    """The fine-tuning parameters of variant `v`: the main run's with its k, relevance method and loss."""
+    return dataclasses.replace(P.finetune, k=v["k"], relevance=v["method"],
+                               loss=dataclasses.replace(P.finetune.loss, **LOSSES[v["loss"]]))
 
 
 def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, out_dir: Path, main_dir: str | Path) -> Path:
@@ -67,45 +91,85 @@ def _finished(spec: runspec.RunSpec, cfg: config.Finetune, base, data: dict, fol
         trainer.run_config(spec, cfg, base, data)["hash"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One ablation run: its variant and seed, what `trainer.fit` needs, and its folder — the finetune stage's
+    (`reused`) where that stage holds the identical run (the main setting)."""
+    variant: dict
+    seed: int
+    spec: runspec.RunSpec
+    cfg: config.Finetune
+    data: dict
+    folder: Path
+    reused: bool
+
+
+def jobs(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
+         out_dir: str | Path, finetune_dir: str | Path = "models/finetune") -> tuple[list[Job], tuple]:
+    """Every (variant, seed) run, and the base (model, build) they start from. The noisier mask stores are
+    grounded here (`masks_for`), so call it once before training side by side."""
+    out_dir = Path(out_dir)
+    base, build = load_checkpoint(base_path)
+    pool = fewshot.Pool("world", data_dir)
+    data, out = {}, []
+    for v in variants(P):
+        if (v["k"], v["noise"]) not in data:
+            store = masks_for(P, v["noise"], bank, pool, out_dir, masks_dir)
+            data[v["k"], v["noise"]] = trainer.load_data(store, pool, v["k"], build["img_size"])
+        cfg, d = variant_config(P, v), data[v["k"], v["noise"]]
+        for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
+            spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr, subset=seed)  # the main run's
+            reused = _finished(spec, cfg, base, d, Path(finetune_dir))
+            out.append(Job(v, seed, spec, cfg, d, Path(finetune_dir) if reused else out_dir / _key(v), reused))
+    return out, (base, build)
+
+
+def train(todo: list[Job], base: tuple, progress: bool = False) -> None:
+    """Fit each job that the finetune stage does not hold (`trainer.fit` reuses one already finished)."""
+    for job in todo:
+        if not job.reused:
+            trainer.fit(job.spec, *base, job.data, job.cfg, job.folder, progress)
+
+
 def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
         out_dir: str | Path, arrays: dict[str, dict], finetune_dir: str | Path = "models/finetune",
-        progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train every variant × `ablations.seeds` (CFT arm, ViT) and score it: accuracy rows and alignment rows
-    with columns ablation, value, seed (see `evaluate.run_accuracy`, `evaluate.run_alignment`). A variant
-    identical to a finished run of the fine-tuning stage (the main setting) is read from there, not retrained."""
+        progress: bool = False, params_file: str | Path | None = None,
+        concepts_dir: str | Path = "data/concepts") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every variant × `ablations.seeds` (CFT arm, ViT) and score it, and score the finetune stage's base
+    and CE runs of the same pairs (ablation "reference"): accuracy rows and alignment rows with columns ablation,
+    value, seed (see `accuracy.run_accuracy`, `alignment.run_alignment`). A variant identical to a finished run
+    of the fine-tuning stage (the main setting) is read from there, not retrained. Given `params_file` and
+    `finetune.workers` > 1, the runs are first trained side by side (`finetune.side_by_side`)."""
     if not variants(P):  # a profile without ablations (the paper profile): empty tables, the stage still completes
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # the stage's declared output
         return (pd.DataFrame(columns=["ablation", "value", "seed", "split", "group", "top1", "top5"]),
                 pd.DataFrame(columns=["ablation", "value", "seed", "split", "concept_mass"]))
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
         raise runspec.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
-    out_dir = Path(out_dir)
-    base, build = load_checkpoint(base_path)
-    pool = fewshot.Pool("world", data_dir)
+    todo, base = jobs(P, bank, data_dir, masks_dir, base_path, out_dir, finetune_dir)  # grounds the mask stores
+    W = P.finetune.workers
+    if params_file is not None and W > 1 and any(not j.reused for j in todo):
+        finetune.side_by_side(params_file, W, max(1, P.base.threads // W),
+                              ["--data", data_dir, "--masks", masks_dir, "--base", base_path, "--out", out_dir,
+                               "--finetune", finetune_dir, "--concepts", concepts_dir], module="cftlib.stages.ablations")
+    train(todo, base, progress)  # what the workers trained is reused; without workers, everything here
     class_parts = alignment.concept_parts(bank)
     align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
-    acc, align, data, scored = [], [], {}, {}
-    for v in variants(P):
-        if (v["k"], v["noise"]) not in data:
-            store = masks_for(P, v["noise"], bank, pool, out_dir, masks_dir)
-            data[v["k"], v["noise"]] = trainer.load_data(store, pool, v["k"], build["img_size"])
-        cfg = dataclasses.replace(P.finetune, k=v["k"], relevance=v["method"])
-        for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
-            spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr, subset=seed)  # the main run's
-            folder = out_dir / _key(v)
-            if _finished(spec, cfg, base, data[v["k"], v["noise"]], Path(finetune_dir)):
-                folder = Path(finetune_dir)
-            if (folder, seed) not in scored:
-                if folder != Path(finetune_dir):
-                    trainer.fit(spec, base, build, data[v["k"], v["noise"]], cfg, folder, progress)
-                model, _ = runspec.load_run(spec, folder)
-                scored[folder, seed] = (
-                    accuracy.run_accuracy(model, arrays, evaluate.seen_classes(masks_dir, seed), P.evaluate.batch_size),
-                    alignment.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
-                                           P.evaluate.alignment_images)[0])
-            ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}
-            acc += [{**ids, **r} for r in scored[folder, seed][0]]
-            align += [{**ids, **r} for r in scored[folder, seed][1]]
+    refs = [(dict(ablation="reference", value=name), seed, runspec.RunSpec("vit", arm, seed, P.finetune.relevance,
+                                                                          P.finetune.lr, subset=seed), Path(finetune_dir))
+            for name, arm in REFERENCES if arm in P.finetune.arms
+            for seed in range(P.base.seed, P.base.seed + P.ablations.seeds)]
+    acc, align, scored = [], [], {}
+    for v, seed, spec, folder in [*refs, *((j.variant, j.seed, j.spec, j.folder) for j in todo)]:
+        if (folder, spec.arm, seed) not in scored:
+            model, _ = runspec.load_run(spec, folder)
+            scored[folder, spec.arm, seed] = (
+                accuracy.run_accuracy(model, arrays, evaluate.seen_classes(masks_dir, seed), P.evaluate.batch_size),
+                alignment.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
+                                        P.evaluate.alignment_images)[0])
+        ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}
+        acc += [{**ids, **r} for r in scored[folder, spec.arm, seed][0]]
+        align += [{**ids, **r} for r in scored[folder, spec.arm, seed][1]]
     return pd.DataFrame(acc), pd.DataFrame(align)
 
 
@@ -181,3 +245,28 @@ def metrics(s: pd.DataFrame) -> dict:
     return {a: {v: {k: nan_to_none(x) for k, x in r.items() if k != "ablation"}
                 for v, r in g.set_index("value").to_dict("index").items()}
             for a, g in s.groupby("ablation", sort=False)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cftlib.stages.ablations", description="train the ablation runs "
+                                 "(every n-th from the i-th with --shard i/n); the stage's notebook scores them")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", default="data/world")
+    ap.add_argument("--masks", default="data/masks")
+    ap.add_argument("--base", default="models/base/vit/base0.pt", help="the base model the ablations start from")
+    ap.add_argument("--out", default="models/ablations")
+    ap.add_argument("--finetune", default="models/finetune", help="the finetune stage's runs (the main setting)")
+    ap.add_argument("--concepts", default="data/concepts")
+    ap.add_argument("--shard", type=finetune.shard, default=(0, 1), help="i/n: only every n-th run, from the i-th")
+    ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
+    args = ap.parse_args(argv)
+    P = config.load(args.params)
+    torch.set_num_threads(args.threads or P.base.threads)
+    todo, base = jobs(P, concepts.load(args.concepts), args.data, args.masks, args.base, args.out, args.finetune)
+    k, n = args.shard
+    train(todo[k::n], base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

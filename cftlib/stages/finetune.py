@@ -72,15 +72,17 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_di
     return runs, data, bases
 
 
-def side_by_side(params_file: str | Path, workers: int, threads: int, paths: list[str]) -> None:
-    """Every run of the stage trained by `workers` processes side by side at `threads` torch threads each (`main`
-    with `--shard i/workers`; `paths`: its folder options), so that the caller's `trainer.run_all` reuses them.
+def side_by_side(params_file: str | Path, workers: int, threads: int, paths: list[str],
+                 module: str = "cftlib.stages.finetune") -> None:
+    """Every run of a stage trained by `workers` processes side by side at `threads` torch threads each (`module`'s
+    `main` with `--shard i/workers`; `paths`: its folder options), so that the caller's `trainer.run_all` (or the
+    ablations' `train`) reuses them.
     On a CPU, small batches keep two cores half idle; two runs at a time fill them. A failed process raises
     naming its command, with the end of its output, once all have ended."""
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
         for i in range(workers):
-            cmd = [sys.executable, "-m", "cftlib.stages.finetune", "--params", str(params_file), *map(str, paths),
+            cmd = [sys.executable, "-m", module, "--params", str(params_file), *map(str, paths),
                    "--shard", f"{i}/{workers}", "--threads", str(threads)]
             log = open(Path(tmp) / f"{i}.log", "w+")
             jobs.append((cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))

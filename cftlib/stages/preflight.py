@@ -46,7 +46,6 @@ H5PY = "h5py>=3.9"
 WHY = {"transformers": "SAM 2 needs 4.56; lxt breaks on transformers 5.x",
        "timm": "the relevance rules call timm 1.0.31's attention helpers"}
 
-FOREGROUND_ARMS = ("robustvit", "cft_fgmask")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 IMAGENET_TRAIN = ("ILSVRC-2012 training set, https://image-net.org/download-images (ILSVRC2012_img_train.tar; "
                   "untar each class's tar into its own folder)", "<image_dir>/<wnid>/<image>.JPEG, 1000 folders")
@@ -302,7 +301,7 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
         f = P.finetune
         if f.cnn.arms and f.cnn.zoo:
             out.append(_zoo_model(stage, "finetune.cnn.zoo", f.cnn.zoo, f.cnn.weights, "finetune.cnn.weights"))
-        if real and any(a in FOREGROUND_ARMS for a in f.arms + f.cnn.arms):
+        if real and any(a in config.FOREGROUND_ARMS for a in f.arms + f.cnn.arms):
             out += _groundingsam(stage, P, real)
         out.append(_device(stage, "finetune.device", f.device, real))
         out += _processes(stage, "finetune.processes", f.processes)

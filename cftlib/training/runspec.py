@@ -23,7 +23,7 @@ class FinetuneError(ValueError):
 @dataclass(frozen=True)
 class Arm:
     """A fine-tuning arm. mask: which mask the alignment term reads (concept union, foreground) or None;
-    loss: "bce" (CFT), "mse" (RobustViT) or "ce" (labels only); trains: False for the base model; align: False
+    loss: "bce" (CFT), "mse" (RobustViT), "ce" (labels only) or a baseline's (`baselines.KINDS`); trains: False for the base model; align: False
     drops the alignment term from the loss (λ_align = 0; the maps are still computed and logged)."""
     name: str
     mask: str | None
@@ -40,11 +40,18 @@ ARMS = {a.name: a for a in (
     Arm("ce", None, "ce", True, "plain fine-tuning: cross-entropy on the labels of the same images"),
     Arm("confidence", "concept", "bce", True, "CFT's confidence term alone (λ_align = 0): is a gain CFT shows the "
         "self-distillation term's rather than the masks'?", align=False),
+    Arm("gradmask", "foreground", "gradmask", True, "GradMask (Simpson et al. 2019): label CE + the absolute input "
+        "gradient of the class score outside the foreground (cftlib.training.baselines)"),
+    Arm("rrr", "foreground", "rrr", True, "RRR (Ross et al. 2017): label CE + the squared input gradient of the "
+        "summed log-probabilities outside the foreground + L2 on the weights"),
+    Arm("rrda", "foreground", "rrda", True, "RRDA (Santos & Zanchettin 2023): label CE on images whose context is "
+        "taken from another image of the batch"),
     Arm("none", "concept", "bce", False, "the base model, not fine-tuned (validated with CFT's loss)"),
     Arm("dfr", "concept", "bce", False, "DFR reference: the base's last layer refitted on labelled, habitat-balanced "
         "images no other arm sees (cftlib.training.dfr; the world only)"),
 )}
 assert tuple(ARMS) == config.ARMS
+assert tuple(a.name for a in ARMS.values() if a.mask == "foreground") == config.FOREGROUND_ARMS
 
 
 def get_arm(name: str) -> Arm:
@@ -87,7 +94,8 @@ def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
         kinds = relevance.get(method).model_kinds
         if arms and model not in kinds:
             raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
-        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method, lr, b, seed + i)
+        runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method,
+                         cfg.arm_lr.get(a, lr) if model == "vit" else lr, b, seed + i)
                  for a in arms for b in range(bases) for i in range(cfg.seeds)]
     return runs
 

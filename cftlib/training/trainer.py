@@ -1,5 +1,5 @@
 """The few-shot fine-tuning loop (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name —
-`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, `none` — run on the masks stage's few-shot images under one
+`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, the paper's baselines `gradmask`, `rrr`, `rrda`, `none` — run on the masks stage's few-shot images under one
 seeded protocol (AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, an epoch selected on the
 validation images by `finetune.selection`, `select_epoch`), resumable per epoch, on CPU, CUDA (bfloat16 autocast)
 or under torchrun (gradients all-reduced, rank 0 writes).
@@ -40,7 +40,7 @@ from cftlib.core.progress import bar
 from cftlib.data import fewshot, maskstore
 from cftlib.data.augment import augment
 from cftlib.models import checkpoints, factory
-from cftlib.training import dfr, losses, runspec
+from cftlib.training import baselines, dfr, losses, runspec
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
 EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_context", "val_concept", "val_confidence",
@@ -176,6 +176,8 @@ def objective(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: st
     if arm.loss == "ce":
         logits = model(x)
         return {"loss": F.cross_entropy(logits.float(), y)}, logits
+    if arm.loss in baselines.KINDS:
+        return baselines.objective(model, arm.loss, x, m, y, cfg.loss)
     r, logits = relevance.explain(model, x, method, target=y, create_graph=True, output="pixel")
     return losses.objective(r, m, logits, y, arm.loss, arm_loss(arm, cfg)), logits
 
@@ -184,6 +186,13 @@ def arm_loss(arm: runspec.Arm, cfg: config.Finetune) -> config.Loss:
     """The loss weights an arm trains and is selected with: `finetune.loss`, with λ_align = 0 for an arm
     without the alignment term (`confidence`)."""
     return cfg.loss if arm.align else dataclasses.replace(cfg.loss, lambda_align=0.0)
+
+
+def terms_logged(arm: runspec.Arm) -> tuple[str, ...]:
+    """The loss terms an arm's steps report (the rest of `STEP_COLUMNS`' terms stay empty)."""
+    if arm.loss == "ce":
+        return ("loss",)
+    return baselines.TERMS.get(arm.loss, ("loss", "context", "concept", "confidence"))
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -199,7 +208,7 @@ def train_step(model, opt, arm: runspec.Arm, x, m, y, n_global: int, cfg: config
     the step on every process. Returns the global batch means of the terms, `saturated`, `skipped`."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt.zero_grad(set_to_none=True)
-    keys = ("loss",) if arm.loss == "ce" else ("loss", "context", "concept", "confidence")
+    keys = terms_logged(arm)
     stats = torch.zeros(len(keys) + 1, dtype=torch.float64, device=x.device)
     if len(y):
         with amp:
@@ -222,7 +231,7 @@ def train_step(model, opt, arm: runspec.Arm, x, m, y, n_global: int, cfg: config
     else:
         opt.step()
     out = {k: float(v) for k, v in zip(keys, stats[:len(keys)])}
-    return {**out, "saturated": int(stats[-1]) if arm.loss != "ce" else 0, "skipped": int(skipped)}
+    return {**out, "saturated": int(stats[-1]), "skipped": int(skipped)}
 
 
 @torch.no_grad()
@@ -241,6 +250,9 @@ def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: s
             r, logits = relevance.explain(model, x, method, target=y, output="pixel")
         if arm.loss == "ce":
             terms = {"loss": F.cross_entropy(logits.float(), y)}
+        elif arm.loss in baselines.KINDS:  # the arm's own loss, on the images as they are (no RRDA mixing)
+            terms = {k: v.detach() for k, v in baselines.objective(model, arm.loss, x, val[arm.mask][i], y,
+                                                                   cfg.loss, create_graph=False)[0].items()}
         else:
             terms = losses.objective(r, val[arm.mask][i], logits, y, arm.loss, arm_loss(arm, cfg))
         cft = losses.alignment(r, concept, "bce", cfg.loss)["align"]
@@ -269,7 +281,7 @@ def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Modul
     if spec.arm == "dfr":
         split_digest["dfr"] = _digest(torch.from_numpy(data["dfr"]["images"]), torch.from_numpy(data["dfr"]["label"]))
         split_digest["dfr_l2"] = data["dfr"]["l2"]
-    other_runs = ("arms", "seeds", "relevance", "lr", "cnn", "device", "processes")  # in the spec, or not the result's
+    other_runs = ("arms", "seeds", "relevance", "lr", "arm_lr", "cnn", "device", "processes")  # in the spec, or not the result's
     params = {k: v for k, v in config.as_dict(cfg).items() if k not in other_runs}
     conf = {"spec": asdict(spec), "params": params, "base": _digest(*base.state_dict().values()), "data": split_digest}
     conf["hash"] = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
@@ -332,6 +344,8 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
         for b in range(steps):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x, m = augment(train["x"][idx], train[mask_key][idx], gen, cfg.scale, cfg.flip)
+            if arm.loss == "rrda":
+                x = baselines.rrda_mix(x, m, gen, cfg.loss.rrda_prob)
             mine = slice(rank, None, world)
             row = train_step(model, opt, arm, x[mine], m[mine], train["y"][idx][mine], len(idx), cfg,
                              spec.relevance, amp)

@@ -81,7 +81,7 @@ def test_registry_declares_properties_and_rejects_unknown_names():
 
 
 @pytest.mark.parametrize("method,output,model_name", [
-    ("gradcam", "pixel", "vit"), ("attnlrp", "pixel", "resnet"), ("gae_rollout", "input", "vit"),
+    ("gradcam", "input", "vit"), ("attnlrp", "pixel", "resnet"), ("gae_rollout", "input", "vit"),
     ("attnlrp", "pixels", "vit")])
 def test_unsupported_combinations_fail(method, output, model_name):
     model = make(model_name)

@@ -12,14 +12,29 @@ from cftlib.stages import ablations
 
 
 def test_each_variant_changes_one_setting_of_the_main_run():
-    P = config.parse({"ablations": {"k": [1, 3], "noise": [0.0, 2.0], "relevance": ["gae_rollout"]}})
-    main = {"k": P.finetune.k, "noise": 1.0, "method": P.finetune.relevance}
+    P = config.parse({"ablations": {"k": [1, 3], "noise": [0.0, 2.0], "relevance": ["gae_rollout"],
+                                    "loss": ["no_cls", "label_ce"]}})
+    main = {"k": P.finetune.k, "noise": 1.0, "method": P.finetune.relevance, "loss": "full"}
     rows = ablations.variants(P)
-    assert [(r["ablation"], r["value"]) for r in rows] == [("k", "1"), ("k", "3"), ("mask noise", "×0"),
-                                                           ("mask noise", "×2"), ("relevance", "gae_rollout")]
+    assert [(r["ablation"], r["value"]) for r in rows] == [
+        ("k", "1"), ("k", "3"), ("mask noise", "×0"), ("mask noise", "×2"), ("relevance", "gae_rollout"),
+        ("loss", "full"), ("loss", "no_cls"), ("loss", "label_ce")]
+    which = {"k": "k", "mask noise": "noise", "relevance": "method", "loss": "loss"}
     for r in rows:
         changed = {key for key in main if r[key] != main[key]}
-        assert changed <= {"k" if r["ablation"] == "k" else "noise" if r["ablation"] == "mask noise" else "method"}
+        assert changed <= {which[r["ablation"]]}
+    keys = {ablations._key(r) for r in rows}
+    assert len(keys) == len(rows) - 1  # k 3 and the full loss are both the main setting: one folder
+
+
+def test_loss_variants_change_only_their_term():
+    P = config.parse({})
+    full = P.finetune.loss
+    for name, change in ablations.LOSSES.items():
+        got = ablations.variant_config(P, dict(k=3, noise=1.0, method="attnlrp", loss=name)).loss
+        diff = {f: getattr(got, f) for f in full.__dataclass_fields__ if getattr(got, f) != getattr(full, f)}
+        assert diff == change
+    assert ablations.variant_config(P, dict(k=3, noise=1.0, method="attnlrp", loss="no_cls")).loss.lambda_acc == 0
 
 
 def test_scaled_noise():
@@ -33,7 +48,9 @@ def test_ablation_params_are_checked():
     import pytest
 
     with pytest.raises(config.ConfigError, match="ablations.relevance"):
-        config.parse({"ablations": {"relevance": ["gradcam"]}})
+        config.parse({"ablations": {"relevance": ["iia"]}})
+    with pytest.raises(config.ConfigError, match="ablations.loss.*no_beta"):
+        config.parse({"ablations": {"loss": ["no_beta"]}})
     with pytest.raises(config.ConfigError, match="ablations.noise"):
         config.parse({"ablations": {"noise": [-1.0]}})
 

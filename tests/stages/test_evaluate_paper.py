@@ -129,7 +129,8 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
     assert find("CNN")["verdict"] == claims.HOLDS
     mean = find("on average over the paper's benchmarks")  # ImageNet-A and ObjectNet: +5.5 over the base, +4.5 over CE
     assert mean["verdict"] == claims.HOLDS and "ImageNet-A, ObjectNet" in mean["evidence"]
-    assert len(rows) == 2 + 7  # one claim per OOD benchmark, then the seven others
+    assert len(rows) == 2 + 8  # one claim per OOD benchmark, then the seven others and the baselines'
+    assert find("saliency-regularisation baselines")["verdict"] == claims.UNTESTABLE  # no baseline rows measured
     claims.write_claims(tmp_path / "claims.md", acc, align, P)
     text = (tmp_path / "claims.md").read_text()
     assert "Accuracy under the `chefer` protocol." in text and "synthetic bird world" not in text

@@ -365,18 +365,19 @@ def test_wrong_arm_or_relevance_name_fails_naming_the_key(tmp_path, data, key):
 def test_wrong_names_fail_in_the_library_too():
     with pytest.raises(runspec.FinetuneError, match="unknown arm 'cft2'"):
         runspec.get_arm("cft2")
-    with pytest.raises(runspec.FinetuneError, match="gradcam.*not a vit"):
-        runspec.plan(config.Finetune(relevance="gradcam"), 0)
+    with pytest.raises(runspec.FinetuneError, match="attnlrp.*not a cnn"):
+        runspec.plan(config.Finetune(cnn=config.FinetuneCNN(relevance="attnlrp")), 0)
     with pytest.raises(KeyError, match="unknown relevance method 'lrp'"):
         runspec.plan(config.Finetune(relevance="lrp"), 0)
 
 
 def test_plan_is_every_model_arm_base_seed():
+    vit_arms = len(config.Finetune().arms)
     runs = runspec.plan(config.Finetune(seeds=3), 7)
-    assert len(runs) == 7 * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
+    assert len(runs) == vit_arms * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
     assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
     runs = runspec.plan(config.Finetune(seeds=2), 7, bases=3)
-    assert len(runs) == (7 + 3) * 3 * 2
+    assert len(runs) == (vit_arms + 3) * 3 * 2
     for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, subset) pair
         mine = [(r.base, r.seed, r.subset) for r in runs if r.model == "vit" and r.arm == arm]
         assert mine == [(0, 7, 7), (0, 8, 8), (1, 9, 7), (1, 10, 8), (2, 11, 7), (2, 12, 8)]  # subsets crossed
