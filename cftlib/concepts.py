@@ -158,12 +158,15 @@ def content_hash(bank: dict) -> str:
     return sha256(json.dumps(bank, sort_keys=True, separators=(",", ":"), ensure_ascii=False))[:12]
 
 
-def save(bank: dict, out_dir: str | Path) -> Path:
-    """Write the validated bank as `<out_dir>/bank-<hash>.json` (the folder is replaced atomically)."""
+def save(bank: dict, out_dir: str | Path, beside: dict[str, object] | None = None) -> Path:
+    """Write the validated bank as `<out_dir>/bank-<hash>.json`, and each `beside` {name: JSON data} as
+    `<out_dir>/<name>.json` (the concept validation's rates); the folder is replaced atomically."""
     bank = validate(bank)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / f"bank-{content_hash(bank)}.json").write_text(json.dumps(bank, indent=2, sort_keys=True) + "\n")
+        for name, data in (beside or {}).items():
+            (tmp / f"{name}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return Path(out_dir) / f"bank-{content_hash(bank)}.json"
 
 

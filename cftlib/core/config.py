@@ -221,6 +221,26 @@ class BankProposer:
 
 
 @dataclass(frozen=True)
+class ConceptValidation:
+    """The paper's concept validation (supp. §6; cftlib.validation): each candidate concept grounded in `images`
+    training images of its class that the few-shot choice did not take; kept if found in at least `occurrence` of
+    them and, where found, its mask's mean IoU with the object is at least `coverage`."""
+    images: int = 30  # P per class; 0: not measured
+    occurrence: float = 0.15
+    coverage: float = 0.20
+    apply: bool = False  # False: measured and reported, the bank kept whole (the world's exact part masks: README)
+
+    def check(self, err):
+        if self.images < 0:
+            err("images", "must be >= 0")
+        for key in ("occurrence", "coverage"):
+            if not 0 <= getattr(self, key) <= 1:
+                err(key, "in [0, 1]")
+        if self.apply and not self.images:
+            err("apply", "true needs images > 0 to measure the concepts on")
+
+
+@dataclass(frozen=True)
 class Concepts:
     proposer: str = "fieldguide"
     dataset: str = "world"  # world: data/world; folder: <image_dir>/<class>/<image>; imagenet: wnid folders
@@ -232,6 +252,7 @@ class Concepts:
     llm: LLM = field(default_factory=LLM)
     wordnet: WordNetProposer = field(default_factory=WordNetProposer)
     bank: BankProposer = field(default_factory=BankProposer)
+    validation: ConceptValidation = field(default_factory=ConceptValidation)
 
     def check(self, err):
         if self.proposer not in PROPOSERS:
@@ -556,6 +577,8 @@ class Ablations:
     noise: list = field(default_factory=lambda: [0.0, 1.0, 2.0])  # the world grounder's noise, × masks.world
     relevance: list = field(default_factory=lambda: ["attnlrp", "gae_rollout", "gradcam"])  # Table 7's we have
     loss: list = field(default_factory=lambda: list(ABLATION_LOSSES))  # Table 6 (cftlib.stages.ablations.LOSSES)
+    # concept-validation thresholds [occurrence, coverage] (the paper's supp. §6: its 15/20, 40/40 and 5/10)
+    validation: list = field(default_factory=lambda: [[0.15, 0.2], [0.4, 0.4], [0.05, 0.1]])
     seeds: int = 3  # 2+ gives intervals
 
     def check(self, err):
@@ -564,6 +587,10 @@ class Ablations:
                 err("loss", f"unknown loss variant {m!r}; choose from {', '.join(ABLATION_LOSSES)}")
         for key in ("k", "noise", "relevance", "loss"):
             _unique(err, key, getattr(self, key))
+        if any(not isinstance(t, list) or len(t) != 2 or any(type(x) not in (int, float) or not 0 <= x <= 1 for x in t)
+               for t in self.validation):
+            err("validation", f"{self.validation!r}: pairs [occurrence, coverage], each in [0, 1]")
+        _unique(err, "validation", [tuple(t) for t in self.validation])
         if any(type(k) is not int or k < 1 for k in self.k):
             err("k", "positive integers")
         if any(type(s) not in (int, float) or s < 0 for s in self.noise):
@@ -664,8 +691,9 @@ def _cross_check(p: Params, where: str) -> None:
             if "dfr" in arms:
                 raise ConfigError(f"{where}: {key}: dfr refits the head on the world's habitat-balanced split, which "
                                   f"{p.concepts.dataset} does not have; remove it")
-        if p.ablations.k or p.ablations.noise or p.ablations.relevance:
-            raise ConfigError(f"{where}: ablations: the ablations run on the world; set k, noise and relevance to [] "
+        if p.ablations.k or p.ablations.noise or p.ablations.relevance or p.ablations.validation:
+            raise ConfigError(f"{where}: ablations: the ablations run on the world; set k, noise, relevance and "
+                              f"validation to [] "
                               f"when concepts.dataset is {p.concepts.dataset}")
         return
     patch = p.pretrain.model_kwargs.get("patch_size")

@@ -1,11 +1,13 @@
 """Ablations of CFT (the paper's ablation studies, docs/paper.md §5.1): CFT runs that differ from the main run
 in one setting — k images per class, the world grounder's mask noise (a VLM's quality), the relevance
 method trained on (the paper's Table 7), the loss (its Table 6: a term dropped, or label cross-entropy for the
-confidence term) — fine-tuned with `cftlib.training.trainer`, scored with `cftlib.metrics`, beside the base
-model and plain fine-tuning (CE) of the same (base 0, subset) pairs, read from the finetune stage.
+confidence term), the concept-validation thresholds (its supp. §6: the bank the masks are grounded with) —
+fine-tuned with `cftlib.training.trainer`, scored with `cftlib.metrics`, beside the base model and plain
+fine-tuning (CE) of the same (base 0, subset) pairs, read from the finetune stage.
 
-A variant is (k, noise scale, method, loss); the main run's setting appears in every ablation, so its runs are
-trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished run. With
+A variant is (k, noise scale, method, loss, validation thresholds); the main run's setting appears in every
+ablation, so its runs are trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished
+run. With
 `finetune.workers` > 1 the runs are trained side by side first (`python -m cftlib.stages.ablations --shard i/n`).
 
     python -m cftlib.stages.ablations --shard 0/2 --threads 1 & python -m cftlib.stages.ablations --shard 1/2 --threads 1
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cftlib import concepts, grounding
+from cftlib import concepts, grounding, validation
 from cftlib.core import config
 from cftlib.data import fewshot, maskstore
 from cftlib.metrics import accuracy, alignment, intervals
@@ -48,19 +50,45 @@ def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
                                p_miss=min(1.0, noise.p_miss * scale), q_spurious=min(1.0, noise.q_spurious * scale))
 
 
+def _thresholds(t) -> str:
+    return "none" if t is None else f"{t[0] * 100:g}/{t[1] * 100:g}"
+
+
 def variants(P: config.Params) -> list[dict]:
-    """One row per (ablation, value): {ablation, value, k, noise, method, loss}; the other settings are the
-    main run's (finetune.k, noise × 1, finetune.relevance, the full loss)."""
-    A, main = P.ablations, dict(k=P.finetune.k, noise=1.0, method=P.finetune.relevance, loss="full")
+    """One row per (ablation, value): {ablation, value, k, noise, method, loss, validation}; the other settings
+    are the main run's (finetune.k, noise × 1, finetune.relevance, the full loss, the concepts stage's bank:
+    validated at concepts.validation's thresholds where it applies them, else none)."""
+    V = P.concepts.validation
+    mine = (V.occurrence, V.coverage) if V.apply else None
+    A = P.ablations
+    main = dict(k=P.finetune.k, noise=1.0, method=P.finetune.relevance, loss="full", validation=mine)
     rows = [dict(main, ablation="k", value=str(k), k=k) for k in A.k]
     rows += [dict(main, ablation="mask noise", value=f"×{s:g}", noise=s) for s in A.noise]
     rows += [dict(main, ablation="relevance", value=m, method=m) for m in A.relevance]
     rows += [dict(main, ablation="loss", value=name, loss=name) for name in ("full", *A.loss) if A.loss]
+    if A.validation:
+        pairs = [mine] + ([None] if mine else []) + [tuple(t) for t in A.validation if tuple(t) != mine]
+        rows += [dict(main, ablation="concept validation", value=_thresholds(t), validation=t) for t in pairs]
     return rows
 
 
-def _key(v: dict) -> str:
-    return f"k{v['k']}_noise{v['noise']:g}_{v['method']}" + ("" if v["loss"] == "full" else f"_{v['loss']}")
+def _key(v: dict, bank: str = "") -> str:
+    """A run folder's name: the variant's settings, and the hash of its bank where it is not the main one (two
+    thresholds that keep the same concepts share their runs)."""
+    return (f"k{v['k']}_noise{v['noise']:g}_{v['method']}" + ("" if v["loss"] == "full" else f"_{v['loss']}")
+            + (f"_bank{bank}" if bank else ""))
+
+
+def bank_for(P: config.Params, v: dict, bank: dict, concepts_dir: str | Path) -> dict:
+    """The bank of variant `v`: the concepts stage's where its thresholds are the main run's, else rebuilt from
+    the stage's validation rates (`validation.apply`; none: every candidate)."""
+    V = P.concepts.validation
+    if v["validation"] == ((V.occurrence, V.coverage) if V.apply else None):
+        return bank
+    saved = validation.load(concepts_dir)
+    if v["validation"] is None:
+        return saved["candidates"]
+    return validation.apply(saved["candidates"], saved["rates"], *v["validation"])[0]
 
 
 def variant_config(P: config.Params, v: dict) -> config.Finetune:
@@ -69,12 +97,14 @@ def variant_config(P: config.Params, v: dict) -> config.Finetune:
                                loss=dataclasses.replace(P.finetune.loss, **LOSSES[v["loss"]]))
 
 
-def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, out_dir: Path, main_dir: str | Path) -> Path:
-    """The mask store at noise × `scale`: the masks stage's own at × 1, else grounded again (same few-shot
-    choice and seed) into `out_dir/masks_noise<scale>`, reused while its header (scale, masks params) holds."""
-    if scale == 1.0:
+def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, out_dir: Path, main_dir: str | Path,
+              own_bank: bool = False) -> Path:
+    """The mask store at noise × `scale` grounded with `bank`: the masks stage's own at × 1 with the main bank,
+    else grounded again (same few-shot choice and seed) into `out_dir/masks_noise<scale>[_bank<hash>]`, reused
+    while its header (bank, scale, masks params) holds."""
+    if scale == 1.0 and not own_bank:
         return Path(main_dir)
-    store = out_dir / f"masks_noise{scale:g}"
+    store = out_dir / (f"masks_noise{scale:g}" + (f"_bank{concepts.content_hash(bank)}" if own_bank else ""))
     cfg = dataclasses.replace(P.masks, world=scaled_noise(P.masks.world, scale))
     selection = fewshot.select(pool.labels, P.masks.k, P.base.seed)
     header = {**grounding.store_header(dataclasses.replace(P, masks=cfg), bank, selection), "noise_scale": scale}
@@ -105,22 +135,26 @@ class Job:
 
 
 def jobs(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Path, base_path: str | Path,
-         out_dir: str | Path, finetune_dir: str | Path = "models/finetune") -> tuple[list[Job], tuple]:
-    """Every (variant, seed) run, and the base (model, build) they start from. The noisier mask stores are
-    grounded here (`masks_for`), so call it once before training side by side."""
+         out_dir: str | Path, finetune_dir: str | Path = "models/finetune",
+         concepts_dir: str | Path = "data/concepts") -> tuple[list[Job], tuple]:
+    """Every (variant, seed) run, and the base (model, build) they start from. The mask stores of other noise
+    or banks are grounded here (`masks_for`), so call it once before training side by side."""
     out_dir = Path(out_dir)
     base, build = load_checkpoint(base_path)
     pool = fewshot.Pool("world", data_dir)
     data, out = {}, []
     for v in variants(P):
-        if (v["k"], v["noise"]) not in data:
-            store = masks_for(P, v["noise"], bank, pool, out_dir, masks_dir)
-            data[v["k"], v["noise"]] = trainer.load_data(store, pool, v["k"], build["img_size"])
-        cfg, d = variant_config(P, v), data[v["k"], v["noise"]]
+        mine = bank_for(P, v, bank, concepts_dir)
+        own = "" if mine is bank else concepts.content_hash(mine)
+        own = "" if own == concepts.content_hash(bank) else own
+        if (v["k"], v["noise"], own) not in data:
+            store = masks_for(P, v["noise"], mine, pool, out_dir, masks_dir, own_bank=bool(own))
+            data[v["k"], v["noise"], own] = trainer.load_data(store, pool, v["k"], build["img_size"])
+        cfg, d = variant_config(P, v), data[v["k"], v["noise"], own]
         for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
             spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr, subset=seed)  # the main run's
             reused = _finished(spec, cfg, base, d, Path(finetune_dir))
-            out.append(Job(v, seed, spec, cfg, d, Path(finetune_dir) if reused else out_dir / _key(v), reused))
+            out.append(Job(v, seed, spec, cfg, d, Path(finetune_dir) if reused else out_dir / _key(v, own), reused))
     return out, (base, build)
 
 
@@ -146,7 +180,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
                 pd.DataFrame(columns=["ablation", "value", "seed", "split", "concept_mass"]))
     if P.concepts.dataset != "world" or P.masks.grounder != "world":
         raise runspec.FinetuneError("the ablations run on the world with its grounder (masks.grounder: world)")
-    todo, base = jobs(P, bank, data_dir, masks_dir, base_path, out_dir, finetune_dir)  # grounds the mask stores
+    todo, base = jobs(P, bank, data_dir, masks_dir, base_path, out_dir, finetune_dir, concepts_dir)  # grounds stores
     W = P.finetune.workers
     if params_file is not None and W > 1 and any(not j.reused for j in todo):
         finetune.side_by_side(params_file, W, max(1, P.base.threads // W),
@@ -213,8 +247,8 @@ def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
     ablations = list(dict.fromkeys(acc["ablation"]))
     if not ablations:
         fig, ax = plt.subplots(figsize=(4, 1))
-        ax.text(0.5, 0.5, "no ablations in this profile (ablations.k, .noise, .relevance are empty)", ha="center",
-                va="center", fontsize=8)
+        ax.text(0.5, 0.5, "no ablations in this profile (ablations.k, .noise, .relevance, .loss, .validation are "
+                "empty)", ha="center", va="center", fontsize=8)
         ax.set_axis_off()
         return fig
     fig, axes = plt.subplots(1, len(ablations), figsize=(3.2 * len(ablations), 2.8), squeeze=False, sharey=True)
@@ -262,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     P = config.load(args.params)
     torch.set_num_threads(args.threads or P.base.threads)
-    todo, base = jobs(P, concepts.load(args.concepts), args.data, args.masks, args.base, args.out, args.finetune)
+    todo, base = jobs(P, concepts.load(args.concepts), args.data, args.masks, args.base, args.out, args.finetune,
+                      args.concepts)
     k, n = args.shard
     train(todo[k::n], base)
     return 0

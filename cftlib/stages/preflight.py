@@ -292,6 +292,8 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
                     _device(stage, "concepts.llm.device", P.concepts.llm.device, real)]
         if P.concepts.proposer == "wordnet":
             out.append(_wordnet(stage, P.concepts.wordnet.dict_dir))
+        if P.concepts.validation.images and (P.masks.grounder == "groundingsam" or real):  # concept validation
+            out += _groundingsam(stage, P, real)
     if stage == "masks":
         m = P.masks
         if m.grounder == "groundingsam" or (real and "foreground" in (m.grounder, m.policy)):

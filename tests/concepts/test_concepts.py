@@ -18,7 +18,7 @@ def _cfg(**kw):
     if kw.get("dataset", "world") == "world":
         return config.parse({"concepts": kw}).concepts
     return config.parse({"concepts": kw, "masks": {"grounder": "groundingsam"}, "pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1},
-                         "finetune": {"arms": ["none", "ce", "cft"], "cnn": {"arms": []}}, "ablations": {"k": [], "noise": [], "relevance": []},
+                         "finetune": {"arms": ["none", "ce", "cft"], "cnn": {"arms": []}}, "ablations": {"k": [], "noise": [], "relevance": [], "validation": []},
                          "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "-"}}}
                         ).concepts
 

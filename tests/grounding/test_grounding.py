@@ -3,6 +3,7 @@ GroundingDINO + SAM run end to end on tiny random models, masks combine as in th
 quality flags and the empty-mask policy do what they say, and the few-shot choice is the paper's."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cftlib import concepts, grounding
@@ -195,7 +196,7 @@ def tiny_gsam(tmp_path_factory):
     return tiny_grounding_dino(d / "dino", ["bird", "beak", "long", "wings", "striped"]), tiny_sam(d / "sam")
 
 
-NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1}, "ablations": {"k": [], "noise": [], "relevance": []},
+NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1}, "ablations": {"k": [], "noise": [], "relevance": [], "validation": []},
             "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "unused"}}}
 """What params on an image folder need besides the stages under test: a zoo model, benchmarks not world splits."""
 
@@ -459,6 +460,10 @@ def test_concepts_and_masks_stages_run_on_smoke_profile_deterministically(tmp_pa
     for f in ("figures/concepts.png", "figures/masks_concepts.png", "figures/masks_failures.png",
               "data/masks/manifest.json"):
         assert (proj / f).is_file(), f
+    cv = json.loads((proj / "reports" / "concepts.json").read_text())["validation"]
+    rates = pd.read_csv(proj / "reports" / "concept_validation.csv")  # every candidate measured, the bank whole
+    assert len(rates) == cv["candidates"] == json.loads((proj / "reports" / "concepts.json").read_text())["concepts"]
+    assert rates["occurrence"].between(0, 1).all() and (rates["images"] > 0).all() and not cv["applied"]
 
 
 @pytest.mark.slow
@@ -473,7 +478,7 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
     rng = np.random.default_rng(0)
     for c in ("n01", "n02", "n03", "n04"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
-        for i in range(3):
+        for i in range(4):  # 2 + 1 few-shot, 1 for concept validation
             Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{i}.jpg")
     names = {"n01": "glen wren", "n02": "ashen piper", "n03": "fen tern", "n04": "moor lark"}
     (tmp_path / "names.json").write_text(json.dumps(names))
@@ -494,5 +499,6 @@ def test_paper_profile_notebooks_run_llm_and_groundingsam_on_an_image_folder(tmp
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one LLM answer per class, cached
     cm = json.loads((proj / "reports" / "concepts.json").read_text())
     assert cm["concepts"] == 8 and cm["repairs"] == 0
+    assert cm["validation"]["candidates"] == 8  # measured with GroundingSAM on the one image left per class
     assert json.loads((proj / "metrics" / "concepts.json").read_text())["bank"] == {
         "classes": 4, "concepts": 8, "dropped": 0, "repairs": 0}  # every answer parsed at the first try

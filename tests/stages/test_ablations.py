@@ -13,18 +13,42 @@ from cftlib.stages import ablations
 
 def test_each_variant_changes_one_setting_of_the_main_run():
     P = config.parse({"ablations": {"k": [1, 3], "noise": [0.0, 2.0], "relevance": ["gae_rollout"],
-                                    "loss": ["no_cls", "label_ce"]}})
-    main = {"k": P.finetune.k, "noise": 1.0, "method": P.finetune.relevance, "loss": "full"}
+                                    "loss": ["no_cls", "label_ce"], "validation": [[0.15, 0.2], [0.4, 0.4]]}})
+    main = {"k": P.finetune.k, "noise": 1.0, "method": P.finetune.relevance, "loss": "full", "validation": None}
     rows = ablations.variants(P)
     assert [(r["ablation"], r["value"]) for r in rows] == [
         ("k", "1"), ("k", "3"), ("mask noise", "×0"), ("mask noise", "×2"), ("relevance", "gae_rollout"),
-        ("loss", "full"), ("loss", "no_cls"), ("loss", "label_ce")]
-    which = {"k": "k", "mask noise": "noise", "relevance": "method", "loss": "loss"}
+        ("loss", "full"), ("loss", "no_cls"), ("loss", "label_ce"), ("concept validation", "none"),
+        ("concept validation", "15/20"), ("concept validation", "40/40")]
+    which = {"k": "k", "mask noise": "noise", "relevance": "method", "loss": "loss",
+             "concept validation": "validation"}
     for r in rows:
         changed = {key for key in main if r[key] != main[key]}
         assert changed <= {which[r["ablation"]]}
-    keys = {ablations._key(r) for r in rows}
-    assert len(keys) == len(rows) - 1  # k 3 and the full loss are both the main setting: one folder
+    # k 3, the full loss and no validation are the main setting: one folder (the others' banks are keyed apart)
+    assert len({ablations._key(r) for r in rows if r["validation"] is None}) == len(rows) - 4
+
+
+def test_a_profile_that_validates_reads_its_main_bank_and_rebuilds_the_others(tmp_path):
+    """Main thresholds 15/20 applied: the main row is 15/20 (the concepts stage's bank), "none" is every
+    candidate, 5/10 is rebuilt from the saved rates."""
+    P = config.parse({"concepts": {"validation": {"apply": True}},
+                      "ablations": {"validation": [[0.15, 0.2], [0.05, 0.1]]}})
+    rows = [r for r in ablations.variants(P) if r["ablation"] == "concept validation"]
+    assert [r["value"] for r in rows] == ["15/20", "none", "5/10"]
+    cls = lambda texts: {"label": 0, "name": "a", "concepts": [{"text": t, "weight": 1.0, "source": ""} for t in texts]}
+    header = {"proposer": "x", "model": None, "prompt": None, "prompt_sha256": None, "params": {}, "date": None}
+    candidates = {"schema": concepts.SCHEMA, "header": header, "classes": [cls(["big wing", "small beak"])]}
+    rates = [{"label": 0, "name": "a", "text": "big wing", "weight": 1.0, "source": "", "images": 10, "found": 9,
+              "occurrence": 0.9, "coverage": 0.3},
+             {"label": 0, "name": "a", "text": "small beak", "weight": 1.0, "source": "", "images": 10, "found": 8,
+              "occurrence": 0.8, "coverage": 0.12}]
+    (tmp_path / "validation.json").write_text(json.dumps({"candidates": candidates, "rates": rates, "images": []}))
+    main = {**candidates, "classes": [cls(["big wing"])]}
+    got = {r["value"]: ablations.bank_for(P, r, main, tmp_path) for r in rows}
+    assert got["15/20"] is main
+    assert got["none"] == candidates
+    assert [k["text"] for k in got["5/10"]["classes"][0]["concepts"]] == ["big wing", "small beak"]
 
 
 def test_loss_variants_change_only_their_term():

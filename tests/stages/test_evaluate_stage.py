@@ -55,7 +55,7 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
     assert metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1_ci"] == 0.0  # the base model: identical seeds
     claims = (proj / "reports" / "claims.md").read_text()
     assert set(json.loads((proj / "reports" / "ablations.json").read_text())) == {"k", "mask noise", "relevance", "loss",
-                                                                                  "reference"}
+                                                                                  "concept validation", "reference"}
     verdicts = json.loads((proj / "reports" / "claims.json").read_text())
     assert len(verdicts["claims"]) == 14 and sum(verdicts["counts"].values()) == 14
     small = {f: headline.check(json.loads((proj / "metrics" / f"{f}.json").read_text()), f)
