@@ -94,7 +94,7 @@ def test_paper_profile_on_a_bare_machine_lists_every_missing_piece(tmp_path, bar
     # each piece once, under the first stage that needs it
     assert [c.stage for c in found if c.name == "concepts.image_dir"] == ["world"]  # 00_imagenet lists it first
     assert {c.stage for c in found if c.name.startswith("evaluate.benchmarks.")} == {"world"}  # and scores them
-    assert by_name(found)["masks.groundingsam.detector"].stage == "masks"
+    assert by_name(found)["masks.groundingsam.detector"].stage == "concepts"  # concept validation grounds first
 
 
 def test_cli_on_a_bare_machine_exits_1(tmp_path, bare):
@@ -105,7 +105,7 @@ def test_cli_on_a_bare_machine_exits_1(tmp_path, bare):
     assert done.returncode == 1, done.stderr
     out = done.stdout
     assert out.splitlines()[-1].startswith(f"{len(PAPER_MISSING)} missing")
-    for header in ("all stages", "world", "concepts", "masks", "finetune", "evaluate"):
+    for header in ("all stages", "world", "concepts", "finetune", "evaluate"):
         assert f"\n{header}\n" in f"\n{out}"
     assert "✗ weights  masks.groundingsam.detector" in out and "✓ package  torch" in out
 
