@@ -81,14 +81,16 @@ def _key(v: dict, bank: str = "") -> str:
 
 def bank_for(P: config.Params, v: dict, bank: dict, concepts_dir: str | Path) -> dict:
     """The bank of variant `v`: the concepts stage's where its thresholds are the main run's, else rebuilt from
-    the stage's validation rates (`validation.apply`; none: every candidate)."""
+    the stage's validation rates (`validation.apply`; none: every candidate) under the candidates' header, so
+    that thresholds keeping the same concepts give the same bank, mask store and runs."""
     V = P.concepts.validation
     if v["validation"] == ((V.occurrence, V.coverage) if V.apply else None):
         return bank
     saved = validation.load(concepts_dir)
     if v["validation"] is None:
         return saved["candidates"]
-    return validation.apply(saved["candidates"], saved["rates"], *v["validation"])[0]
+    return {**validation.apply(saved["candidates"], saved["rates"], *v["validation"])[0],
+            "header": saved["candidates"]["header"]}
 
 
 def variant_config(P: config.Params, v: dict) -> config.Finetune:

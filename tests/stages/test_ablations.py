@@ -49,6 +49,10 @@ def test_a_profile_that_validates_reads_its_main_bank_and_rebuilds_the_others(tm
     assert got["15/20"] is main
     assert got["none"] == candidates
     assert [k["text"] for k in got["5/10"]["classes"][0]["concepts"]] == ["big wing", "small beak"]
+    P = config.parse({"ablations": {"validation": [[0.15, 0.2], [0.4, 0.4]]}})  # both keep only "big wing"
+    same = [ablations.bank_for(P, r, candidates, tmp_path) for r in ablations.variants(P) if r["value"] != "none"
+            and r["ablation"] == "concept validation"]
+    assert len(same) == 2 and concepts.content_hash(same[0]) == concepts.content_hash(same[1])
 
 
 def test_loss_variants_change_only_their_term():
