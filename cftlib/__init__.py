@@ -4,9 +4,8 @@ Packages in layers; each imports only layers below it (the `layers` contract in 
 `lint-imports` in CI and by tests/test_layers.py):
 
     8  stages      ground · finetune · evaluate · benchmarks · ablations · preflight · nbrun   (what DVC runs)
-    7  report      tables · claims · figures · headline · paper                               (what a reader sees)
-    6  training    losses · baselines · pretrain · dfr · runspec · trainer  |  metrics  accuracy · alignment ·
-                   intervals  |  validation  the paper's concept validation (occurrence, coverage)
+    7  report      tables · claims · figures · headline                                       (what a reader sees)
+    6  training    losses · pretrain · dfr · runspec · trainer  |  metrics  accuracy · alignment · intervals
     5  grounding   concept masks: world parts, GroundingDINO + SAM, foreground
     4  concepts    proposers (field guide, LLM, WordNet, bank) and the concept bank
     3  relevance   differentiable relevance maps: attnlrp · gradients · rollout
