@@ -152,7 +152,7 @@ class Bases(Recipe):
     """The target classifiers (stage world): each pretrained checkpoint (ViT and CNN), its head re-initialised,
     trained on the world's biased `train` split, once per seed; every fine-tuning arm runs on each."""
     seeds: int = 3  # base models per architecture, training seeds base.seed, base.seed + 1, ...
-    epochs: int = 3
+    epochs: int = 2
     lr: float = 0.0003
     dfr_l2: float = 0.001  # the features-exist probe (cftlib.training.dfr): L2 strength of the refitted last layer
 

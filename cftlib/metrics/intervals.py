@@ -64,3 +64,13 @@ def paired_difference(frame, metric: str, arm: str, versus: str, level: float = 
     if len(common) == 0:
         return None
     return mean_ci((a[common] - b[common]).to_numpy(), level)
+
+
+def detectable(ci: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true difference a paired t interval with half-width `ci` over `n` pairs clears its bar with
+    probability `power` (two-sided `level`): (t_level + t_power) · sd/√n, where ci = t_level · sd/√n. NaN
+    without an interval (n < 2)."""
+    if n < 2 or math.isnan(ci):
+        return float("nan")
+    t_level = t_quantile(0.5 + level / 2, n - 1)
+    return ci * (1 + t_quantile(power, n - 1) / t_level)

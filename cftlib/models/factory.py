@@ -3,6 +3,8 @@ attention so relevance methods can read and differentiate through it; images to 
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from functools import partial
 
@@ -55,6 +57,23 @@ def explicit_attention(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def attention_path(model: torch.nn.Module, fused: bool):
+    """timm attention on PyTorch's fused kernel (`fused`) or the explicit path for the call, each module's own
+    setting restored after. Relevance reads the attention map and the fused CPU kernel has no second
+    derivative, so maps and input-gradient penalties need the explicit path; inference and first derivatives
+    may take the fused one (on the world's ViT on 2 CPU cores, half the time of a forward pass)."""
+    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    flags = [m.fused_attn for m in mods]
+    for m in mods:
+        m.fused_attn = fused
+    try:
+        yield model
+    finally:
+        for m, f in zip(mods, flags):
+            m.fused_attn = f
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) images → normalised float (N, 3, H, W)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
@@ -66,5 +85,6 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -
     """Logits (N, classes) for uint8 images, in eval mode, on the model's device."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(to_tensor(images[i:i + batch_size]).to(device)).float().cpu()
-                      for i in range(0, len(images), batch_size)]).numpy()
+    with attention_path(model, fused=True):
+        return torch.cat([model(to_tensor(images[i:i + batch_size]).to(device)).float().cpu()
+                          for i in range(0, len(images), batch_size)]).numpy()

@@ -8,10 +8,10 @@ is AttnLRP / CP-LRP (see `attnlrp.py`); with none it is plain gradient x input.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
+
+from cftlib.models.factory import attention_path
 
 from .attnlrp import patched, token_grid
 
@@ -58,27 +58,13 @@ def input_x_gradient(model, x, target=None, *, kind, level, create_graph=False, 
     return (a * g).sum(1, keepdim=True), logits
 
 
-@contextlib.contextmanager
-def unfused(model: nn.Module):
-    """timm attention on its explicit path for the call: PyTorch's fused CPU attention has no second derivative,
-    which a map trained on (or an input-gradient penalty) needs."""
-    mods = [m for m in model.modules() if getattr(m, "fused_attn", False)]
-    for m in mods:
-        m.fused_attn = False
-    try:
-        yield model
-    finally:
-        for m in mods:
-            m.fused_attn = True
-
-
 def vit_last_tokens(model: nn.Module, x: torch.Tensor):
     """(the tokens entering the last block's attention (B, N, C): its first LayerNorm's output, logits) of a timm
     ViT, from one forward. Not the block's output: a class-token head reads none of its patch tokens."""
     out = {}
     hook = model.blocks[-1].norm1.register_forward_hook(lambda mod, inp, o: out.setdefault("tokens", o))
     try:
-        with unfused(model):
+        with attention_path(model, fused=False):
             logits = model(x)
     finally:
         hook.remove()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cftlib.models.factory import attention_path
+
 from .attnlrp import patched, token_grid
 from .gradients import target_score
 
@@ -51,15 +53,13 @@ def gae_rollout_official(model, x, target=None):
     min-max without epsilon, then a second forward for the classification logits.
     Returns ((B, 1, H, W) map in [0, 1], logits of the second forward)."""
     _check_cls(model)
-    attn, hooks, fused = [], [], [blk.attn.fused_attn for blk in model.blocks]
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-        hooks.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, out: attn.append(out)))
+    attn = []
+    hooks = [blk.attn.attn_drop.register_forward_hook(lambda m, i, out: attn.append(out)) for blk in model.blocks]
     try:
-        score = target_score(model(x), target)
+        with attention_path(model, fused=False):
+            score = target_score(model(x), target)
     finally:
-        for blk, f, h in zip(model.blocks, fused, hooks):
-            blk.attn.fused_attn = f
+        for h in hooks:
             h.remove()
     R = torch.eye(attn[0].shape[-1], dtype=x.dtype, device=x.device)
     for A in attn:

@@ -1,6 +1,7 @@
 """The claims report, `reports/claims.md` / `claims.json`: each claim of the CFT paper, the evidence this run
-gives for it (paired comparisons with intervals, conditions), a verdict (holds / does not hold / not testable
-here), and the table of deviations from the official code (docs/paper.md §6–7)."""
+gives for it (paired comparisons with intervals, conditions), a verdict (supported / contradicted / inconclusive /
+not testable here), the effect this design could detect beside the paper's own, and the table of deviations from
+the official code (docs/paper.md §6–7)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pandas as pd
 from cftlib.core import config
 from cftlib.core.io import atomic_path, write_json
 from cftlib.metrics.accuracy import OOD, roles
-from cftlib.metrics.intervals import mean_ci, paired_difference
+from cftlib.metrics.intervals import detectable, mean_ci, paired_difference
 from cftlib.report import paper, tables
 
-HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable here"
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "not testable here"
+VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE)
+POWER = 0.8
+"""The power at which `detectable` states the smallest effect a comparison would have shown."""
 ACCURACY_CSV, ALIGNMENT_CSV, EPOCHS_CSV = ("plots/evaluate_accuracy.csv", "plots/evaluate_alignment.csv",
                                            "plots/finetune_epochs.csv")
 """The per-run rows every claim is computed from (written by the evaluate and finetune stages)."""
@@ -37,36 +41,42 @@ SELECTIONS = {"val_loss": "the epoch of the lowest validation total loss kept, t
 
 def compare(frame: pd.DataFrame, metric: str, arm: str, versus: str, level: float, threshold: float = 0.0,
             decides: bool = True, **where) -> dict:
-    """One comparison of a claim: `paired_difference` of (arm − versus) in `metric` over the rows `where`, and
-    whether its interval lies above `threshold` (`verdict`). Not measured: n = 0, verdict not testable.
-    `decides`: whether the claim's verdict rests on it (else it is shown for context)."""
-    d = paired_difference(frame, metric, arm, versus, level, **where)
-    return dict(arm=arm, versus=versus, metric=metric, **where, threshold=threshold, decides=decides,
-                **(d or {"mean": math.nan, "ci": math.nan, "n": 0}), verdict=verdict(d, threshold))
+    """One comparison of a claim: `paired_difference` of (arm − versus) in `metric` over the rows `where`, where
+    its interval lies against `threshold` (`verdict`), and the smallest difference from the bar it would detect
+    (`mde`, at `POWER`). Not measured: n = 0, verdict not testable. `decides`: whether the claim's verdict rests on
+    it (else it is shown for context)."""
+    d = paired_difference(frame, metric, arm, versus, level, **where) or {"mean": math.nan, "ci": math.nan, "n": 0}
+    return dict(arm=arm, versus=versus, metric=metric, **where, threshold=threshold, decides=decides, **d,
+                mde=detectable(d["ci"], d["n"], level, POWER), verdict=verdict(d, threshold))
 
 
 def condition(what: str, value: float | None, ok: bool | None, rule: str) -> dict:
-    """A precondition of a claim, measured: `value` (points or %), `ok` (None: not measured), `rule` in words."""
+    """A precondition of a claim: `value` (points or %; None: not measured), `ok` (None: measured but its
+    interval cannot tell, or not measured), `rule` in words."""
     return dict(what=what, value=value, ok=ok, rule=rule)
 
 
 def verdict(d: dict | None, threshold: float = 0.0) -> str:
-    """holds when the interval of the difference lies above `threshold` (the point estimate when there is
-    one run and so no interval); not testable when the difference was not measured."""
+    """supported when the interval of the difference lies above `threshold`, contradicted when it lies below,
+    inconclusive when it covers it (one run, no interval: its point estimate against the bar); not testable
+    when the difference was not measured."""
     if d is None or d.get("n", 1) == 0:
         return UNTESTABLE
-    low = d["mean"] if math.isnan(d["ci"]) else d["mean"] - d["ci"]
-    return HOLDS if low > threshold else FAILS
+    ci = 0.0 if math.isnan(d["ci"]) else d["ci"]
+    return SUPPORTED if d["mean"] - ci > threshold else CONTRADICTED if d["mean"] + ci < threshold else INCONCLUSIVE
 
 
 def decide(comparisons: list[dict], conditions: list[dict], testable: bool = True) -> str:
     """A claim's verdict: not testable when a deciding comparison was not measured or its split shows no
-    shortcut to remove (`testable`); holds when every deciding comparison holds and every condition is met."""
+    shortcut to remove (`testable`); contradicted when a deciding comparison is or a condition fails; supported
+    when every deciding comparison is and every measured condition is met; else inconclusive."""
     deciding = [c for c in comparisons if c["decides"]]
     if not testable or not deciding or any(c["verdict"] == UNTESTABLE for c in deciding):
         return UNTESTABLE
-    ok = all(c["verdict"] == HOLDS for c in deciding) and all(c["ok"] is not False for c in conditions)
-    return HOLDS if ok else FAILS
+    if any(c["verdict"] == CONTRADICTED for c in deciding) or any(c["ok"] is False for c in conditions):
+        return CONTRADICTED
+    met = all(c["ok"] or c["value"] is None for c in conditions)
+    return SUPPORTED if met and all(c["verdict"] == SUPPORTED for c in deciding) else INCONCLUSIVE
 
 
 ARM_NAMES = {"none": "base", "ce": "CE", "cft": "CFT", "cft_fgmask": "CFT on foreground masks",
@@ -81,25 +91,33 @@ def _comparison_text(c: dict, where: bool = False) -> str:
     if c["n"] == 0:
         return f"{label}{ARM_NAMES[c['arm']]} − {ARM_NAMES[c['versus']]}: not measured"
     ci = "" if math.isnan(c["ci"]) else f" ± {c['ci'] * 100:.1f}"
-    mark = ("✓" if c["verdict"] == HOLDS else "✗") if c["decides"] else "(context)"
+    mark = MARKS[c["verdict"]] if c["decides"] else "(context)"
     bar = f" > {c['threshold'] * 100:+g}" if c["threshold"] else ""
     return (f"{label}{ARM_NAMES[c['arm']]} − {ARM_NAMES[c['versus']]}: {c['mean'] * 100:+.1f}{ci}{bar} "
             f"({c['n']} pair{'s' * (c['n'] != 1)}) {mark}")
 
 
+MARKS = {SUPPORTED: "✓", CONTRADICTED: "✗", INCONCLUSIVE: "?", UNTESTABLE: "not measured"}
+
+
 def _condition_text(c: dict) -> str:
-    mark = "not measured" if c["ok"] is None else "✓" if c["ok"] else "✗"
+    mark = "not measured" if c["value"] is None else "?" if c["ok"] is None else "✓" if c["ok"] else "✗"
     value = "" if c["value"] is None else f" {c['value']:.1f}"
     return f"{c['what']}{value} ({c['rule']}) {mark}"
 
 
-def base_gap(acc: pd.DataFrame, model: str, split: str, reference: str) -> float | None:
-    """The base models' shortcut gap on `split`: mean over runs of top-1 on `reference` − on `split` (all
-    images), in points; None when either was not measured."""
+def base_gap(acc: pd.DataFrame, model: str, split: str, reference: str, P: config.Params) -> dict | None:
+    """The base models' shortcut gap on `split`, top-1 on `reference` − on `split` (all images), in points: mean
+    and interval over the distinct base models ({mean, ci, n}; the `none` arm's seeds on one base are one
+    model, `runspec.plan`'s seed = base.seed + base · finetune.seeds + i); None when either was not measured."""
     sel = acc[(acc["model"] == model) & (acc["arm"] == "none") & (acc["group"] == "all")]
     a, b = sel[sel["split"] == reference].set_index("seed")["top1"], sel[sel["split"] == split].set_index("seed")["top1"]
     common = a.index.intersection(b.index)
-    return float((a[common] - b[common]).mean() * 100) if len(common) else None
+    if not len(common):
+        return None
+    gap = (a[common] - b[common]) * 100
+    per_base = gap.groupby((gap.index - P.base.seed) // P.finetune.seeds).mean()
+    return mean_ci(per_base.to_numpy(), P.evaluate.level)
 
 
 def mean_top1(acc: pd.DataFrame, model: str, arm: str, split: str, group: str = "all") -> float | None:
@@ -129,19 +147,32 @@ def improvement(acc: pd.DataFrame, P: config.Params, model: str, split: str, gro
     lv, tol, R = P.evaluate.level, P.evaluate.tolerance, roles(P)
     where = dict(model=model, split=split, group=group)
     comps = [compare(acc, "top1", "cft", v, lv, **where) for v in ("none", "ce")]
-    gap = base_gap(acc, model, split, R.reference)
+    gap = base_gap(acc, model, split, R.reference, P)
     need = P.evaluate.shortcut_gap * 100
-    conds = [condition(f"base shortcut gap `{R.reference}` − `{split}`", gap, None if gap is None else gap > need,
-                       f"points; testable when > {need:g}")]
+    clear = None if gap is None else bool(gap["mean"] - (0 if math.isnan(gap["ci"]) else gap["ci"]) > need)
+    spread = "" if gap is None or math.isnan(gap["ci"]) else f" ± {gap['ci']:.1f} over {gap['n']} bases"
+    conds = [condition(f"base shortcut gap `{R.reference}` − `{split}`", None if gap is None else gap["mean"], clear,
+                       f"points{spread}; testable when its interval lies above {need:g}")]
     if R.chance is not None:
         top1 = mean_top1(acc, model, "cft", split, group)
         conds.append(condition("CFT top-1", top1, None if top1 is None else top1 > R.chance * 100,
                                f"%; above chance {R.chance * 100:g} %"))
     kept = compare(acc, "top1", "cft", "none", lv, -tol, model=model, split=R.reference, group="all")
     conds.append(condition(f"in-distribution `{R.reference}`, CFT − base", None if kept["n"] == 0 else kept["mean"] * 100,
-                           None if kept["n"] == 0 else kept["verdict"] == HOLDS,
-                           f"points; kept when the interval stays above −{tol * 100:g}"))
-    return comps, conds, gap is None or gap > need
+                           {SUPPORTED: True, CONTRADICTED: False}.get(kept["verdict"]),
+                           f"points; kept when the interval lies above −{tol * 100:g}, lost when below"))
+    return comps, conds, clear is not False
+
+
+def kept_note(c: dict, tol: float) -> str:
+    """What the in-distribution comparison's interval can show: kept when it lies above −tol, lost when below;
+    with its half-width h, a mean above −tol + h shows accuracy kept and one below −tol − h a loss."""
+    rule = f"supported when CFT − base's interval lies above −{tol * 100:g} points, contradicted when it lies below"
+    if c["n"] < 2 or math.isnan(c["ci"]):
+        return rule
+    h = c["ci"] * 100
+    return (rule + f"; with its half-width ±{h:.1f} here a mean above {-tol * 100 + h:+.1f} shows accuracy kept and "
+            f"one below {-tol * 100 - h:+.1f} a loss beyond the tolerance")
 
 
 def _row(claim: str, source: str, comparisons: list[dict], conditions: list[dict] = (), testable: bool = True,
@@ -151,14 +182,43 @@ def _row(claim: str, source: str, comparisons: list[dict], conditions: list[dict
     v = verdict_ or decide(comparisons, conditions, testable)
     deciding = [c for c in comparisons if c["decides"] and c["verdict"] != UNTESTABLE]
     where = len({(c["metric"], c["split"], c.get("group", "all")) for c in deciding}) > 1
-    held = [f"vs {ARM_NAMES[c['versus']]}" + (f" on `{c['split']}`" if where else "")
-            + (" holds" if c["verdict"] == HOLDS else " does not") for c in deciding]
-    why = ("no shortcut gap on the base to remove" if not testable else "") if v == UNTESTABLE else ", ".join(held)
+    held = [f"vs {ARM_NAMES[c['versus']]}" + (f" on `{c['split']}`" if where else "") + f" {c['verdict']}"
+            for c in deciding] + [f"{c['what']} {'not met' if c['ok'] is False else 'unclear'}" for c in conditions
+                                  if c["value"] is not None and not c["ok"] and "shortcut gap" not in c["what"]]
+    why = ("the base's shortcut gap is not clear of the margin" if not testable else "") if v == UNTESTABLE \
+        else ", ".join(held)
     mixed = len({(c["metric"], c["split"], c.get("group", "all")) for c in comparisons}) > 1
     evidence = "; ".join([*(_comparison_text(c, mixed) for c in comparisons), *map(_condition_text, conditions),
                           *([note] if note else [])])
+    figure = paper.FIGURES[key] if key else None
     return dict(claim=claim, verdict=v, why=why, evidence=evidence, source=source, comparisons=comparisons,
-                conditions=conditions, data=data, code=CODE, paper=paper.FIGURES[key].text() if key else "—")
+                conditions=conditions, data=data, code=CODE, paper=figure.text() if figure else "—",
+                power=power(comparisons, figure))
+
+
+def power(comparisons: list[dict], figure: paper.Figure | None) -> dict:
+    """Would this design have detected the paper's effect? The deciding comparison the paper's figure is
+    about (same arms and metric): the smallest difference from its bar it detects at `POWER` (`mde`, points),
+    the paper's figure, and `detected` (paper − bar ≥ mde; None where the paper has no such figure or this
+    comparison no interval)."""
+    match = [c for c in comparisons if figure is not None and c["decides"] and c["arm"] == figure.arm
+             and c["versus"] == figure.versus and c["metric"] == figure.metric]
+    if not match:
+        return dict(versus=None, mde=None, paper=None if figure is None else figure.value, detected=None)
+    c = match[0]
+    mde, bar = _points(c["mde"]), c["threshold"] * 100
+    detected = None if mde is None or figure.value is None else bool(figure.value - bar >= mde)
+    return dict(versus=c["versus"], mde=mde, paper=figure.value, detected=detected)
+
+
+def power_text(p: dict) -> str:
+    """"detects ≥ 2.9; paper +14.5: would be detected" for the report's power column."""
+    if p["mde"] is None:
+        return "—" if p["paper"] is None else "no interval to judge"
+    out = f"detects ≥ {p['mde']:.1f} vs {ARM_NAMES[p['versus']]}"
+    if p["paper"] is None:
+        return out
+    return out + f"; paper {p['paper']:+.1f}: " + ("would be detected" if p["detected"] else "would be missed")
 
 
 def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dict]:
@@ -194,9 +254,9 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
     out.append(_row("CFT keeps in-distribution accuracy " + (f"(world: `{R.reference}`)" if world else
                                                              f"({BENCHMARK_NAMES[R.reference]})"),
                     "project page: \"while maintaining in-distribution accuracy\"",
-                    [compare(acc, "top1", "cft", "none", lv, -tol, **where),
+                    [kept := compare(acc, "top1", "cft", "none", lv, -tol, **where),
                      compare(acc, "top1", "cft", "ce", lv, -tol, decides=False, **where)],
-                    note=f"holds when CFT − base stays above −{tol * 100:g} points", key="in_distribution"))
+                    note=kept_note(kept, tol), key="in_distribution"))
     parts = "abstract: \"stronger alignment with semantic object parts\""
     if world:
         comps = [compare(align, "concept_mass", "cft", v, lv, model="vit", split=s)
@@ -358,11 +418,12 @@ def heldout_sentence(d: dict | None, P: config.Params) -> str:
 
 def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldout: str = "") -> str:
     """The text of reports/claims.md (`heldout`: `heldout_sentence`, placed above the table)."""
-    n = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, UNTESTABLE)}
+    n = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     E = P.evaluate
     images = ", ".join(f"`{s}` {f'the first {E.images(s)}' if E.images(s) else 'all'}" for s in E.splits) + " images" \
         if E.splits else (f"{E.benchmark_images} sampled images per benchmark" if E.benchmark_images else "every image")
     table = pd.DataFrame([{**r, "verdict": r["verdict"] + (f" ({r['why']})" if r["why"] else ""),
+                           "power": power_text(r["power"]),
                            "data": f"[{Path(r['data']).name}](../{r['data']}), `{r['code']}`"} for r in rows])
     lines = [
         "# Claims of the paper, checked by this run",
@@ -372,14 +433,19 @@ def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldou
         f"accuracy on {images}). Differences are paired by (base, seed) — each arm's run on the same base model "
         f"with the same seed — in top-1 points unless stated, with {E.level:.0%} Student-t intervals over the pairs, "
         "so the spread of the base models is inside every interval. Each claim is compared with the base model and "
-        "with plain fine-tuning on the same images (CE); ✓ marks a deciding comparison whose interval lies above "
-        "its bar. An improvement claim holds when both hold, CFT stays above chance on the split and keeps "
-        f"in-distribution accuracy (above −{E.tolerance * 100:g} points); it is not testable here when the base "
-        f"shows no shortcut gap on the split (≤ {E.shortcut_gap * 100:g} points below `test`). The numbers are in "
-        "`reports/claims.json`, computed from the per-run rows each row links."
+        "with plain fine-tuning on the same images (CE). A deciding comparison is *supported* (✓) when its interval "
+        "lies above its bar, *contradicted* (✗) when it lies below, *inconclusive* (?) when it covers the bar. An "
+        "improvement claim is supported when both comparisons are, CFT stays above chance on the split and keeps "
+        f"in-distribution accuracy (its interval above −{E.tolerance * 100:g} points); contradicted when either "
+        "comparison is or a condition fails; inconclusive otherwise. It is not testable here when the base "
+        f"models' shortcut gap on the split is not clear of {E.shortcut_gap * 100:g} points (its interval over the "
+        f"bases). The column *power* gives the smallest difference each claim's deciding comparison would detect "
+        f"{POWER:.0%} of the time (from the pairs' spread and number) and whether an effect of the paper's size "
+        "would have been. The numbers are in `reports/claims.json`, computed from the per-run rows each row links."
         + ("" if E.splits else f" Accuracy under the `{E.protocols[0]}` protocol."),
         "",
-        f"**{n[HOLDS]} hold, {n[FAILS]} do not hold, {n[UNTESTABLE]} not testable here.**",
+        f"**{n[SUPPORTED]} supported, {n[CONTRADICTED]} contradicted, {n[INCONCLUSIVE]} inconclusive, "
+        f"{n[UNTESTABLE]} not testable here.**",
         "",
         *([heldout, ""] if heldout else []),
         "The column *paper* gives the paper's own figure for the same comparison (ViT-B, top-1 points, "
@@ -387,7 +453,7 @@ def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldou
         "world it sits beside the split that breaks what the paper's benchmark breaks, a counterpart and not the "
         "same measurement.",
         "",
-        tables.markdown(table[["claim", "verdict", "evidence", "paper", "data", "source"]].set_index("claim")),
+        tables.markdown(table[["claim", "verdict", "evidence", "paper", "power", "data", "source"]].set_index("claim")),
         "## Deviations from the official code",
         "",
         tables.markdown(pd.DataFrame(devs).set_index("what")),
@@ -402,13 +468,15 @@ def _points(v: float | None) -> float | None:
 def claims_json(rows: list[dict], heldout: dict | None = None) -> dict:
     """reports/claims.json: per claim its verdict, each comparison (mean and interval half-width in points, n
     pairs, verdict), each condition, and the CSV and code it comes from; the held-out alignment difference."""
-    out = {"counts": {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, UNTESTABLE)}, "claims": []}
+    out = {"counts": {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}, "claims": []}
     for r in rows:
         out["claims"].append(dict(
             claim=r["claim"], verdict=r["verdict"], why=r["why"], data=r["data"], code=r["code"], paper=r["paper"],
+            power=r["power"] | {"level": POWER},
             comparisons=[{k: c[k] for k in ("arm", "versus", "metric", "model", "split", "group") if k in c}
                          | dict(mean=_points(c["mean"]), ci=_points(c["ci"]), n=c["n"], bar=_points(c["threshold"]),
-                                decides=c["decides"], verdict=c["verdict"]) for c in r["comparisons"]],
+                                mde=_points(c["mde"]), decides=c["decides"], verdict=c["verdict"])
+                         for c in r["comparisons"]],
             conditions=[{**c, "value": None if c["value"] is None else round(c["value"], 2)} for c in r["conditions"]]))
     if heldout is not None:
         out["heldout_alignment_loss"] = {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 5))

@@ -14,6 +14,10 @@ class Figure:
     value: float | None
     source: str
     others: str = ""
+    arm: str = "cft"
+    versus: str = "none"
+    metric: str = "top1"
+    """The comparison of the claims report it is the paper's figure for (another metric: not comparable)."""
 
     def text(self) -> str:
         if self.value is None:
@@ -49,9 +53,10 @@ FIGURES = {
                              "Table 1, mean of IN-A, ObjectNet, IN-R, IN-Sketch"),
     "color_conflict": Figure(None, "— (no on-object shortcut in the paper)"),
     "in_distribution": Figure(gain("IN-V"), "Table 1, IN val", "Tables 5–6: +1.0"),
-    "parts": Figure(_d(68.23, 62.91), "Table 3, mIoU of the relevance with whole-object masks, not parts"),
+    "parts": Figure(_d(68.23, 62.91), "Table 3, mIoU of the relevance with whole-object masks, not parts",
+                    metric="mIoU"),
     "concept_vs_segmentation": Figure(_d(26.05, 24.12), "Table 5, IN-A, CFT − segmentation masks",
-                                      "ObjectNet +0.6, IN-R +0.7"),
+                                      "ObjectNet +0.6, IN-R +0.7", versus="cft_fgmask"),
     "confidence": Figure(None, "— (Table 6 drops one term at a time; no confidence-only row)"),
     "unseen": Figure(7.98, "Table 4, IN-A, mean change over four models on held-out classes",
                      "on fine-tuned classes +7.3"),
@@ -60,6 +65,6 @@ FIGURES = {
     "baselines": Figure(gain("IN-A", "cft", "rrda"), "Table 1, IN-A, CFT − RRDA (the strongest baseline)",
                         f"CFT − GradMask {gain('IN-A', 'cft', 'gradmask'):+.1f}, CFT − RRR "
                         f"{gain('IN-A', 'cft', 'rrr'):+.1f}; over the base GradMask {gain('IN-A', 'gradmask'):+.1f}, "
-                        f"RRR {gain('IN-A', 'rrr'):+.1f}, RRDA {gain('IN-A', 'rrda'):+.1f}"),
+                        f"RRR {gain('IN-A', 'rrr'):+.1f}, RRDA {gain('IN-A', 'rrda'):+.1f}", versus="rrda"),
 }
 """Per claim key (cftlib.report.claims), the paper's figure for the same comparison."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cftlib.core.config import Loss
-from cftlib.relevance.gradients import unfused
+from cftlib.models.factory import attention_path
 
 KINDS = ("rrr", "gradmask", "rrda")
 TERMS = {"rrr": ("loss", "context", "confidence"), "gradmask": ("loss", "context", "confidence"), "rrda": ("loss",)}
@@ -29,7 +29,7 @@ def input_gradient(model, x: torch.Tensor, score, create_graph: bool) -> tuple[t
     """∂ score(z).sum() / ∂x (B, C, H, W) and the logits z of the same forward; `create_graph` keeps the
     gradient differentiable in the weights (double backpropagation, as both penalties need)."""
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), unfused(model):
+    with torch.enable_grad(), attention_path(model, fused=False):
         logits = model(x)
         (g,) = torch.autograd.grad(score(logits).sum(), x, create_graph=create_graph)
     return g, logits

@@ -14,15 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cftlib.models.factory import to_tensor
+from cftlib.models.factory import attention_path, to_tensor
 
 
 @torch.no_grad()
 def features(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> torch.Tensor:
     """Pre-logit features (N, D) of uint8 images, in eval mode (timm's `forward_head(pre_logits=True)`)."""
     model.eval()
-    return torch.cat([model.forward_head(model.forward_features(to_tensor(images[i:i + batch_size])), pre_logits=True)
-                      for i in range(0, len(images), batch_size)])
+    with attention_path(model, fused=True):
+        return torch.cat([model.forward_head(model.forward_features(to_tensor(images[i:i + batch_size])),
+                                             pre_logits=True) for i in range(0, len(images), batch_size)])
 
 
 def fit_head(feats: torch.Tensor, labels: np.ndarray, num_classes: int, l2: float,

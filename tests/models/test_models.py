@@ -18,6 +18,29 @@ def test_factory_builds_explicit_attention_vit():
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
 
 
+def test_predict_takes_the_fused_path_and_gives_the_explicit_paths_logits():
+    torch.manual_seed(0)
+    model = factory.build_model("vit_tiny_patch16_224", 10, img_size=32, **{**TINY, "depth": 2})
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    seen = []
+    model.blocks[0].attn.register_forward_pre_hook(lambda m, i: seen.append(m.fused_attn))
+    fused = factory.predict(model, images, batch_size=4)
+    assert seen == [True, True]  # two batches, both on the fused kernel
+    with torch.no_grad():
+        explicit = model(factory.to_tensor(images)).numpy()
+    assert all(not m.attn.fused_attn for m in model.blocks)  # the explicit path restored for relevance
+    np.testing.assert_allclose(fused, explicit, atol=1e-5)
+
+
+def test_attention_path_restores_each_modules_own_setting_after_an_error():
+    model = factory.build_model("vit_tiny_patch16_224", 10, img_size=32, **{**TINY, "depth": 2})
+    model.blocks[1].attn.fused_attn = True
+    with pytest.raises(RuntimeError), factory.attention_path(model, fused=False):
+        assert not any(b.attn.fused_attn for b in model.blocks)
+        raise RuntimeError("inside")
+    assert [b.attn.fused_attn for b in model.blocks] == [False, True]
+
+
 def test_factory_builds_a_cnn():
     m = factory.build_model("resnet18", 4)
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 4)

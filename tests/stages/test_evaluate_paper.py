@@ -114,10 +114,10 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
         (row,) = [r for c, r in rows.items() if text in c]
         return row
 
-    assert find("OOD accuracy on ImageNet-A")["verdict"] == claims.HOLDS  # +11 ± 2.5 over the base, +10 over CE
-    assert find("OOD accuracy on ObjectNet")["verdict"] == claims.FAILS  # 0 ± 6.3
+    assert find("OOD accuracy on ImageNet-A")["verdict"] == claims.SUPPORTED  # +11 ± 2.5 over the base, +10 over CE
+    assert find("OOD accuracy on ObjectNet")["verdict"] == claims.INCONCLUSIVE  # 0 ± 6.3
     assert "not measured" in find("OOD accuracy on ImageNet-A")["evidence"]  # no robustvit arm
-    assert find("in-distribution accuracy (ImageNet val)")["verdict"] == claims.HOLDS
+    assert find("in-distribution accuracy (ImageNet val)")["verdict"] == claims.SUPPORTED
     part = find("semantic parts")
     assert part["verdict"] == claims.UNTESTABLE and "not testable at this scale" in part["evidence"]
     assert "pixAcc on `imagenet_segmentation`, CFT − base: +10.0" in part["evidence"]
@@ -125,10 +125,10 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
                                    "cft_fgmask", split="ood_mean", group="all")
     assert d["mean"] == pytest.approx(np.mean([(GAIN["imagenet_a"][i] + GAIN["objectnet"][i]) / 2 for i in range(3)]))
     assert find("segmentation (foreground) masks")["verdict"] == claims.verdict(d)
-    assert find("suffice")["verdict"] == claims.HOLDS and "ImageNet-A top-1 on the unseen classes" in find("suffice")["evidence"]
-    assert find("CNN")["verdict"] == claims.HOLDS
+    assert find("suffice")["verdict"] == claims.SUPPORTED and "ImageNet-A top-1 on the unseen classes" in find("suffice")["evidence"]
+    assert find("CNN")["verdict"] == claims.SUPPORTED
     mean = find("on average over the paper's benchmarks")  # ImageNet-A and ObjectNet: +5.5 over the base, +4.5 over CE
-    assert mean["verdict"] == claims.HOLDS and "ImageNet-A, ObjectNet" in mean["evidence"]
+    assert mean["verdict"] == claims.SUPPORTED and "ImageNet-A, ObjectNet" in mean["evidence"]
     assert len(rows) == 2 + 8  # one claim per OOD benchmark, then the seven others and the baselines'
     assert find("saliency-regularisation baselines")["verdict"] == claims.UNTESTABLE  # no baseline rows measured
     claims.write_claims(tmp_path / "claims.md", acc, align, P)
