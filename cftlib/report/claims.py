@@ -149,7 +149,7 @@ def improvement(acc: pd.DataFrame, P: config.Params, model: str, split: str, gro
     comps = [compare(acc, "top1", "cft", v, lv, **where) for v in ("none", "ce")]
     gap = base_gap(acc, model, split, R.reference, P)
     need = P.evaluate.shortcut_gap * 100
-    clear = None if gap is None else bool(gap["mean"] - (0 if math.isnan(gap["ci"]) else gap["ci"]) > need)
+    clear = None if gap is None else verdict(gap, need) == SUPPORTED
     spread = "" if gap is None or math.isnan(gap["ci"]) else f" ± {gap['ci']:.1f} over {gap['n']} bases"
     conds = [condition(f"base shortcut gap `{R.reference}` − `{split}`", None if gap is None else gap["mean"], clear,
                        f"points{spread}; testable when its interval lies above {need:g}")]
