@@ -1,5 +1,5 @@
 """The verdicts do not hang on the CPU's floating-point path. The same code and data train different weights
-under different CPU kernels (AVX-512 vs AVX2: README, "Same verdicts on any machine"); the smoke pipeline run
+under different CPU kernels (AVX-512 vs AVX2: docs/costs.md, "Same verdicts on any machine"); the smoke pipeline run
 under the machine's default ISA and under AVX2 must reach the same claims verdicts."""
 
 import json

@@ -107,6 +107,14 @@ def shortcut_gaps(acc: dict[str, float]) -> dict[str, float]:
     return {s: acc["test"] - acc[s] for s in OOD if s in acc}
 
 
+def flips(pred: np.ndarray, base_pred: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Where a change of top-1 comes from: of `images`, those a model gets right and its base got wrong
+    (`corrected`), and those it gets wrong and its base got right (`regressed`); top-1 moves by their difference."""
+    right, base_right = np.asarray(pred) == labels, np.asarray(base_pred) == labels
+    return {"images": len(right), "corrected": int((right & ~base_right).sum()),
+            "regressed": int((~right & base_right).sum())}
+
+
 def spread(values) -> dict[str, float]:
     """Mean, min and max of per-base-model values: how much the base itself varies with its seed."""
     v = np.asarray(values, float)

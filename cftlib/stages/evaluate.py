@@ -1,5 +1,5 @@
-"""The evaluate stage on the world: every fine-tuned run read back and scored on every split (accuracy and
-relevance alignment), with the seen classes of the mask store."""
+"""The evaluate stage on the world: every fine-tuned run read back and scored on every split (accuracy,
+the images it corrects and breaks against its base, relevance alignment), with the seen classes of the mask store."""
 
 from __future__ import annotations
 
@@ -40,19 +40,35 @@ def seen_by_subset(store_dir: str | Path, runs) -> dict[int, np.ndarray]:
     return {s: seen_classes(store_dir, s) for s in sorted({r.subset for r in runs})}
 
 
+FLIP_COLUMNS = ["model", "arm", "seed", "split", "images", "corrected", "regressed"]
+"""plots/evaluate_flips.csv: per run and split, the images it corrects and breaks against its base model."""
+
+
+def flip_rows(runs, logits: dict, arrays: dict[str, dict]) -> pd.DataFrame:
+    """Per run other than the bases' own (`none`) and per split, `accuracy.flips` of its predictions against those
+    of the `none` run of the same model and base model (`logits`: run → split → logits); a run whose base has no
+    `none` run is left out. Columns `FLIP_COLUMNS`."""
+    base = {(s.model, s.base): logits[s] for s in runs if s.arm == "none"}
+    return pd.DataFrame([{"model": s.model, "arm": s.arm, "seed": s.seed, "split": split,
+                          **accuracy.flips(logits[s][split].argmax(1), base[s.model, s.base][split].argmax(1),
+                                           a["label"])}
+                         for s in runs if s.arm != "none" and (s.model, s.base) in base
+                         for split, a in arrays.items()], columns=FLIP_COLUMNS)
+
+
 def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen: dict[int, np.ndarray],
                   class_parts: list[list[str]], cfg, progress: bool = False, store: dict | None = None):
-    """Accuracy, alignment and per-class part usage rows (model, arm, seed, …) of every fine-tuning run's
+    """Accuracy, alignment, per-class part usage and flip rows (model, arm, seed, …) of every fine-tuning run's
     selected (best) checkpoint, the seen/unseen groups by the run's own classes (`seen`: class subset → the
     classes it fine-tuned on, `seen_by_subset`); with `store` (the mask store's validation images,
-    cftlib.data.fewshot.load), the usage from their grounded concept masks too (`concept_usage`). Maps use
-    `cfg.relevance` where it explains the model, else the run's own method (the CNN's Grad-CAM). Runs with
-    identical weights (the `none` arm's seeds) are computed once."""
+    cftlib.data.fewshot.load), the usage from their grounded concept masks too (`concept_usage`); the flips
+    against each run's base model (`flip_rows`). Maps use `cfg.relevance` where it explains the model, else the
+    run's own method (the CNN's Grad-CAM). Runs with identical weights (the `none` arm's seeds) are computed once."""
     align_arrays = {s: arrays[s] for s in cfg.alignment_splits}
-    acc, align, usage, done = [], [], [], {}
+    acc, align, usage, done, keys = [], [], [], {}, {}
     for spec in bar(runs, desc="evaluate", progress=progress, unit="runs"):
         model, build = load_run(spec, finetune_dir)
-        key = weights_digest(model)
+        key = keys[spec] = weights_digest(model)
         if key not in done:
             method = alignment.explainer(model, cfg.relevance, spec.relevance)
             rows, usage_ = alignment.run_alignment(model, align_arrays, class_parts, method, cfg.alignment_images)
@@ -63,7 +79,8 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
         acc += [{**ids, **r} for r in accuracy.accuracy_rows(done[key][0], arrays, seen[spec.subset])]
         align += [{**ids, **r} for r in done[key][1]]
         usage += [{**ids, **r} for r in done[key][2]]
-    return pd.DataFrame(acc), pd.DataFrame(align), pd.DataFrame(usage)
+    flips = flip_rows(runs, {s: done[k][0] for s, k in keys.items()}, arrays)
+    return pd.DataFrame(acc), pd.DataFrame(align), pd.DataFrame(usage), flips
 
 
 def head(arrays: dict, n: int) -> dict:
