@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from cftlib.core import config, io
+from cftlib.core import config, io, launch
 from cftlib.stages import finetune
 from cftlib.training import runspec, trainer
 
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("run", "report"))
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--shard", type=finetune.shard, default=(0, 1), help="i/n: this process takes runs i, i + n, ...")
+    ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: this process takes runs i, i + n, ...")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default base.threads)")
     args = ap.parse_args(argv)
     P = config.load(args.params)

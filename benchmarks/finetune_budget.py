@@ -80,16 +80,21 @@ def choose(epochs: pd.DataFrame, first: int = 0) -> tuple[pd.DataFrame, float, i
 
 
 def figure(epochs: pd.DataFrame, lr: float) -> plt.Figure:
-    """Held-out CFT alignment loss and accuracy per epoch at every lr, CFT vs CE (epoch 0: the base model)."""
-    e = epochs.assign(run=epochs["arm"] + " lr " + epochs["lr"].map(lambda v: f"{v:g}"))
+    """Per epoch on the held-out classes, at every lr (colour), CFT vs CE (line style), means over the base models
+    with their range (epoch 0: the base models): each arm's own validation loss (CFT's total, which the rule reads;
+    CE's cross-entropy), CFT's alignment loss for both, and top-1 in %; the legend beside the panels."""
+    e = epochs.assign(lr=epochs["lr"].map(lambda v: f"{v:g}"), top1=100 * epochs["val_acc"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, (metric, title) in zip(axes, (("val_loss", "CFT total loss (the objective)"),
-                                          ("val_cft_align", "CFT alignment loss"), ("val_acc", "accuracy"))):
-        sns.lineplot(data=e, x="epoch", y=metric, hue="run", style="arm", ax=ax, errorbar=("pi", 100),
-                     legend=ax is axes[-1])
-        ax.set(title=f"held-out classes: {title}")
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7)  # beside the curves, not on them
-    fig.suptitle(f"epoch 0 = the base models; chosen lr {lr:g}", fontsize=9)
+    for ax, (metric, title, scale) in zip(axes, (
+            ("val_loss", "each arm's own loss (CFT: total; CE: cross-entropy)", "log"),
+            ("val_cft_align", "CFT alignment loss (both arms)", "log"), ("top1", "top-1 (%)", "linear"))):
+        sns.lineplot(data=e, x="epoch", y=metric, hue="lr", style="arm", style_order=["cft", "ce"], ax=ax,
+                     errorbar=("pi", 100), err_kws={"alpha": 0.15}, legend=ax is axes[-1])
+        ax.set(title=f"held-out classes: {title}", ylabel="", yscale=scale)
+        ax.title.set_fontsize(9)
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)  # off the curves
+    fig.suptitle(f"epoch 0 = the base models; chosen lr {lr:g}; lines: means over the base models, bands: their range",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -445,6 +445,8 @@ class Finetune:
     lr: float = 0.0001
     # arm -> its own lr (the world's baselines: reports/baselines.md; the paper's: its Table 8)
     arm_lr: dict = field(default_factory=lambda: {"gradmask": 1e-4, "rrr": 1e-4, "rrda": 3e-5})
+    # arm -> its own number of class subsets (< seeds): a secondary arm, not one of the paper's, on fewer pairs
+    arm_seeds: dict = field(default_factory=lambda: {"robustvit": 1})
     weight_decay: float = 0.0001
     lr_decay: float = 0.85
     lr_decay_every: int = 2
@@ -474,6 +476,11 @@ class Finetune:
                 err("arm_lr", f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
             elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
                 err("arm_lr", f"{arm}: {lr!r} must be a number > 0")
+        for arm, n in self.arm_seeds.items():
+            if arm not in ARMS:
+                err("arm_seeds", f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+            elif not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.seeds:
+                err("arm_seeds", f"{arm}: {n!r} must be a whole number in [1, seeds = {self.seeds}]")
         if not 0 < self.lr_decay <= 1:
             err("lr_decay", "in (0, 1]")
         if self.scale < 1:
@@ -513,6 +520,7 @@ class Evaluate:
     device: str = "auto"  # auto: cuda when present
     amp: bool = True  # bfloat16 autocast on CUDA for predictions and maps
     processes: int = 1  # > 1: benchmarks are scored under torchrun, images sharded over processes
+    workers: int = 2  # > 1 (the world): runs scored by this many processes side by side, base.threads split between them
 
     def images(self, split: str) -> int:
         """How many of `split`'s first images are scored (0: all): `split_images`, else `max_images`. The
@@ -522,7 +530,7 @@ class Evaluate:
     def check(self, err):
         if self.device not in ("auto", "cpu", "cuda"):
             err("device", "choose auto, cpu or cuda")
-        for key in ("processes",):
+        for key in ("processes", "workers"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
         if self.benchmark_images < 0:

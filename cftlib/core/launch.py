@@ -3,11 +3,14 @@ the notebooks call `launch.run(module, args, processes)` so the same DVC stage s
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -37,6 +40,40 @@ def run(module: str, args: list[str], processes: int = 1) -> None:
     if done.returncode:
         tail = (done.stdout + done.stderr)[-4000:]
         raise LaunchError(f"{' '.join(cmd)} exited with {done.returncode}:\n{tail}")
+
+
+def side_by_side(module: str, params_file: str | Path, workers: int, threads: int, paths: list) -> None:
+    """`python -m <module>` run by `workers` processes side by side at `threads` torch threads each, process i
+    with `--shard i/workers` (`paths`: its folder options): the finetune and ablations stages train their runs
+    so, and evaluate scores them so, each then reading back what the processes wrote.
+    On a CPU, small batches keep two cores half idle; two runs at a time fill them. A failed process raises
+    naming its command, with the end of its output, once all have ended."""
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = []
+        for i in range(workers):
+            cmd = [sys.executable, "-m", module, "--params", str(params_file), *map(str, paths),
+                   "--shard", f"{i}/{workers}", "--threads", str(threads)]
+            log = open(Path(tmp) / f"{i}.log", "w+")
+            jobs.append((cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        failed = []
+        for cmd, proc, log in jobs:
+            with log:
+                if proc.wait():
+                    log.seek(0)
+                    failed.append(f"{' '.join(cmd)} exited with {proc.returncode}:\n{log.read()[-4000:]}")
+    if failed:
+        raise LaunchError("\n".join(failed))
+
+
+def shard(text: str) -> tuple[int, int]:
+    """`--shard i/n` as (i, n), 0 <= i < n."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
 
 
 def device(name: str, what: str):

@@ -14,7 +14,7 @@ import torch
 from cftlib.core.config import PROTOCOLS
 from cftlib.data.datasets import Benchmark
 from cftlib.data.world import load_split
-from cftlib.models.factory import predict
+from cftlib.models.factory import predict, predict_heads
 
 OOD = ("v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
 
@@ -84,12 +84,16 @@ def benchmark_report(bench: Benchmark, logits: np.ndarray, protocol: str, seen: 
     return rows
 
 
-def split_accuracy(model: torch.nn.Module, data_dir: str | Path, splits: list[str]) -> dict[str, float]:
-    """Top-1 accuracy per split."""
-    out = {}
+def split_accuracy(model: torch.nn.Module, data_dir: str | Path, splits: list[str],
+                   heads: dict[str, torch.nn.Module] | None = None) -> dict[str, dict[str, float]]:
+    """Top-1 accuracy per split of the model (key "base") and of each classifier of `heads` put on its pre-logit
+    features (a DFR probe's refitted layer), the backbone run once for all: {head: {split: top-1}}."""
+    names = ["base", *(heads or {})]
+    out = {name: {} for name in names}
     for split in splits:
         a = load_split(data_dir, split)
-        out[split] = float(np.mean(predict(model, a["images"]).argmax(1) == a["label"]))
+        for name, logits in zip(names, predict_heads(model, list((heads or {}).values()), a["images"])):
+            out[name][split] = float(np.mean(logits.argmax(1) == a["label"]))
     return out
 
 
@@ -105,6 +109,14 @@ def split_report(logits: np.ndarray, labels: np.ndarray, seen: np.ndarray) -> di
 def shortcut_gaps(acc: dict[str, float]) -> dict[str, float]:
     """Accuracy lost on each OOD split relative to `test` (positive = worse out of distribution)."""
     return {s: acc["test"] - acc[s] for s in OOD if s in acc}
+
+
+def flips(pred: np.ndarray, base_pred: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Where a change of top-1 comes from: of `images`, those a model gets right and its base got wrong
+    (`corrected`), and those it gets wrong and its base got right (`regressed`); top-1 moves by their difference."""
+    right, base_right = np.asarray(pred) == labels, np.asarray(base_pred) == labels
+    return {"images": len(right), "corrected": int((right & ~base_right).sum()),
+            "regressed": int((~right & base_right).sum())}
 
 
 def spread(values) -> dict[str, float]:

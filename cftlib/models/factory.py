@@ -81,6 +81,24 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predict_heads(model: torch.nn.Module, heads: list[torch.nn.Module], images: np.ndarray,
+                  batch_size: int = 500) -> list[np.ndarray]:
+    """Logits (N, classes) of the model and of each classifier in `heads` on the model's pre-logit features
+    (timm's `forward_head(pre_logits=True)`; e.g. a DFR probe's refitted layer), in eval mode: the backbone runs
+    once for them all. The model's own logits are those of `predict`."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [[] for _ in range(len(heads) + 1)]
+    with attention_path(model, fused=True):
+        for i in range(0, len(images), batch_size):
+            pre = model.forward_head(model.forward_features(to_tensor(images[i:i + batch_size]).to(device)),
+                                     pre_logits=True)
+            for o, head in zip(out, [model.get_classifier(), *heads]):
+                o.append(head(pre).float().cpu())
+    return [torch.cat(o).numpy() for o in out]
+
+
+@torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Logits (N, classes) for uint8 images, in eval mode, on the model's device."""
     model.eval()

@@ -197,24 +197,24 @@ def _row(claim: str, source: str, comparisons: list[dict], conditions: list[dict
 
 
 def power(comparisons: list[dict], figure: paper.Figure | None) -> dict:
-    """Would this design have detected the paper's effect? The deciding comparison the paper's figure is
-    about (same arms and metric): the smallest difference from its bar it detects at `POWER` (`mde`, points),
-    the paper's figure, and `detected` (paper − bar ≥ mde; None where the paper has no such figure or this
-    comparison no interval)."""
-    match = [c for c in comparisons if figure is not None and c["decides"] and c["arm"] == figure.arm
-             and c["versus"] == figure.versus and c["metric"] == figure.metric]
-    if not match:
-        return dict(versus=None, mde=None, paper=None if figure is None else figure.value, detected=None)
-    c = match[0]
-    mde, bar = _points(c["mde"]), c["threshold"] * 100
-    detected = None if mde is None or figure.value is None else bool(figure.value - bar >= mde)
-    return dict(versus=c["versus"], mde=mde, paper=figure.value, detected=detected)
+    """Would this design have detected the paper's effect? The deciding comparison the paper's figure is about
+    (same arms and metric; else the claim's first deciding comparison, and no paper figure to set against it):
+    the smallest difference from its bar it detects at `POWER` (`mde`, points), the paper's figure, and
+    `detected` (paper − bar ≥ mde; None where the paper has no comparable figure or there is no interval)."""
+    deciding = [c for c in comparisons if c["decides"] and c["n"]]
+    match = [c for c in deciding if figure is not None and (c["arm"], c["versus"], c["metric"]) ==
+             (figure.arm, figure.versus, figure.metric)]
+    c = (match or deciding or [None])[0]
+    value = figure.value if match else None
+    mde = None if c is None else _points(c["mde"])
+    detected = None if mde is None or value is None else bool(value - c["threshold"] * 100 >= mde)
+    return dict(versus=None if c is None else c["versus"], mde=mde, paper=value, detected=detected)
 
 
 def power_text(p: dict) -> str:
     """"detects ≥ 2.9; paper +14.5: would be detected" for the report's power column."""
     if p["mde"] is None:
-        return "—" if p["paper"] is None else "no interval to judge"
+        return "—"
     out = f"detects ≥ {p['mde']:.1f} vs {ARM_NAMES[p['versus']]}"
     if p["paper"] is None:
         return out

@@ -10,10 +10,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from cftlib.core.io import atomic_path
 from cftlib.data.datasets import load_image
-from cftlib.metrics.alignment import part_masks, relevance_maps
+from cftlib.metrics.accuracy import flips
+from cftlib.metrics.alignment import ELSEWHERE, part_masks, relevance_maps
 from cftlib.metrics.intervals import paired_difference, summarise
 from cftlib.models.checkpoints import renormalise
 from cftlib.models.factory import predict, to_tensor
@@ -51,8 +55,10 @@ def overlay(image: np.ndarray, parts: np.ndarray, alpha: float = 0.6) -> np.ndar
     return (image * (1 - a) + col * a).astype(np.uint8)
 
 
-def sample_grid(splits: dict[str, dict], names: list[str], per_split: int = 6) -> plt.Figure:
-    """Rows = splits; each sample shown as image and part overlay, titled with its species."""
+def sample_grid(splits: dict[str, dict], names: list[str], per_split: int = 6,
+                parts: tuple[str, ...] = ()) -> plt.Figure:
+    """Rows = splits; each sample shown as image and part overlay, titled with its species; with `parts` (the
+    world's part names), a legend of their colours under the grid, saved with it."""
     fig, axes = plt.subplots(len(splits), 2 * per_split, figsize=(1.1 * 2 * per_split, 1.25 * len(splits)),
                              squeeze=False)
     for r, (split, a) in enumerate(splits.items()):
@@ -65,15 +71,10 @@ def sample_grid(splits: dict[str, dict], names: list[str], per_split: int = 6) -
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout(pad=0.2)
-    return fig
-
-
-def part_legend(parts: tuple[str, ...]) -> plt.Figure:
-    """A strip naming each part colour."""
-    fig, ax = plt.subplots(figsize=(1.2 * len(parts), 0.5))
-    ax.imshow(PART_COLORS[None, 1:len(parts) + 1])
-    ax.set_xticks(range(len(parts)), parts, fontsize=8)
-    ax.set_yticks([])
+    if parts:
+        fig.legend(handles=[Patch(facecolor=PART_COLORS[i + 1] / 255, edgecolor="gray", label=p)
+                            for i, p in enumerate(parts)], loc="upper center", bbox_to_anchor=(0.5, 0),
+                   ncols=len(parts), fontsize=7, frameon=False, title="part labels (overlays)", title_fontsize=7)
     return fig
 
 
@@ -91,17 +92,29 @@ def training_curve(history: pd.DataFrame, hue: str | None = None) -> plt.Figure:
     return fig
 
 
+def _chance(ax, chance: float | None) -> None:
+    """The chance level (a fraction) as a dashed line on a % axis, labelled for the legend."""
+    if chance is not None:
+        ax.axhline(100 * chance, ls="--", c="gray", lw=1, label=f"chance, {100 * chance:.3g} %")
+
+
 def accuracy_bars(acc: pd.DataFrame, chance: float, hue: str | None = None) -> plt.Figure:
-    """Top-1 accuracy per split (columns `split`, `accuracy`, optional hue), with the chance level: bars the mean
-    of the rows (e.g. base models), whiskers their range (seaborn's default, a bootstrap interval, is random)."""
+    """Top-1 accuracy per split in % (columns `split`, `accuracy` a fraction, optional hue), with the chance
+    level: bars the mean of the rows (e.g. base models), whiskers their range, as the title says (seaborn's default,
+    a bootstrap interval, is random); each bar's value printed inside it, below the whisker."""
+    data = acc.assign(accuracy=100 * acc["accuracy"])
+    n = int(data.groupby(["split", *([hue] if hue else [])]).size().max())
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    sns.barplot(data=acc, x="split", y="accuracy", hue=hue, ax=ax, color=None if hue else "steelblue",
-                errorbar=("pi", 100))
-    ax.axhline(chance, ls="--", c="gray", lw=1)
-    ax.text(len(acc["split"].unique()) - 0.5, chance, "chance", va="bottom", ha="right", fontsize=8, color="gray")
-    ax.set_ylim(0, 1)
-    for c in ax.containers:
-        ax.bar_label(c, fmt="%.2f", fontsize=7)
+    sns.barplot(data=data, x="split", y="accuracy", hue=hue, ax=ax, color=None if hue else "steelblue",
+                errorbar=("pi", 100) if n > 1 else None, err_kws={"linewidth": 1})
+    _chance(ax, chance)
+    for bars in ax.containers:
+        ax.bar_label(bars, labels=[f"{b.get_height():.0f}" if np.isfinite(b.get_height()) else "" for b in bars],
+                     label_type="center", fontsize=6, color="white")
+    ax.set(ylim=(0, 100), xlabel="", ylabel="top-1 (%)")
+    spread = f": bar = mean of {n} models, whisker = their range (min–max)" if n > 1 else ""
+    ax.set_title(f"top-1 per split{spread}", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title=hue, title_fontsize=7, frameon=False)
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
@@ -138,12 +151,15 @@ def note(text: str) -> plt.Figure:
 
 
 def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95, x: str = "split",
-             chance: float | None = None, title: str = "", arms: list | None = None, panel: str = "model") -> plt.Figure:
-    """Per-run rows (`panel`, arm, seed, `x`, `metric`) → one panel per value of `panel` (the model), bars of
-    the mean over seeds per `x` and arm, whiskers the Student-t interval (cftlib.metrics.intervals.mean_ci); no rows:
-    a note."""
+             chance: float | None = None, title: str = "", arms: list | None = None, panel: str = "model",
+             ylabel: str | None = None) -> plt.Figure:
+    """Per-run rows (`panel`, arm, seed, `x`, `metric` a fraction) → one panel per value of `panel` (the model),
+    bars of the mean over seeds per `x` and arm in % (points, for a difference such as a gap: `ylabel` says
+    which), as the tables give them, whiskers the Student-t interval (cftlib.metrics.intervals.mean_ci), `chance`
+    a labelled line; no rows: a note."""
     if frame.empty:
         return note(f"{title or metric}: nothing measured")
+    frame = frame.assign(**{metric: 100 * frame[metric]})
     arms = [a for a in (arms or ARM_ORDER) if a in set(frame["arm"])]
     order = [o for o in order if o in set(frame[x])]
     panels = list(dict.fromkeys(frame[panel]))
@@ -153,12 +169,13 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
         mine = frame[(frame[panel] == p) & frame["arm"].isin(arms)]
         here = [a for a in arms if a in set(mine["arm"])]
         _bars(ax, summarise(mine, ["arm", x], [metric], level), x, metric, order, here)
-        if chance is not None:
-            ax.axhline(chance, ls="--", c="gray", lw=1)
+        _chance(ax, chance)
         ax.set_title(f"{p}: {title}" if title else str(p), fontsize=9)
         ax.set_xlabel("")  # the tick labels name the splits; the legend sits where the label would
-        ax.legend(fontsize=7, ncols=len(here), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        ax.set_ylabel(ylabel or f"{metric} (%)")
         ax.tick_params(axis="x", rotation=15)
+        ax.legend(fontsize=7, ncols=len(here) + (chance is not None), loc="upper center", bbox_to_anchor=(0.5, -0.28),
+                  frameon=False)
     fig.tight_layout()
     return fig
 
@@ -167,7 +184,7 @@ def paired_differences(frame: pd.DataFrame, metric: str, order: list, pairs: lis
                        level: float = 0.95, x: str = "split", title: str = "", panel: str = "model") -> plt.Figure:
     """Per-run rows → one panel per `panel` value: for each (arm, versus) of `pairs` and each `x`, the mean
     difference paired by seed in points with its Student-t interval (cftlib.metrics.intervals.paired_difference),
-    beside a zero line: whether an arm beats another, which raw bars on a 0–1 axis hide. No pair measured: a note."""
+    beside a zero line: whether an arm beats another, which bars side by side hide. No pair measured: a note."""
     rows = []
     for p in dict.fromkeys(frame[panel]):
         for arm, versus in pairs:
@@ -201,34 +218,87 @@ def paired_differences(frame: pd.DataFrame, metric: str, order: list, pairs: lis
     return fig
 
 
+def flip_bars(rows: pd.DataFrame, split: str, level: float = 0.95, panel: str = "model") -> plt.Figure:
+    """Per-run flip rows (`panel`, arm, seed, split, images, corrected, regressed; cftlib.stages.evaluate.flip_rows)
+    → one panel per model: per arm, the images of `split` it corrects (bar up) and breaks (bar down) against its
+    base model, means over runs with Student-t whiskers, and their difference (the change in top-1, in images)
+    as a diamond — a net change near zero can hide much churn. No rows: a note."""
+    f = rows[rows["split"] == split] if len(rows) else rows
+    if f.empty:
+        return note(f"corrections and regressions: nothing measured on {split}")
+    f = f.assign(regressed=-f["regressed"], net=f["corrected"] - f["regressed"])
+    panels = list(dict.fromkeys(f[panel]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(1.4 + 0.55 * f["arm"].nunique(), 2.6 * len(panels)),
+                             squeeze=False)
+    for ax, p in zip(axes[:, 0], panels):
+        mine = f[f[panel] == p]
+        arms = [a for a in ARM_ORDER if a in set(mine["arm"])]
+        s = summarise(mine, ["arm"], ["corrected", "regressed", "net"], level).set_index("arm").loc[arms]
+        x = np.arange(len(arms))
+        colors = [ARM_COLORS[a] for a in arms]
+        for key, alpha in (("corrected", 1.0), ("regressed", 0.45)):
+            ax.bar(x, s[key], color=colors, alpha=alpha, yerr=s[f"{key}_ci"].fillna(0), capsize=2,
+                   error_kw={"lw": 0.8})
+        ax.plot(x, s["net"], "D", color="black", ms=4)
+        ax.axhline(0, c="black", lw=0.8)
+        ax.set_xticks(x, arms, rotation=15, fontsize=8)
+        ax.set_xlim(-0.6, f["arm"].nunique() - 0.4)  # bars of one width in every panel
+        ax.set_ylabel(f"images of {int(mine['images'].iloc[0])}", fontsize=8)
+        ax.set_title(f"{p}, {split}: corrected (up) and broken (down) against the base; ◆ net", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+ALIGNMENT_NAMES = {"pixAcc": "pixel accuracy", "mIoU": "mIoU", "mAP": "mAP", "concept_mass": "concept mass",
+                   "pointing": "pointing game"}
+"""Panel titles of the alignment metrics (cftlib.metrics.alignment), each a share or a score in %."""
+
+
 def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95) -> plt.Figure:
-    """One panel per alignment split: each metric's mean per arm with intervals; the concept parts' share
-    of the image (`concept_area`, what a uniform map puts there) dotted where known; no rows: a note."""
+    """One panel per alignment metric, in % as the tables give them, each on its own scale: per split the mean
+    per arm with intervals; on the concept-mass panel, the concept parts' share of the image (`concept_area`),
+    which a uniform map would put there, dotted and labelled. No rows: a note."""
     if frame.empty:
         return note("relevance alignment: nothing measured (no alignment splits or segmentation benchmark)")
     splits = list(dict.fromkeys(frame["split"]))
     arms = [a for a in ARM_ORDER if a in set(frame["arm"])]
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.2), squeeze=False, sharey=True)
-    for ax, split in zip(axes[0], splits):
-        long = frame[frame["split"] == split].melt(id_vars=["arm", "seed"], value_vars=metrics, var_name="metric")
-        _bars(ax, summarise(long, ["arm", "metric"], ["value"], level), "metric", "value", metrics, arms)
-        area = frame.loc[frame["split"] == split, "concept_area"].mean()
-        if np.isfinite(area):
-            ax.axhline(area, ls=":", c="gray", lw=1)
-        ax.set_title(split, fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.legend().remove()
-        ax.tick_params(axis="x", rotation=20)
-    axes[0, -1].legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (1.0 + 0.16 * len(arms) * len(splits)), 2.7 * rows),
+                             squeeze=False)
+    handles, labels = [Patch(color=ARM_COLORS[a]) for a in arms], list(arms)
+    for ax, metric in zip(axes.flat, metrics):
+        data = frame.assign(**{metric: 100 * frame[metric]})
+        _bars(ax, summarise(data, ["arm", "split"], [metric], level), "split", metric, splits, arms)
+        ax.get_legend().remove()  # the arms' legend is the figure's
+        area = 100 * frame.groupby("split", sort=False)["concept_area"].mean() if "concept_area" in frame else {}
+        at = [i for i, split in enumerate(splits) if np.isfinite(area.get(split, np.nan))]
+        if metric == "concept_mass" and at:
+            ax.hlines([area[splits[i]] for i in at], np.array(at) - 0.45, np.array(at) + 0.45, colors="black",
+                      linestyles=":", lw=1.2, label="uniform map")
+            handles.append(Line2D([], [], color="black", ls=":", lw=1.2))
+            labels.append("uniform map (concept mass: the parts' share of the image)")
+        ax.set(title=ALIGNMENT_NAMES.get(metric, metric), xlabel="", ylabel="%")
+        ax.title.set_fontsize(9)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_axis_off()
     fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), ncols=min(len(labels), 6), fontsize=7,
+               frameon=False)
     return fig
+
+
+PART_SCALE_EXCLUDES = ("background", ELSEWHERE)
+"""Columns of `part_usage` outside the bird (or every concept mask): they hold most of the relevance, so they sit
+beside the parts' colour scale instead of setting it."""
 
 
 def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[str] | None = None) -> plt.Figure:
     """Arms × parts: the mean share of relevance on each part of the bird (and the background) on `split`, in
     %, over classes and runs (cftlib.metrics.alignment.usage_rows) — where each arm's evidence sits; `parts`: only
-    these columns (the grounded masks' "any concept" and "elsewhere", whose concepts differ per class).
-    No rows: a note."""
+    these columns (the grounded masks' "any concept" and "elsewhere", whose concepts differ per class). The colours
+    and their bar scale the parts alone; the background column (`PART_SCALE_EXCLUDES`) is printed beside them in
+    grey. No rows: a note."""
     u = usage[(usage["model"] == model) & (usage["split"] == split)] if len(usage) else usage
     if parts is not None and len(u):
         u = u[u["part"].isin(parts)]
@@ -237,53 +307,77 @@ def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[
     arms = [a for a in ARM_ORDER if a in set(u["arm"])]
     parts = list(dict.fromkeys(u["part"]))
     grid = u.groupby(["arm", "part"])["mass"].mean().unstack("part").reindex(index=arms, columns=parts) * 100
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(parts), 0.9 + 0.38 * len(arms)))
-    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", cbar=False, ax=ax, annot_kws={"fontsize": 7})
-    ax.set(xlabel="", ylabel="", title=f"{model}: share of relevance per part on {split} (%)")
-    ax.title.set_fontsize(9)
+    inner = [p for p in parts if p not in PART_SCALE_EXCLUDES] or parts
+    outer = [p for p in parts if p not in inner]
+    fig, axes = plt.subplots(1, 2 + bool(outer), figsize=(1.6 + 0.62 * len(parts), 0.9 + 0.38 * len(arms)),
+                             width_ratios=[len(inner), *[len(outer)] * bool(outer), 0.25], squeeze=False)
+    ax, cax = axes[0, 0], axes[0, -1]
+    sns.heatmap(grid[inner], annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar_ax=cax,
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "share of relevance (%)"})
+    if outer:
+        sns.heatmap(grid[outer], annot=True, fmt=".1f", cmap=ListedColormap(["#e6e6e6"]),
+                    cbar=False, ax=axes[0, 1], annot_kws={"fontsize": 7, "color": "black"}, yticklabels=False)
+        axes[0, 1].set(xlabel="", ylabel="")
+        axes[0, 1].tick_params(labelsize=7)
+    ax.set(xlabel="", ylabel="")
     ax.tick_params(labelsize=7)
+    cax.tick_params(labelsize=7)
+    cax.yaxis.label.set_fontsize(7)
+    fig.suptitle(f"{model}: share of relevance per part on {split} (%)" +
+                 (f"; {', '.join(outer)} in grey, off the colour scale" if outer else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def pick_corrected(base, cft, arrays: dict, n: int) -> list[tuple[int, bool]]:
-    """Up to n image indices for the qualitative figure: first those the base model gets wrong and CFT right
-    (flag True), then those both get right (False)."""
-    return corrected(predict(base, arrays["images"]).argmax(1), predict(cft, arrays["images"]).argmax(1),
-                     arrays["label"], n)
+def pick_flips(base, cft, arrays: dict, n: int) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """The qualitative figure's rows among all of `arrays`' images (`balanced`) and the counts of images CFT
+    corrects and breaks there (cftlib.metrics.accuracy.flips), for its title."""
+    b, c = predict(base, arrays["images"]).argmax(1), predict(cft, arrays["images"]).argmax(1)
+    return balanced(b, c, arrays["label"], n), flips(c, b, arrays["label"])
 
 
-def corrected(base_pred: np.ndarray, cft_pred: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[int, bool]]:
-    """Up to n indices: first where the base prediction is wrong and CFT's right (flag True), then where both
-    are right (False)."""
+FLIP_KINDS = ("corrected", "regressed", "both right")
+"""The rows of the qualitative figure: base ✗ CFT ✓, base ✓ CFT ✗, and (filling in) both ✓."""
+
+
+def balanced(base_pred: np.ndarray, cft_pred: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[int, str]]:
+    """Up to n (index, kind) rows, as many corrections (base wrong, CFT right) as regressions (base right, CFT
+    wrong), so a picture shows what fine-tuning breaks as well as what it fixes; where one kind runs short the
+    other fills in, then images both get right."""
     b, c = base_pred == labels, cft_pred == labels
-    fixed = np.flatnonzero(~b & c)[:n]
-    both = np.flatnonzero(b & c)[:n - len(fixed)]
-    return [(int(i), True) for i in fixed] + [(int(i), False) for i in both]
+    fixed, broken = np.flatnonzero(~b & c), np.flatnonzero(b & ~c)
+    n_fixed = min(len(fixed), max(n - n // 2, n - len(broken)))
+    n_broken = min(len(broken), n - n_fixed)
+    both = np.flatnonzero(b & c)[:n - n_fixed - n_broken]
+    return [(int(i), kind) for kind, idx in zip(FLIP_KINDS, (fixed[:n_fixed], broken[:n_broken], both)) for i in idx]
 
 
-def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, bool]], class_parts: list[list[str]],
-                   names: list[str], method: str) -> plt.Figure:
-    """The paper's qualitative figure: rows of image | concept mask | base relevance | CFT relevance, each
-    map of the model's own prediction, titled with it (✓/✗); rows CFT corrected are marked."""
+def flip_title(where: str, counts: dict[str, int], picks: list[tuple[int, str]]) -> str:
+    """The qualitative figure's title: how many images CFT corrects and breaks among all of `where`'s, and which
+    kinds its rows show."""
+    shown = [f"{sum(k == kind for _, k in picks)} {kind}" for kind in FLIP_KINDS if any(k == kind for _, k in picks)]
+    return (f"{where}, {counts['images']} images: CFT corrects {counts['corrected']} the base gets wrong and breaks "
+            f"{counts['regressed']} it gets right (net {counts['corrected'] - counts['regressed']:+d})\n"
+            f"rows: {', '.join(shown)}")
+
+
+def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, str]], counts: dict[str, int],
+                   class_parts: list[list[str]], names: list[str], method: str, split: str) -> plt.Figure:
+    """The paper's qualitative figure, balanced: rows of image | concept mask | base relevance | CFT relevance
+    (`picks` from `pick_flips`), each map of the model's own prediction, titled with it (✓/✗); the title gives
+    the corrections and regressions over the whole `split` (`counts`)."""
     idx = [i for i, _ in picks]
     images, labels = arrays["images"][idx], arrays["label"][idx]
     concept = part_masks(arrays["parts"][idx], labels, class_parts)
     maps = {k: (relevance_maps(m, images, method), predict(m, images).argmax(1)) for k, m in (("base", base), ("CFT", cft))}
-    fig = _grid(images, labels, [f for _, f in picks], concept, maps, names)
-    fixed = sum(f for _, f in picks)
-    fig.suptitle(f"{fixed} image{'s' * (fixed != 1)} the base gets wrong and CFT right" + (
-        f", then {len(picks) - fixed} both get right" if fixed < len(picks) else "") if fixed else
-        "no image here that the base gets wrong and CFT right: images both get right", fontsize=7)
-    fig.tight_layout(pad=0.3)
-    return fig
+    return _grid(images, labels, [k for _, k in picks], concept, maps, names, flip_title(split, counts, picks))
 
 
 def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, build: dict | None = None,
                    batch_size: int = 64, amp: bool = False) -> plt.Figure:
     """The qualitative figure on a benchmark (image | base relevance | CFT relevance; ImageNet has no concept
     masks): among `bench`'s images (Resize 256, CenterCrop 224, normalised as the ViT of `build` was
-    fine-tuned), up to n the base model gets wrong and CFT right, then both right, on the models' device."""
+    fine-tuned), up to n rows, as many CFT corrects as it breaks (`balanced`), on the models' device."""
     images = np.stack([load_image(p) for p in bench.paths])
 
     @torch.no_grad()
@@ -294,23 +388,26 @@ def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, buil
                                .argmax(1).cpu().numpy() for i in range(0, len(images), batch_size)])
 
     preds = {"base": argmax(base), "CFT": argmax(cft)}
-    picks = corrected(preds["base"], preds["CFT"], bench.labels, n)
+    picks = balanced(preds["base"], preds["CFT"], bench.labels, n)
     if not picks:
-        return note(f"{bench.name}: no image that both models, or CFT alone, get right")
+        return note(f"{bench.name}: no image that CFT corrects or breaks, or both models get right")
     idx = [i for i, _ in picks]
     maps = {k: (relevance_maps(m, images[idx], method, batch_size, amp, build), preds[k][idx])
             for k, m in (("base", base), ("CFT", cft))}
-    return _grid(images[idx], bench.labels[idx], [f for _, f in picks], None, maps, names)
+    counts = flips(preds["CFT"], preds["base"], bench.labels)
+    return _grid(images[idx], bench.labels[idx], [k for _, k in picks], None, maps, names,
+                 flip_title(bench.name, counts, picks))
 
 
-def _grid(images, labels, fixed_flags, concept, maps, names) -> plt.Figure:
-    """Rows of image | concept mask (when given) | one relevance overlay per model, titled with its prediction."""
+def _grid(images, labels, kinds, concept, maps, names, title: str) -> plt.Figure:
+    """Rows of image | concept mask (when given) | one relevance overlay per model, titled with its prediction;
+    constrained layout keeps `title` clear of the column titles."""
     first = 1 if concept is None else 2
     fig, axes = plt.subplots(len(images), first + len(maps), figsize=(1.6 * (first + len(maps)), 1.7 * len(images)),
-                             squeeze=False)
-    for r, fixed in enumerate(fixed_flags):
+                             squeeze=False, layout="constrained")
+    for r, kind in enumerate(kinds):
         axes[r, 0].imshow(images[r])
-        axes[r, 0].set_title(f"{names[labels[r]]}{' (corrected)' if fixed else ''}", fontsize=6)
+        axes[r, 0].set_title(names[labels[r]] + ("" if kind == "both right" else f" ({kind})"), fontsize=6)
         if concept is not None:
             axes[r, 1].imshow(images[r])
             axes[r, 1].imshow(np.ma.masked_where(~concept[r], concept[r]), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
@@ -323,5 +420,99 @@ def _grid(images, labels, fixed_flags, concept, maps, names) -> plt.Figure:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout(pad=0.3)
+    fig.suptitle(title, fontsize=6)
+    return fig
+
+
+# ----------------------------------------------------------------------------- fine-tuning figures
+
+def arm_curves(panels: list[tuple[pd.DataFrame, str, str, str]], log: tuple[str, ...] = (), band: bool = True
+               ) -> plt.Figure:
+    """Rows: models; columns: one per (frame, x, y, title) of `panels`, the frames' rows per run (model, arm,
+    seed, `x`, `y`): each run's mean `y` per `x` (a training epoch's steps), then per arm the mean over runs,
+    with `band` their range (no bootstrap). Each model keeps its own scale; `log`: the y columns drawn on a log
+    axis. The legend of the arms stands beside each row, its entries with their lines."""
+    models = list(dict.fromkeys(m for frame, *_ in panels for m in frame["model"]))
+    fig, axes = plt.subplots(len(models), len(panels), figsize=(3.6 * len(panels) + 1.2, 2.6 * len(models)),
+                             squeeze=False)
+    for r, model in enumerate(models):
+        arms = []
+        for ax, (frame, x, y, title) in zip(axes[r], panels):
+            mine = frame[frame["model"] == model]
+            per_run = mine.groupby(["arm", "seed", x], sort=False)[y].mean().reset_index()
+            here = [a for a in ARM_ORDER if a in set(per_run["arm"])]
+            arms += [a for a in here if a not in arms]
+            if here:
+                sns.lineplot(data=per_run, x=x, y=y, hue="arm", hue_order=here, palette=ARM_COLORS,
+                             errorbar=("pi", 100) if band else None, err_kws={"alpha": 0.15}, marker="o",
+                             markersize=3, mew=0, lw=1, legend=False, ax=ax)
+            ax.set(title=f"{model}: {title}", ylabel="", yscale="log" if y in log else "linear")
+            ax.title.set_fontsize(9)
+        axes[r, -1].legend([Line2D([], [], color=ARM_COLORS[a], marker="o", ms=3, lw=1) for a in arms], arms,
+                           loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def selected_epochs(epochs: pd.DataFrame, metric: str = "val_cft_align", label: str = "held-out alignment loss"
+                    ) -> plt.Figure:
+    """One panel per model and fine-tuned arm: each run's `metric` per epoch as its change from epoch 0 (the
+    base; runs differ by their held-out classes, their changes compare), thin grey, their mean black, and a dot
+    on the epoch model selection kept (the last with `best` = 1; none: epoch 0). Runs with epoch 0 only (the
+    base, DFR) are left out."""
+    trained = epochs.groupby(["model", "arm"], sort=False)["epoch"].transform("max") > 0
+    e = epochs[trained]
+    models = list(dict.fromkeys(e["model"]))
+    arms = {m: [a for a in ARM_ORDER if a in set(e.loc[e["model"] == m, "arm"])] for m in models}
+    cols = max(len(a) for a in arms.values())
+    fig, axes = plt.subplots(len(models), cols, figsize=(1.7 * cols, 1.9 * len(models)), squeeze=False,
+                             sharey="row")
+    for r, model in enumerate(models):
+        for ax, arm in zip(axes[r], arms[model]):
+            mine = e[(e["model"] == model) & (e["arm"] == arm)].sort_values("epoch")
+            change = mine[metric] - mine.groupby("seed")[metric].transform("first")
+            for _, run in mine.assign(change=change).groupby("seed", sort=False):
+                ax.plot(run["epoch"], run["change"], c="0.7", lw=0.6)
+                kept = run.loc[run["best"] == 1, "epoch"].max() if (run["best"] == 1).any() else 0
+                ax.plot(kept, run.loc[run["epoch"] == kept, "change"].iloc[0], "o", ms=3,
+                        color=ARM_COLORS[arm], mec="black", mew=0.3)
+            mean = mine.assign(change=change).groupby("epoch")["change"].mean()
+            ax.plot(mean.index, mean.to_numpy(), c="black", lw=1.2)
+            ax.axhline(0, c="gray", lw=0.6, ls="--")
+            ax.set_title(f"{model} {arm}", fontsize=8)
+            ax.set_xticks(sorted(set(mine["epoch"])))
+            ax.tick_params(labelsize=7)
+        axes[r, 0].set_ylabel("Δ vs epoch 0 (base)", fontsize=7)
+        for ax in axes[r, len(arms[model]):]:
+            ax.set_axis_off()
+    fig.suptitle(f"{label} per epoch, each run (grey) and their mean (black); dot: the epoch selection kept",
+                 fontsize=8)
+    fig.supxlabel("epoch", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def relevance_columns(images: np.ndarray, columns: dict[str, np.ndarray], masks: np.ndarray | None = None,
+                      labels: list[str] | None = None) -> plt.Figure:
+    """Rows: images (H×W×3 in [0, 1]), labelled; columns: the image, then each relevance map (N×H×W in [0, 1])
+    over it; the mask (N×H×W), when given, outlined dark on a light halo on every panel, visible on any
+    background."""
+    fig, axes = plt.subplots(len(images), 1 + len(columns), figsize=(1.25 * (1 + len(columns)), 1.3 * len(images)),
+                             squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(images[i])
+        row[0].set_ylabel(labels[i] if labels else "", fontsize=6)
+        for ax, (title, r) in zip(row[1:], columns.items()):
+            ax.imshow(images[i])
+            ax.imshow(r[i], cmap="jet", alpha=0.55, vmin=0, vmax=1)
+            if i == 0:
+                ax.set_title(title, fontsize=6)
+        if masks is not None:
+            for ax in row:
+                ax.contour(masks[i], levels=[0.5], colors="white", linewidths=1.6)
+                ax.contour(masks[i], levels=[0.5], colors="black", linewidths=0.6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.2)
     return fig

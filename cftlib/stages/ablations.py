@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 
 from cftlib import concepts, grounding, validation
-from cftlib.core import config
+from cftlib.core import config, launch
 from cftlib.data import fewshot, maskstore
 from cftlib.metrics import accuracy, alignment, intervals
 from cftlib.models.checkpoints import load_checkpoint
 from cftlib.report.tables import fmt, nan_to_none
-from cftlib.stages import evaluate, finetune
+from cftlib.stages import evaluate
 from cftlib.training import runspec, trainer
 
 LOSSES = {"full": {}, "no_cls": {"lambda_acc": 0.0}, "no_non_concept": {"lambda_ctx": 0.0},
@@ -175,7 +175,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     and CE runs of the same pairs (ablation "reference"): accuracy rows and alignment rows with columns ablation,
     value, seed (see `accuracy.run_accuracy`, `alignment.run_alignment`). A variant identical to a finished run
     of the fine-tuning stage (the main setting) is read from there, not retrained. Given `params_file` and
-    `finetune.workers` > 1, the runs are first trained side by side (`finetune.side_by_side`)."""
+    `finetune.workers` > 1, the runs are first trained side by side (`launch.side_by_side`)."""
     if not variants(P):  # a profile without ablations (the paper profile): empty tables, the stage still completes
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # the stage's declared output
         return (pd.DataFrame(columns=["ablation", "value", "seed", "split", "group", "top1", "top5"]),
@@ -185,9 +185,9 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     todo, base = jobs(P, bank, data_dir, masks_dir, base_path, out_dir, finetune_dir, concepts_dir)  # grounds stores
     W = P.finetune.workers
     if params_file is not None and W > 1 and any(not j.reused for j in todo):
-        finetune.side_by_side(params_file, W, max(1, P.base.threads // W),
+        launch.side_by_side("cftlib.stages.ablations", params_file, W, max(1, P.base.threads // W),
                               ["--data", data_dir, "--masks", masks_dir, "--base", base_path, "--out", out_dir,
-                               "--finetune", finetune_dir, "--concepts", concepts_dir], module="cftlib.stages.ablations")
+                               "--finetune", finetune_dir, "--concepts", concepts_dir])
     train(todo, base, progress)  # what the workers trained is reused; without workers, everything here
     class_parts = alignment.concept_parts(bank)
     align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="models/ablations")
     ap.add_argument("--finetune", default="models/finetune", help="the finetune stage's runs (the main setting)")
     ap.add_argument("--concepts", default="data/concepts")
-    ap.add_argument("--shard", type=finetune.shard, default=(0, 1), help="i/n: only every n-th run, from the i-th")
+    ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: only every n-th run, from the i-th")
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     args = ap.parse_args(argv)
     P = config.load(args.params)

@@ -9,9 +9,7 @@ the stage's tables (curves, metrics).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,41 +70,6 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_di
     return runs, data, bases
 
 
-def side_by_side(params_file: str | Path, workers: int, threads: int, paths: list[str],
-                 module: str = "cftlib.stages.finetune") -> None:
-    """Every run of a stage trained by `workers` processes side by side at `threads` torch threads each (`module`'s
-    `main` with `--shard i/workers`; `paths`: its folder options), so that the caller's `trainer.run_all` (or the
-    ablations' `train`) reuses them.
-    On a CPU, small batches keep two cores half idle; two runs at a time fill them. A failed process raises
-    naming its command, with the end of its output, once all have ended."""
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = []
-        for i in range(workers):
-            cmd = [sys.executable, "-m", module, "--params", str(params_file), *map(str, paths),
-                   "--shard", f"{i}/{workers}", "--threads", str(threads)]
-            log = open(Path(tmp) / f"{i}.log", "w+")
-            jobs.append((cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        failed = []
-        for cmd, proc, log in jobs:
-            with log:
-                if proc.wait():
-                    log.seek(0)
-                    failed.append(f"{' '.join(cmd)} exited with {proc.returncode}:\n{log.read()[-4000:]}")
-    if failed:
-        raise launch.LaunchError("\n".join(failed))
-
-
-def shard(text: str) -> tuple[int, int]:
-    """`--shard i/n` as (i, n), 0 <= i < n."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/2") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
-    return i, n
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cftlib.stages.finetune", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -118,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", choices=("vit", "cnn"), help="only these models (repeatable)")
     ap.add_argument("--arm", action="append", help="only these arms (repeatable)")
     ap.add_argument("--seed", action="append", type=int, help="only these seeds (repeatable)")
-    ap.add_argument("--shard", type=shard, default=(0, 1), help="i/n: only every n-th planned run, from the i-th")
+    ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: only every n-th planned run, from the i-th")
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -210,6 +211,25 @@ def pretrain_all(P: Params, progress: bool = False) -> dict[str, tuple[torch.nn.
         model, history = train(model, cfg, train_set, val_set, P.base.seed, progress, desc=f"pretrain/{role}",
                                extra=extra)
         out[role] = (model, build, history)
+    return out
+
+
+def kept_epoch(history: list[dict], cfg: Recipe) -> dict:
+    """The history row of the epoch `train` ships: after `cfg.keep_epoch` when set, else the first epoch with the
+    best held-out accuracy."""
+    return history[cfg.keep_epoch - 1] if cfg.keep_epoch else max(history, key=lambda r: r["val_acc"])
+
+
+def shipped(P: Params, model_dir, history_csv) -> dict[str, tuple[torch.nn.Module, dict, list[dict]]]:
+    """The committed pre-training as `pretrain_all` returns it — each role's checkpoint in `model_dir` and its
+    history from the stage's `history_csv` — so that the frozen stage's notebook can be shown without
+    re-training (histories at the CSV's 6 significant digits)."""
+    history = pd.read_csv(history_csv)
+    out = {}
+    for role in roles(P):
+        model, build = load_checkpoint(Path(model_dir) / f"{role}.pt")
+        rows = history[history["model"] == role].drop(columns="model")
+        out[role] = (model, build, rows.to_dict("records"))
     return out
 
 

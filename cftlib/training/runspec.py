@@ -84,10 +84,10 @@ class RunSpec:
 
 
 def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
-    """Every (model, arm, base, seed) run of the parameters — `cfg.seeds` seeds on each of `bases` base
-    models, seed `seed + base * cfg.seeds + i`, its class subset `seed + i` (each subset on every base: a
-    crossed design) — checked before any work: a wrong arm or a relevance method that cannot explain the model
-    fails naming it."""
+    """Every (model, arm, base, seed) run of the parameters — `cfg.seeds` seeds (an arm of `cfg.arm_seeds` its
+    own, fewer: the first of them) on each of `bases` base models, seed `seed + base * cfg.seeds + i`, its class
+    subset `seed + i` (each subset on every base: a crossed design, so arms pair by seed) — checked before any
+    work: a wrong arm or a relevance method that cannot explain the model fails naming it."""
     runs = []
     for model, arms, method, lr in (("vit", cfg.arms, cfg.relevance, cfg.lr),
                                     ("cnn", cfg.cnn.arms, cfg.cnn.relevance, cfg.cnn.lr)):
@@ -96,7 +96,8 @@ def plan(cfg: config.Finetune, seed: int, bases: int = 1) -> list[RunSpec]:
             raise FinetuneError(f"relevance method {method!r} explains {'/'.join(kinds)} models, not a {model}")
         runs += [RunSpec(model, get_arm(a).name, seed + b * cfg.seeds + i, method,
                          cfg.arm_lr.get(a, lr) if model == "vit" else lr, b, seed + i)
-                 for a in arms for b in range(bases) for i in range(cfg.seeds)]
+                 for a in arms for b in range(bases)
+                 for i in range(cfg.arm_seeds.get(a, cfg.seeds) if model == "vit" else cfg.seeds)]
     return runs
 
 

@@ -178,7 +178,8 @@ def objective(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: st
         return {"loss": F.cross_entropy(logits.float(), y)}, logits
     if arm.loss in baselines.KINDS:
         return baselines.objective(model, arm.loss, x, m, y, cfg.loss)
-    r, logits = relevance.explain(model, x, method, target=y, create_graph=True, output="pixel")
+    # an arm without the alignment term logs the map but takes no gradient through it: no second-order graph
+    r, logits = relevance.explain(model, x, method, target=y, create_graph=arm.align, output="pixel")
     return losses.objective(r, m, logits, y, arm.loss, arm_loss(arm, cfg)), logits
 
 

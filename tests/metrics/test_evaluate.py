@@ -1,12 +1,14 @@
 """Evaluation metrics give known answers on hand-built fixtures: top-k under a logit subset and the
-any-of rule, intervals over seeds, RobustViT's segmentation scores for a relevance box on a mask box,
-and concept alignment."""
+any-of rule, the images a run corrects and breaks against its own base, intervals over seeds, RobustViT's
+segmentation scores for a relevance box on a mask box, and concept alignment."""
 
 import numpy as np
 import pytest
 
 from cftlib.data.world import PARTS
 from cftlib.metrics import accuracy, alignment, intervals
+from cftlib.stages.evaluate import FLIP_COLUMNS, flip_rows
+from cftlib.training.runspec import RunSpec
 
 
 def test_topk_all_logits_subset_and_any_of():
@@ -35,6 +37,34 @@ def test_split_report_separates_seen_and_unseen_classes():
 
 def test_shortcut_gaps_are_test_minus_ood():
     assert accuracy.shortcut_gaps({"test": 0.9, "bg_conflict": 0.6, "train": 1.0}) == {"bg_conflict": pytest.approx(0.3)}
+
+
+def test_flips_count_corrections_and_regressions_against_the_base():
+    labels = np.array([0, 1, 2, 3, 4])
+    base = np.array([0, 1, 9, 9, 9])  # right on 0, 1
+    pred = np.array([0, 9, 2, 3, 9])  # keeps 0, breaks 1, fixes 2 and 3, both miss 4
+    assert accuracy.flips(pred, base, labels) == {"images": 5, "corrected": 2, "regressed": 1}
+    # top-1 moves by corrected − regressed
+    assert (pred == labels).sum() - (base == labels).sum() == 2 - 1
+
+
+def test_flip_rows_compare_each_run_with_the_none_run_of_its_own_base():
+    labels = np.array([0, 1, 2])
+
+    def onehot(pred):
+        return {"test": np.eye(3)[pred]}
+
+    runs = [RunSpec("vit", "none", 0, "attnlrp", 1e-4, base=0), RunSpec("vit", "none", 1, "attnlrp", 1e-4, base=1),
+            RunSpec("vit", "cft", 0, "attnlrp", 1e-4, base=0), RunSpec("vit", "cft", 1, "attnlrp", 1e-4, base=1),
+            RunSpec("cnn", "cft", 0, "gradcam", 1e-4, base=0)]  # no CNN base run: left out
+    logits = dict(zip(runs, [onehot([0, 1, 0]), onehot([0, 0, 0]), onehot([0, 1, 2]), onehot([0, 1, 2]),
+                             onehot([2, 2, 2])]))
+    rows = flip_rows(runs, logits, {"test": {"label": labels}})
+    assert list(rows.columns) == FLIP_COLUMNS
+    assert rows[["seed", "corrected", "regressed"]].to_dict("records") == [
+        {"seed": 0, "corrected": 1, "regressed": 0},   # base 0 missed image 2 only
+        {"seed": 1, "corrected": 2, "regressed": 0}]   # base 1 missed images 1 and 2
+    assert flip_rows(runs[2:4], logits, {"test": {"label": labels}}).empty
 
 
 @pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)])

@@ -110,6 +110,27 @@ def test_keep_epoch_ships_that_epochs_model_and_the_run_goes_on(small_world, smo
     model, _ = pretrain.fresh(p, cfg.n_species, cfg.image_size, seed)  # a study stops after epoch 2 of the schedule
     _, early = pretrain.train(model, p, tr, va, seed, on_epoch=lambda r, m: r["epoch"] >= 2)
     assert early == hist[:2]  # the same epochs as the full run's: its schedule, not a 2-epoch one
+    assert pretrain.kept_epoch(hist, p) is hist[0]  # the rule the notebook reports is the one train applied
+    best = type(p)(**{**p.__dict__, "keep_epoch": 0})
+    assert pretrain.kept_epoch(hist, best)["val_acc"] == max(h["val_acc"] for h in hist)
+
+
+def test_shipped_reads_the_frozen_stages_checkpoints_and_history_back(tmp_path, smoke_params):
+    import pandas as pd
+
+    P = smoke_params
+    history = []
+    for role, cfg in pretrain.roles(P).items():
+        model, build = pretrain.fresh(cfg, pretrain.outputs(P), P.world.image_size if role == "vit" else None, 0)
+        checkpoints.save_checkpoint(tmp_path / f"{role}.pt", model, build)
+        history += [{"epoch": e, "val_acc": 0.1 * e, "model": role} for e in (1, 2)]
+    pd.DataFrame(history).to_csv(tmp_path / "history.csv", index=False)
+    got = pretrain.shipped(P, tmp_path, tmp_path / "history.csv")
+    assert set(got) == set(pretrain.roles(P))
+    for role, (model, build, h) in got.items():
+        assert [r["epoch"] for r in h] == [1, 2] and "model" not in h[0]
+        saved = checkpoints.load_checkpoint(tmp_path / f"{role}.pt")[0].state_dict()
+        assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 def test_renormalise_gives_a_zoo_model_its_own_statistics_and_leaves_world_models_alone():

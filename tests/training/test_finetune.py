@@ -96,6 +96,7 @@ def test_confidence_arm_trains_on_the_confidence_term_alone(project):
     flipped, _ = trainer.objective(_vit(project), arm, x, 1 - m, y, cfg, "attnlrp")
     assert torch.allclose(terms["loss"], cfg.loss.lambda_acc * F.cross_entropy(logits, logits.argmax(1)))
     assert torch.allclose(terms["loss"], flipped["loss"]) and terms["align"] > 0  # the map is still measured
+    assert not terms["align"].requires_grad  # ... but not differentiated: no second-order graph to pay for
     a, b = _vit(project), _vit(project)
     trainer.train_step(a, torch.optim.SGD(a.parameters(), lr=1.0), arm, x, m, y, len(y), cfg, "attnlrp",
                        torch.autocast("cpu", enabled=False))
@@ -193,6 +194,24 @@ def test_dfr_arm_is_the_base_with_its_head_refitted_on_the_dfr_split(project, tm
     assert not torch.equal(b["head.weight"], got["head.weight"])
 
 
+@pytest.mark.parametrize("role", ["vit", "cnn"])
+def test_a_probe_scored_on_the_shared_backbone_scores_as_the_probe_model_does(project, role):
+    """The world stage scores a base and its DFR probe in one backbone pass: each as its own forward would."""
+    from cftlib.metrics import accuracy
+    from cftlib.models.factory import predict
+
+    base = checkpoints.load_checkpoint(pretrain.base_path(project / "models" / "base", role, 0))[0]
+    d = world.load_split(project / "data" / "world", "dfr")
+    probe = dfr.reweight(base, d["images"], d["label"].astype(np.int64), 1e-3)
+    splits = ["test", "bg_conflict"]
+    got = accuracy.split_accuracy(base, project / "data" / "world", splits, {"dfr": probe.get_classifier()})
+    for name, model in (("base", base), ("dfr", probe)):
+        for split in splits:
+            a = world.load_split(project / "data" / "world", split)
+            assert got[name][split] == np.mean(predict(model, a["images"]).argmax(1) == a["label"]), (name, split)
+    assert got["base"] != got["dfr"]
+
+
 def test_dfr_arm_needs_the_worlds_balanced_split():
     import yaml
 
@@ -209,7 +228,7 @@ def _paths(root, out):
 
 def test_runs_side_by_side_equal_the_runs_one_by_one(project, tmp_path):
     only = ["--model", "vit", "--arm", "ce", "--arm", "cft"]
-    finetune.side_by_side(project / "params.yaml", 2, 1, [*_paths(project, tmp_path / "two"), *only])
+    launch.side_by_side("cftlib.stages.finetune", project / "params.yaml", 2, 1, [*_paths(project, tmp_path / "two"), *only])
     threads = torch.get_num_threads()
     try:
         finetune.main(["--params", str(project / "params.yaml"), *map(str, _paths(project, tmp_path / "one")),
@@ -227,9 +246,9 @@ def test_runs_side_by_side_equal_the_runs_one_by_one(project, tmp_path):
 
 def test_a_failed_side_by_side_worker_names_its_command(project, tmp_path):
     with pytest.raises(launch.LaunchError, match="--shard 1/2.*unknown arm|unknown arm.*--shard 1/2|--arm nope"):
-        finetune.side_by_side(project / "params.yaml", 2, 1, [*_paths(project, tmp_path), "--arm", "nope"])
+        launch.side_by_side("cftlib.stages.finetune", project / "params.yaml", 2, 1, [*_paths(project, tmp_path), "--arm", "nope"])
     with pytest.raises(argparse.ArgumentTypeError, match="need 0 <= i < n"):
-        finetune.shard("2/2")
+        launch.shard("2/2")
 
 
 def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypatch):
@@ -373,15 +392,27 @@ def test_wrong_names_fail_in_the_library_too():
 
 def test_plan_is_every_model_arm_base_seed():
     vit_arms = len(config.Finetune().arms)
-    runs = runspec.plan(config.Finetune(seeds=3), 7)
+    runs = runspec.plan(config.Finetune(seeds=3, arm_seeds={}), 7)
     assert len(runs) == vit_arms * 3 + 3 * 3 and {r.seed for r in runs} == {7, 8, 9} and {r.base for r in runs} == {0}
     assert {r.relevance for r in runs if r.model == "cnn"} == {"gradcam"}
-    runs = runspec.plan(config.Finetune(seeds=2), 7, bases=3)
+    runs = runspec.plan(config.Finetune(seeds=2, arm_seeds={}), 7, bases=3)
     assert len(runs) == (vit_arms + 3) * 3 * 2
     for arm in ("none", "cft"):  # seeds are numbered across bases: the seed alone names the (base, subset) pair
         mine = [(r.base, r.seed, r.subset) for r in runs if r.model == "vit" and r.arm == arm]
         assert mine == [(0, 7, 7), (0, 8, 8), (1, 9, 7), (1, 10, 8), (2, 11, 7), (2, 12, 8)]  # subsets crossed
     assert len({r.folder("out") for r in runs}) == len(runs)
+
+
+def test_a_secondary_arm_runs_on_the_first_class_subsets_of_every_base(tmp_path):
+    runs = runspec.plan(config.Finetune(seeds=5, arm_seeds={"robustvit": 2}), 0, bases=3)
+    mine = [(r.base, r.subset) for r in runs if r.arm == "robustvit"]
+    assert mine == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    cft = {r.seed for r in runs if r.arm == "cft"}
+    assert len(cft) == 15 and {r.seed for r in runs if r.arm == "robustvit"} < cft  # paired with CFT by seed
+    for bad, why in (("{rrx: 1}", "unknown arm 'rrx'"), ("{robustvit: 6}", "robustvit: 6 must be a whole number")):
+        (tmp_path / "p.yaml").write_text(f"finetune:\n  arm_seeds: {bad}\n")
+        with pytest.raises(config.ConfigError, match=f"finetune.arm_seeds.*{why}"):
+            config.load(tmp_path / "p.yaml")
 
 
 # ----------------------------------------------------------------------------- processes
