@@ -125,7 +125,8 @@ def _imagenet(root: Path, rng):
 
 
 def _ood(root: Path, rng):
-    """ImageNet-A (clutter), -R (renditions on flat backgrounds), V2 (class-index folders), SI-Score."""
+    """ImageNet-A (clutter), -R (renditions on flat backgrounds), V2 (class-index folders), SI-Score (its size
+    subset in the release's `area` folder)."""
     for c, (idx, wnid, si, *_) in enumerate(CLASSES):
         for i in range(2):
             _save(draw(c, (112, 112), rng, scale=0.2)[0], root / "imagenet-a" / wnid / f"{i}_{si}.jpg")
@@ -137,6 +138,16 @@ def _ood(root: Path, rng):
         _save(draw(c, (96, 96), rng, centre=(0.3, 0.7), scale=0.2, angle=0)[0], si_root / "location" / si / "0.jpg")
         _save(draw(c, (96, 96), rng, centre=(0.5, 0.5), scale=0.3, angle=1.0)[0], si_root / "rotation" / si / "0.jpg")
         _save(draw(c, (96, 96), rng, centre=(0.5, 0.5), scale=0.15, angle=0)[0], si_root / "area" / si / "0.jpg")
+
+
+def _sketch(root: Path, rng):
+    """ImageNet-Sketch as released (`sketch/<wnid>/*.JPEG`): each class's outline in black on white, saved as
+    8-bit grey JPEGs (read back as RGB)."""
+    for c, (_, wnid, *_) in enumerate(CLASSES):
+        for i in range(2):
+            m = draw(c, (120, 100), rng, flat=True)[1]
+            inside = m & np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1)
+            _save(np.where(m & ~inside, 0, 255).astype(np.uint8), root / wnid / f"sketch_{i}.JPEG")
 
 
 def _objectnet(root: Path, rng):
@@ -210,8 +221,8 @@ def _models(root: Path) -> dict[str, Path]:
 
 def make_paper_fakes(root: Path) -> dict[str, Path]:
     """Build the fake datasets, tiny model folders and fake pretrained weights under `root`; return their paths:
-    imagenet_train, imagenet_val, imagenet_a, imagenet_r, imagenet_v2, objectnet, si_score, segmentation,
-    llm, grounding_dino, sam, vit_b, resnet50."""
+    imagenet_train, imagenet_val, imagenet_a, imagenet_r, imagenet_sketch, imagenet_v2, objectnet, si_score,
+    segmentation, llm, grounding_dino, sam, vit_b, resnet50."""
     import torch
 
     root = Path(root)
@@ -220,6 +231,7 @@ def make_paper_fakes(root: Path) -> dict[str, Path]:
     _ood(root, rng)
     _objectnet(root / "objectnet-1.0", rng)
     _segmentation(root / "gtsegs_ijcv.mat", rng)
+    _sketch(root / "imagenet-sketch" / "sketch", rng)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is several times faster than contending for busy cores
     try:
@@ -228,6 +240,7 @@ def make_paper_fakes(root: Path) -> dict[str, Path]:
         torch.set_num_threads(threads)
     return {"imagenet_train": root / "imagenet" / "train", "imagenet_val": root / "imagenet" / "val",
             "imagenet_a": root / "imagenet-a", "imagenet_r": root / "imagenet-r",
+            "imagenet_sketch": root / "imagenet-sketch" / "sketch",
             "imagenet_v2": root / "imagenetv2-matched-frequency", "objectnet": root / "objectnet-1.0",
             "si_score": root / "si-score", "segmentation": root / "gtsegs_ijcv.mat", **models}
 

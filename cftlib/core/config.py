@@ -491,9 +491,12 @@ class Finetune:
             err("selection", f"unknown selection {self.selection!r}; choose val_loss or alignment")
 
 
-BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_v2", "objectnet", "si_location", "si_rotation",
-              "si_area")
+BENCHMARKS = ("imagenet_val", "imagenet_a", "imagenet_r", "imagenet_sketch", "imagenet_v2", "objectnet", "si_location",
+              "si_rotation", "si_size")
 """The paper's classification benchmarks by name (cftlib.data.datasets.LOADERS)."""
+IN_DISTRIBUTION = ("imagenet_val", "imagenet_v2")
+"""The benchmarks the paper reports as in-distribution references, apart from its five OOD sets (ImageNet-A,
+ObjectNet, ImageNet-R, ImageNet-Sketch, SI-Score); ImageNet val is the reference of the gaps and claims."""
 PROTOCOLS = ("chefer", "standard")
 """Evaluation protocols: the official code's and the benchmarks' own (cftlib.stages.benchmarks)."""
 

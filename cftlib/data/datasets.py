@@ -1,5 +1,5 @@
 """The paper's benchmark datasets at ImageNet scale (CFT §5; docs/paper.md §4): ImageNet val, ImageNet-A, -R,
--v2, ObjectNet, SI-Score and ImageNet-Segmentation, read from their released layouts, with ImageNet's class
+-Sketch, -v2, ObjectNet, SI-Score and ImageNet-Segmentation, read from their released layouts, with ImageNet's class
 list and the two protocols' labels. `chefer` is the official code's (RobustViT's): Resize(256), CenterCrop(224),
 mean = std = 0.5, 1000-way top-k, ObjectNet's first mapped ImageNet index as the label. `standard` is the
 benchmarks' own: 200-class logit mask for A/R (timm's bundled index files), ObjectNet's any-of-mapped rule over
@@ -24,7 +24,9 @@ from PIL import Image
 from cftlib.core.config import BENCHMARKS
 from cftlib.core.io import list_images, read_image
 
-SI_SUBSETS = ("location", "rotation", "area")
+SI_FOLDERS = {"location": "location", "rotation": "rotation", "size": "area"}
+"""SI-Score's subsets by the paper's names (location, rotation, size) → the folder the release keeps each in: the
+size subset is the release's `area` folder."""
 
 
 class DatasetMissing(FileNotFoundError):
@@ -38,13 +40,18 @@ SOURCES = {
                    "<root>/<wnid>/<image>.jpg, 200 folders"),
     "imagenet_r": ("ImageNet-R, https://github.com/hendrycks/imagenet-r (imagenet-r.tar)",
                    "<root>/<wnid>/<image>.jpg, 200 folders"),
+    "imagenet_sketch": ("ImageNet-Sketch, https://github.com/HaohanWang/ImageNet-Sketch (ImageNet-Sketch.zip from "
+                        "its README's links or the Hugging Face dataset `imagenet_sketch`; 7.8 GB zipped, 8.4 GB "
+                        "unzipped, its README says)",
+                        "<root>/<wnid>/<image>.JPEG, 1000 folders (the zip's sketch/ folder is the root)"),
     "imagenet_v2": ("ImageNetV2 (MatchedFrequency, as RobustViT's reproducers used), "
                     "https://github.com/modestyachts/ImageNetV2", "<root>/<class index 0..999>/<image>.jpeg"),
     "objectnet": ("ObjectNet 1.0, https://objectnet.dev/download.html (objectnet-1.0.zip)",
                   "<root>/images/<folder>/<image>.png and <root>/mappings/{folder_to_objectnet_label.json, "
                   "objectnet_to_imagenet_1k.json, pytorch_to_imagenet_2012_id.json, imagenet_to_label_2012_v2}"),
     "si_score": ("SI-Score, https://github.com/google-research/si-score",
-                 "<root>/{location,rotation,area}/<class label, e.g. 'ambulance'>/<image>.jpg"),
+                 "<root>/{location,rotation,area}/<class label, e.g. 'ambulance'>/<image>.jpg (area: the paper's "
+                 "size subset)"),
     "imagenet_segmentation": ("ImageNet-Segmentation (Guillaumin et al. 2014; Chefer et al.'s benchmark), "
                               "http://calvin-vision.net/bigstuff/proj-imagenet/data/gtsegs_ijcv.mat",
                               "the file gtsegs_ijcv.mat itself (HDF5: /value/img, /value/gt)"),
@@ -126,27 +133,33 @@ def _by_folder(name: str, root, label_of: Callable[[str], int | None], **kw) -> 
     return Benchmark(name, paths, np.array(labels), **kw)
 
 
+def _by_wnid(name: str, root: str | Path, subset: np.ndarray | None = None) -> Benchmark:
+    """Folders named by ImageNet-1k wnid, each labelled with its class index; `subset`: the only classes allowed
+    (ImageNet-A/R's 200), also the standard protocol's logit mask."""
+    index = {w: i for i, w in enumerate(imagenet_synsets())}
+    allowed = set(index.values()) if subset is None else set(subset.tolist())
+    return _by_folder(name, root, lambda w: index.get(w) if index.get(w) in allowed else None, subset=subset)
+
+
 def imagenet_val(root: str | Path) -> Benchmark:
     """ImageNet-1k validation images in wnid folders."""
-    index = {w: i for i, w in enumerate(imagenet_synsets())}
-    return _by_folder("imagenet_val", root, index.get)
-
-
-def _wnid_200(name: str, which: str, root: str | Path) -> Benchmark:
-    index = {w: i for i, w in enumerate(imagenet_synsets())}
-    subset = subset_indices(which)
-    ours = set(subset.tolist())
-    return _by_folder(name, root, lambda w: index[w] if index.get(w) in ours else None, subset=subset)
+    return _by_wnid("imagenet_val", root)
 
 
 def imagenet_a(root: str | Path) -> Benchmark:
     """ImageNet-A: 200 wnid folders; the standard protocol masks the logits to those 200 classes."""
-    return _wnid_200("imagenet_a", "a", root)
+    return _by_wnid("imagenet_a", root, subset_indices("a"))
 
 
 def imagenet_r(root: str | Path) -> Benchmark:
     """ImageNet-R: 200 wnid folders; the standard protocol masks the logits to those 200 classes."""
-    return _wnid_200("imagenet_r", "r", root)
+    return _by_wnid("imagenet_r", root, subset_indices("r"))
+
+
+def imagenet_sketch(root: str | Path) -> Benchmark:
+    """ImageNet-Sketch: black-and-white sketches of all 1000 classes in wnid folders (the release's `sketch/`);
+    both protocols score all 1000 logits."""
+    return _by_wnid("imagenet_sketch", root)
 
 
 def imagenet_v2(root: str | Path) -> Benchmark:
@@ -199,18 +212,19 @@ def si_score_labels() -> dict[str, int]:
 
 
 def si_score(root: str | Path, subset: str) -> Benchmark:
-    """One SI-Score subset (location, rotation or area — RobustViT's SI-loc, SI-rot, SI-size)."""
-    if subset not in SI_SUBSETS:
-        raise ValueError(f"SI-Score subset {subset!r}: choose one of {SI_SUBSETS}")
-    b = _by_folder("si_score", Path(root) / subset, si_score_labels().get)
+    """One SI-Score subset by the paper's name (location, rotation or size), read from its release folder
+    (`SI_FOLDERS`: size is `area`)."""
+    if subset not in SI_FOLDERS:
+        raise ValueError(f"SI-Score subset {subset!r}: choose one of {tuple(SI_FOLDERS)}")
+    b = _by_folder("si_score", Path(root) / SI_FOLDERS[subset], si_score_labels().get)
     b.name = f"si_{subset}"
     return b
 
 
 LOADERS: dict[str, Callable[[str | Path], Benchmark]] = {
     "imagenet_val": imagenet_val, "imagenet_a": imagenet_a, "imagenet_r": imagenet_r,
-    "imagenet_v2": imagenet_v2, "objectnet": objectnet,
-    **{f"si_{s}": (lambda root, s=s: si_score(root, s)) for s in SI_SUBSETS},
+    "imagenet_sketch": imagenet_sketch, "imagenet_v2": imagenet_v2, "objectnet": objectnet,
+    **{f"si_{s}": (lambda root, s=s: si_score(root, s)) for s in SI_FOLDERS},
 }
 """Classification benchmarks by the name `params.yaml` uses (`evaluate.benchmarks`); SI-Score entries
 take the SI-Score root (holding the three subsets)."""

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cftlib.core.config import PROTOCOLS
+from cftlib.core.config import IN_DISTRIBUTION, PROTOCOLS
 from cftlib.data.datasets import Benchmark
 from cftlib.data.world import load_split
 from cftlib.models.factory import predict, predict_heads
@@ -22,24 +22,29 @@ OOD = ("v2", "bg_conflict", "color_conflict", "pose", "rendition", "bg_random")
 @dataclass(frozen=True)
 class Roles:
     """Which split plays which part in the tables, gaps, claims and figures: the world's splits, or at paper
-    scale the benchmarks. `focus`: the OOD split of the seen/unseen comparison, the few-shot and CNN claims
-    and the qualitative figure; `chance`: top-1 of guessing (None: not drawn)."""
+    scale the benchmarks. `in_distribution`: the reference and the splits reported beside it, apart from the OOD
+    ones; `focus`: the OOD split of the seen/unseen comparison, the few-shot and CNN claims and the qualitative
+    figure; `chance`: top-1 of guessing (None: not drawn)."""
     splits: list
     reference: str
     ood: list
     focus: str
     chance: float | None
+    in_distribution: list
 
 
 def roles(P) -> Roles:
     """The world's `test` against its OOD splits (focus `bg_conflict`, the world's ImageNet-A), or ImageNet
-    val against the other configured benchmarks (focus ImageNet-A when configured)."""
+    val and ImageNet-v2, the paper's in-distribution references, against the other configured benchmarks (focus
+    ImageNet-A when configured)."""
     E = P.evaluate
     if E.splits:
-        return Roles(list(E.splits), "test", [s for s in E.splits if s in OOD], "bg_conflict", 1 / P.world.n_species)
-    ood = [b for b in E.benchmarks if b != "imagenet_val"]
+        return Roles(list(E.splits), "test", [s for s in E.splits if s in OOD], "bg_conflict", 1 / P.world.n_species,
+                     ["test"])
+    ref = [b for b in IN_DISTRIBUTION if b in E.benchmarks]
+    ood = [b for b in E.benchmarks if b not in IN_DISTRIBUTION]
     focus = "imagenet_a" if "imagenet_a" in ood else (ood[0] if ood else "imagenet_val")
-    return Roles(["imagenet_val", *ood], "imagenet_val", ood, focus, None)
+    return Roles([*ref, *ood], "imagenet_val", ood, focus, None, ref)
 
 
 # ----------------------------------------------------------------------------- accuracy

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cftlib.core.config import IN_DISTRIBUTION
 from cftlib.core.io import atomic_path, write_csv
 from cftlib.metrics.alignment import ELSEWHERE
 
@@ -48,6 +49,10 @@ def write_table(frame: pd.DataFrame, path: str | Path, title: str) -> None:
 
 PAPER_NAMES = {"test": "IN val", "v2": "IN-v2", "bg_conflict": "IN-A", "pose": "ObjectNet / SI-Score", "rendition": "IN-R"}
 """The paper's column each world split stands in for (README's split table)."""
+BENCHMARK_NAMES = {"imagenet_val": "ImageNet val", "imagenet_a": "ImageNet-A", "imagenet_r": "ImageNet-R",
+                   "imagenet_sketch": "ImageNet-Sketch", "imagenet_v2": "ImageNet-v2", "objectnet": "ObjectNet",
+                   "si_location": "SI-Score location", "si_rotation": "SI-Score rotation", "si_size": "SI-Score size"}
+"""The paper's name of each benchmark of `evaluate.benchmarks`."""
 
 
 def table(summary: pd.DataFrame, metrics: list[str], columns: list[str], order: list | None = None) -> pd.DataFrame:
@@ -69,11 +74,19 @@ def table(summary: pd.DataFrame, metrics: list[str], columns: list[str], order: 
     return out
 
 
-def main_table(summary: pd.DataFrame, splits: list[str], metric: str = "top1") -> pd.DataFrame:
-    """The paper's main table on the world: (model, arm) × split over all images, columns titled
-    "split (paper benchmark)"."""
-    t = table(summary[summary["group"] == "all"], [metric], ["split"], splits)
-    t.columns = [f"{c} ({PAPER_NAMES[c]})" if c in PAPER_NAMES else c for c in t.columns]
+def main_table(summary: pd.DataFrame, splits: list[str], metric: str | None = None) -> pd.DataFrame:
+    """The paper's main table: (model, arm) × split over all images. On the world's splits, top-1 (or `metric`),
+    columns titled "split (paper benchmark)". On the benchmarks (paper scale), top-1 and top-5 side by side as the
+    paper reports them (or `metric` alone), columns titled "paper name (in-distribution | OOD) · metric", in the
+    order of `splits`."""
+    paper_scale = bool(splits) and all(s in BENCHMARK_NAMES for s in splits)
+    metrics = [metric] if metric else ["top1", "top5"] if paper_scale else ["top1"]
+    t = table(summary[summary["group"] == "all"], metrics, ["split"], splits)
+    if paper_scale:
+        title = {b: f"{BENCHMARK_NAMES[b]} ({'in-distribution' if b in IN_DISTRIBUTION else 'OOD'})" for b in splits}
+    else:
+        title = {s: f"{s} ({name})" for s, name in PAPER_NAMES.items()}
+    t.columns = [" · ".join([title.get(split, split), *rest]) for split, *rest in (c.split(" · ") for c in t.columns)]
     return t
 
 

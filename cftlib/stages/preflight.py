@@ -161,13 +161,13 @@ def _benchmark(stage: str, name: str, root: str) -> Check:
                                                          f"expected layout: {source[1]}")
         return _class_folders(stage, key, str(Path(root) / "images"), source, None, 313)
     if name.startswith("si_"):
-        subset = name[3:]
-        return _class_folders(stage, key, str(Path(root) / subset), datasets.SOURCES["si_score"],
+        folder = datasets.SI_FOLDERS[name[3:]]
+        return _class_folders(stage, key, str(Path(root) / folder), datasets.SOURCES["si_score"],
                               set(datasets.si_score_labels()), 0)
     if name == "imagenet_v2":
         return _class_folders(stage, key, root, datasets.SOURCES[name], {str(i) for i in range(1000)}, 1000)
     synsets = datasets.imagenet_synsets()
-    if name == "imagenet_val":
+    if name in ("imagenet_val", "imagenet_sketch"):
         return _class_folders(stage, key, root, datasets.SOURCES[name], set(synsets), 1000)
     subset = {synsets[i] for i in datasets.subset_indices(name[-1])}  # imagenet_a, imagenet_r
     return _class_folders(stage, key, root, datasets.SOURCES[name], subset, 200)

@@ -249,3 +249,10 @@ def test_the_in_distribution_note_says_what_its_interval_can_show(verdicts):
     row = _find(verdicts, "in-distribution")
     h = _cmp(row, "none")["ci"] * 100
     assert f"half-width ±{h:.1f}" in row["evidence"] and f"above {-1 + h:+.1f} shows accuracy kept" in row["evidence"]
+
+
+def test_every_benchmark_has_the_papers_name_and_every_ood_one_its_figure():
+    assert set(tables.BENCHMARK_NAMES) == set(config.BENCHMARKS)
+    assert all(paper.FIGURES[b].value is not None for b in config.BENCHMARKS if b not in config.IN_DISTRIBUTION)
+    assert paper.FIGURES["si_size"].text() == "+7.9 (Table 2, SI-Score size); Table 5: +6.3, Table 6: +6.5"
+    assert paper.FIGURES["imagenet_sketch"].value == pytest.approx(37.06 - 35.49)

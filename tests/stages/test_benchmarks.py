@@ -91,6 +91,28 @@ def test_imagenet_val_and_v2_labels(tmp_path):
     assert datasets.imagenet_v2(tmp_path / "v2").labels.tolist() == [12, 7]  # folders sorted as strings
 
 
+def test_imagenet_sketch_labels_every_class_from_its_wnid_folder(tmp_path):
+    syn, sub = datasets.imagenet_synsets(), set(datasets.subset_indices("r").tolist())
+    outside = next(i for i in range(1000) if i not in sub)  # a class ImageNet-R lacks: Sketch has all 1000
+    _png(tmp_path / "sketch" / syn[999] / "sketch_0.JPEG", (1, 1, 1))
+    _png(tmp_path / "sketch" / syn[outside] / "sketch_0.JPEG", (1, 1, 1))
+    _png(tmp_path / "sketch" / syn[outside] / "sketch_1.JPEG", (1, 1, 1))
+    b = datasets.load("imagenet_sketch", tmp_path / "sketch")
+    assert b.name == "imagenet_sketch" and b.labels.tolist() == [outside, outside, 999] and b.subset is None
+    assert [p.name for p in b.paths] == ["sketch_0.JPEG", "sketch_1.JPEG", "sketch_0.JPEG"]
+
+
+def test_imagenet_sketch_names_a_missing_root_or_a_folder_that_is_no_wnid(tmp_path):
+    with pytest.raises(datasets.DatasetMissing) as e:
+        datasets.imagenet_sketch(tmp_path / "nowhere")
+    assert f"{tmp_path / 'nowhere'}: no such folder" in str(e.value) and "HaohanWang/ImageNet-Sketch" in str(e.value)
+    _png(tmp_path / "unzipped" / "sketch" / datasets.imagenet_synsets()[0] / "0.JPEG", (1, 1, 1))
+    with pytest.raises(datasets.DatasetMissing) as e:  # the zip's top folder given instead of its sketch/
+        datasets.imagenet_sketch(tmp_path / "unzipped")
+    assert f"{tmp_path / 'unzipped' / 'sketch'}: folder 'sketch' is not a class" in str(e.value)
+    assert "the zip's sketch/ folder is the root" in str(e.value)
+
+
 def _objectnet(root):
     """Three folders: one mapped to two ImageNet classes, one to one, one unmapped."""
     names = ["tench, Tinca tinca", "analog clock", "digital clock", "banana", "wall clock"]
@@ -150,6 +172,9 @@ def test_si_score_labels_from_package_data(tmp_path):
     assert b.name == "si_rotation" and b.labels.tolist() == [407, 954]
     with pytest.raises(datasets.DatasetMissing, match="si_score"):
         datasets.load("si_location", tmp_path)
+    _png(tmp_path / "area" / "banana" / "0.png", (0, 0, 0))  # the paper's size subset, in the release's area/
+    b = datasets.load("si_size", tmp_path)
+    assert b.name == "si_size" and b.labels.tolist() == [954] and b.paths[0].parent.parent.name == "area"
 
 
 def test_imagenet_segmentation_reads_referenced_arrays(tmp_path):

@@ -19,9 +19,11 @@ from cftlib.models import factory
 from cftlib.report import claims, figures, tables
 from cftlib.stages import benchmarks, evaluate
 
-GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_a": [0.10, 0.12, 0.11], "objectnet": [0.02, -0.03, 0.01]}
-BASE = {"imagenet_val": 0.8, "imagenet_a": 0.3, "objectnet": 0.5}
-"""The base's top-1: both OOD benchmarks show a shortcut gap, so their claims are testable."""
+GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_v2": [-0.004, -0.003, -0.005],
+        "imagenet_a": [0.10, 0.12, 0.11], "objectnet": [0.02, -0.03, 0.01]}
+BASE = {"imagenet_val": 0.8, "imagenet_v2": 0.7, "imagenet_a": 0.3, "objectnet": 0.5}
+"""The base's top-1: both OOD benchmarks show a shortcut gap, so their claims are testable; ImageNet-v2 is an
+in-distribution reference, as in the paper."""
 ARMS = (("vit", "none"), ("vit", "ce"), ("vit", "cft"), ("vit", "cft_fgmask"), ("cnn", "none"), ("cnn", "ce"), ("cnn", "cft"))
 
 
@@ -59,7 +61,7 @@ def frames(tmp_path_factory):
 def test_frames_have_the_worlds_columns(frames):
     acc, others, align, usage = frames
     assert list(acc.columns) == ["model", "arm", "seed", "split", "group", "top1", "top5"]
-    assert set(acc["split"]) == set(GAIN) and len(acc) == len(ARMS) * 3 * 3 * 3
+    assert set(acc["split"]) == set(GAIN) and len(acc) == len(ARMS) * 3 * len(GAIN) * 3
     assert np.allclose(others["top1"], acc["top1"] + 0.05)  # the standard rows, in the same order
     assert list(others.columns) == ["model", "arm", "seed", "protocol", "split", "group", "top1", "top5"]
     assert set(others["protocol"]) == {"standard"}
@@ -75,9 +77,15 @@ def test_frames_have_the_worlds_columns(frames):
 def test_roles_world_and_paper(P):
     w = accuracy.roles(config.parse({}))
     assert (w.reference, w.focus, w.chance) == ("test", "bg_conflict", 1 / 50) and "test" not in w.ood
+    assert w.in_distribution == ["test"] and "v2" in w.ood  # the world's v2 stays a shifted split
     p = accuracy.roles(P)
-    assert p.reference == "imagenet_val" and p.splits[0] == "imagenet_val" and p.focus == "imagenet_a"
-    assert p.ood == [b for b in P.evaluate.benchmarks if b != "imagenet_val"] and p.chance is None
+    assert p.reference == "imagenet_val" and p.focus == "imagenet_a" and p.chance is None
+    assert p.in_distribution == ["imagenet_val", "imagenet_v2"]  # the paper's references, reported apart
+    assert p.ood == ["imagenet_a", "objectnet", "imagenet_r", "imagenet_sketch", "si_location", "si_rotation",
+                     "si_size"]  # the paper's five OOD sets, SI-Score's three subsets apart
+    assert p.splits == p.in_distribution + p.ood
+    shuffled = _paper_params(benchmarks={"imagenet_a": "/a", "imagenet_v2": "/v2", "imagenet_val": "/val"})
+    assert accuracy.roles(shuffled).splits == ["imagenet_val", "imagenet_v2", "imagenet_a"]  # references first
 
 
 def test_gaps_against_imagenet_val(frames, P):
@@ -117,7 +125,12 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
     assert find("OOD accuracy on ImageNet-A")["verdict"] == claims.SUPPORTED  # +11 ± 2.5 over the base, +10 over CE
     assert find("OOD accuracy on ObjectNet")["verdict"] == claims.INCONCLUSIVE  # 0 ± 6.3
     assert "not measured" in find("OOD accuracy on ImageNet-A")["evidence"]  # no robustvit arm
-    assert find("in-distribution accuracy (ImageNet val)")["verdict"] == claims.SUPPORTED
+    assert find("OOD accuracy on ImageNet-A")["paper"].startswith("+14.5 (Table 1, IN-A)")  # the benchmark's own
+    assert find("OOD accuracy on ObjectNet")["paper"] == "+21.0 (Table 1, ObjectNet); Tables 5–6: +7.2"
+    kept = find("in-distribution accuracy (ImageNet val, ImageNet-v2)")
+    assert kept["verdict"] == claims.SUPPORTED
+    assert [c["split"] for c in kept["comparisons"] if c["decides"]] == ["imagenet_val", "imagenet_v2"]
+    assert not [c for c in rows if "ImageNet-v2" in c and "OOD" in c]  # in distribution: no OOD claim
     part = find("semantic parts")
     assert part["verdict"] == claims.UNTESTABLE and "not testable at this scale" in part["evidence"]
     assert "pixAcc on `imagenet_segmentation`, CFT − base: +10.0" in part["evidence"]
@@ -141,7 +154,14 @@ def test_tables_and_metrics_from_the_paper_frames(frames, tmp_path):
     acc, others, align, _ = frames
     s = intervals.summarise(acc, ["model", "arm", "split", "group"], ["top1", "top5"])
     t = tables.main_table(s, list(GAIN))
-    assert list(t.columns) == list(GAIN) and t.loc["vit / cft", "imagenet_a"] == "41.0 ± 2.5"
+    assert list(t.columns) == [f"{name} ({group}) · {m}" for name, group in (
+        ("ImageNet val", "in-distribution"), ("ImageNet-v2", "in-distribution"), ("ImageNet-A", "OOD"),
+        ("ObjectNet", "OOD")) for m in ("top1", "top5")]  # top-5 beside top-1, as the paper reports
+    assert t.loc["vit / cft", "ImageNet-A (OOD) · top1"] == "41.0 ± 2.5"
+    assert t.loc["vit / cft", "ImageNet-A (OOD) · top5"] == "90.0 ± 0.0"
+    top5 = tables.main_table(s, list(GAIN), "top5")
+    assert list(top5.columns)[:2] == ["ImageNet val (in-distribution)", "ImageNet-v2 (in-distribution)"]
+    assert top5.loc["vit / cft", "ImageNet-A (OOD)"] == "90.0 ± 0.0"  # one metric asked for: that one alone
     metrics = [m for m in alignment.ALIGNMENT if align[m].notna().any()]
     assert metrics == ["pixAcc", "mIoU", "mAP"]
     a = intervals.summarise(align, ["model", "arm", "split"], metrics)

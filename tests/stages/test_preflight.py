@@ -80,6 +80,8 @@ def test_paper_profile_on_a_bare_machine_lists_every_missing_piece(tmp_path, bar
     assert set(bad) == PAPER_MISSING
     get = {"concepts.image_dir": "image-net.org", "evaluate.segmentation": "gtsegs_ijcv.mat",
            "evaluate.benchmarks.objectnet": "objectnet.dev", "evaluate.benchmarks.imagenet_a": "natural-adv-examples",
+           "evaluate.benchmarks.imagenet_sketch": "HaohanWang/ImageNet-Sketch (ImageNet-Sketch.zip",
+           "evaluate.benchmarks.si_size": "si/area: no such folder",
            "concepts.llm.model": "huggingface-cli download Qwen/Qwen2.5-7B-Instruct",
            "masks.groundingsam.detector": "huggingface-cli download IDEA-Research/grounding-dino-base",
            "masks.groundingsam.segmenter": "huggingface-cli download facebook/sam2.1-hiera-large",
@@ -114,7 +116,8 @@ def layout(tmp_path) -> dict:
     """Tiny stand-ins for every piece of the paper profile: a couple of class folders per dataset, a local LLM and
     SAM folder, GroundingDINO in the Hugging Face cache, zoo weights files."""
     synsets = datasets.imagenet_synsets()
-    folders = {"imagenet/train": synsets[:2], "imagenet_val": synsets[:2], "imagenet_v2": ["0", "1"],
+    folders = {"imagenet/train": synsets[:2], "imagenet_val": synsets[:2], "imagenet_sketch": synsets[-2:],
+               "imagenet_v2": ["0", "1"],
                "imagenet_a": [synsets[i] for i in datasets.subset_indices("a")[:2]],
                "imagenet_r": [synsets[i] for i in datasets.subset_indices("r")[:2]],
                "objectnet/images": ["air_freshener"], "si/location": list(datasets.si_score_labels())[:2]}
@@ -154,18 +157,22 @@ def test_paper_profile_with_every_piece_present(tmp_path, bare):
     assert found["concepts.image_dir"].warning and "2 of 1000 class folders" in found["concepts.image_dir"].detail
     assert "Hugging Face cache" in found["masks.groundingsam.detector"].detail
     assert "local folder" in found["concepts.llm.model"].detail
-    assert "2 class folders" in found["evaluate.benchmarks.si_area"].detail
+    assert "si/area: 2 class folders" in found["evaluate.benchmarks.si_size"].detail  # the release's folder
+    assert found["evaluate.benchmarks.imagenet_sketch"].warning  # 2 of its 1000 folders
+    assert "imagenet_sketch: 2 of 1000 class folders" in found["evaluate.benchmarks.imagenet_sketch"].detail
 
 
 def test_wrong_layouts_fail(tmp_path, bare):
     data = layout(tmp_path)
     (tmp_path / "imagenet" / "train" / "cats").mkdir()  # not a wnid
     (tmp_path / "imagenet_v2" / "1000").mkdir()  # not a class index
+    (tmp_path / "imagenet_sketch" / "sketch").mkdir()  # the zip's top folder, not its sketch/
     (tmp_path / "objectnet" / "mappings" / "imagenet_to_label_2012_v2").unlink()
     (tmp_path / "gtsegs_ijcv.mat").write_bytes(b"not hdf5")
     (tmp_path / "sam" / "config.json").unlink()
     found = by_name(preflight.checks(config.parse(data)))
     for name, says in {"concepts.image_dir": "cats", "evaluate.benchmarks.imagenet_v2": "1000",
+                       "evaluate.benchmarks.imagenet_sketch": "imagenet_sketch: folder(s) sketch are not classes",
                        "evaluate.benchmarks.objectnet": "missing imagenet_to_label_2012_v2",
                        "evaluate.segmentation": "not an HDF5 file",
                        "masks.groundingsam.segmenter": "holds no config.json"}.items():
