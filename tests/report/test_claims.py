@@ -249,3 +249,15 @@ def test_the_in_distribution_note_says_what_its_interval_can_show(verdicts):
     row = _find(verdicts, "in-distribution")
     h = _cmp(row, "none")["ci"] * 100
     assert f"half-width ±{h:.1f}" in row["evidence"] and f"above {-1 + h:+.1f} shows accuracy kept" in row["evidence"]
+
+
+def test_the_cnns_relevance_is_a_declared_deviation_at_paper_scale():
+    """The paper's CNN relevance (feature maps x LRP scores, after IIA) is not what runs: the paper profile's report
+    says so, with the method and model that do run; the world's deviations are as before."""
+    from conftest import ROOT
+
+    P = config.load(ROOT / "profiles" / "paper.yaml")
+    (row,) = [r for r in claims.deviations(P) if r["what"] == "CNN relevance"]
+    assert "IIA" in row["official"]
+    assert row["here"] == f"`{P.finetune.cnn.relevance}` on `{P.finetune.cnn.zoo}`'s last feature map"
+    assert not [r for r in claims.deviations(config.Params()) if r["what"] == "CNN relevance"]
