@@ -148,9 +148,9 @@ ZOO: dict[str, Entry] = {e.name: e for e in (
           "resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth",
           "ResNet-50, torchvision's original ImageNet weights (pytorch-grad-cam's example model)"),
     # The paper's CNN. Its base, 86.49 top-1 at 224 px, lies between timm's ConvNeXt-V2 base in22k -> in1k (86.75)
-    # and huge in1k (86.26), every other size 0.7+ points away; base, as the paper's three ViTs are (89 M parameters,
-    # huge has 660 M). The paper explains it with feature maps x LRP scores (after IIA); here Grad-CAM on the last
-    # stage's output (cftlib.relevance.gradients), a declared deviation.
+    # and huge in1k (86.26), every other size 0.7+ points away; base, the size of the paper's ViT-B and DeiT-III (89 M
+    # parameters; huge has 660 M). The paper explains it with feature maps x LRP scores (after IIA); here Grad-CAM on
+    # the last stage's output (cftlib.relevance.gradients), a declared deviation.
     Entry("convnextv2_b", "convnextv2_base.fcmae_ft_in22k_in1k", "cnn", IMAGENET_MEAN, IMAGENET_STD, DEFAULT_LR, 1.0,
           "convnextv2_base_22k_224_ema.pt",
           "https://dl.fbaipublicfiles.com/convnext/convnextv2/im22k/convnextv2_base_22k_224_ema.pt",
