@@ -42,7 +42,8 @@ CLASSES = [
 N_CONCEPTS = 3  # concepts.llm.n_concepts of paper_params: the prompt the tiny LLM was taught to answer
 TRAIN_IMAGES = 4  # per class: masks.k 3 training images, or 1 validation image
 VIT_KWARGS = dict(embed_dim=32, depth=2, num_heads=2)  # pretrain.model_kwargs: a 2-block ViT-B/16 at 224 px
-RESNET_KWARGS = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)  # a 4-block ResNet-50
+CNN = "convnextv2_b"  # finetune.cnn.zoo of the paper profile
+CNN_KWARGS = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))  # its finetune.cnn.pretrain.model_kwargs: 4 blocks
 SIZES = [(128, 96), (96, 128), (120, 88)]  # (w, h), never square: the tiny GroundingDINO fails on 64×64 inputs
 
 
@@ -211,7 +212,7 @@ def _models(root: Path) -> dict[str, Path]:
            "grounding_dino": tiny_grounding_dino(root / "grounding-dino", sorted(words | {"object"})),
            "sam": tiny_sam(root / "sam")}
     torch.manual_seed(0)
-    for name, kwargs in (("vit_b", VIT_KWARGS), ("resnet50", RESNET_KWARGS)):
+    for name, kwargs in (("vit_b", VIT_KWARGS), (CNN, CNN_KWARGS)):
         model = timm.create_model(ZOO[name].timm_id, pretrained=False, num_classes=1000, **kwargs)
         out[name] = root.parent / "weights" / f"{name}.pth"
         out[name].parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,7 @@ def _models(root: Path) -> dict[str, Path]:
 def make_paper_fakes(root: Path) -> dict[str, Path]:
     """Build the fake datasets, tiny model folders and fake pretrained weights under `root`; return their paths:
     imagenet_train, imagenet_val, imagenet_a, imagenet_r, imagenet_sketch, imagenet_v2, objectnet, si_score,
-    segmentation, llm, grounding_dino, sam, vit_b, resnet50."""
+    segmentation, llm, grounding_dino, sam, vit_b and the CNN (`CNN`)."""
     import torch
 
     root = Path(root)
@@ -259,8 +260,7 @@ def paper_params(fakes: dict[str, Path]) -> dict:
     p["masks"]["groundingsam"] |= {"detector": str(fakes["grounding_dino"]), "segmenter": str(fakes["sam"]),
                                    "device": "cpu", "batch_size": 2}
     p["finetune"] |= {"seeds": 1, "epochs": 2, "batch_size": 4, "device": "cpu"}
-    p["finetune"]["cnn"] |= {"weights": str(fakes["resnet50"]),
-                             "pretrain": {"model_kwargs": copy.deepcopy(RESNET_KWARGS)}}
+    p["finetune"]["cnn"] |= {"weights": str(fakes[CNN]), "pretrain": {"model_kwargs": copy.deepcopy(CNN_KWARGS)}}
     p["evaluate"] |= {"batch_size": 8, "benchmark_images": 4, "device": "cpu",
                       "segmentation": str(fakes["segmentation"])}
     p["evaluate"]["benchmarks"] = {b: str(fakes["si_score" if b.startswith("si_") else b])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fakes import CLASSES, N_CONCEPTS, RESNET_KWARGS, TRAIN_IMAGES, VIT_KWARGS, class_infos, paper_params
+from fakes import CLASSES, CNN, CNN_KWARGS, N_CONCEPTS, TRAIN_IMAGES, VIT_KWARGS, class_infos, paper_params
 
 from cftlib import concepts, grounding
 from cftlib.core import config
@@ -62,8 +62,8 @@ def test_paper_params_pass_the_config_check_and_keep_the_profile(paper_fakes):
     P = config.parse(params, "paper_params")
     profile = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
     assert (P.concepts.proposer, P.concepts.dataset, P.masks.grounder) == ("llm", "imagenet", "groundingsam")
-    assert (P.pretrain.zoo, P.finetune.cnn.zoo, P.finetune.arms) == ("vit_b", "resnet50", profile["finetune"]["arms"])
-    assert P.pretrain.model_kwargs == VIT_KWARGS and P.finetune.cnn.pretrain.model_kwargs == RESNET_KWARGS
+    assert (P.pretrain.zoo, P.finetune.cnn.zoo, P.finetune.arms) == ("vit_b", CNN, profile["finetune"]["arms"])
+    assert P.pretrain.model_kwargs == VIT_KWARGS and P.finetune.cnn.pretrain.model_kwargs == CNN_KWARGS
     assert set(P.evaluate.benchmarks) == set(profile["evaluate"]["benchmarks"])
     for path in [*P.evaluate.benchmarks.values(), P.evaluate.segmentation, P.concepts.image_dir, P.pretrain.weights,
                  P.finetune.cnn.weights, P.concepts.llm.model, P.masks.groundingsam.detector,
@@ -88,7 +88,7 @@ def test_tiny_groundingsam_loads_and_grounds_a_fake_image(paper_fakes):
     assert g(img, CLASSES[0][6]).shape == (N_CONCEPTS, *img.shape[:2])
 
 
-@pytest.mark.parametrize("name, kwargs", [("vit_b", VIT_KWARGS), ("resnet50", RESNET_KWARGS)])
+@pytest.mark.parametrize("name, kwargs", [("vit_b", VIT_KWARGS), (CNN, CNN_KWARGS)])
 def test_zoo_builds_the_fake_pretrained_weights(paper_fakes, name, kwargs):
     zoo = pytest.importorskip("cftlib.models.zoo")
 

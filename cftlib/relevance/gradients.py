@@ -4,6 +4,10 @@ feature map; on a ViT the patch tokens entering the last block's attention, the 
 All methods explain the score s = sum_b z_b[t_b] (the target logits summed over the batch: samples
 are independent, so one backward gives every sample's map). `input_x_gradient` with an LRP rule set
 is AttnLRP / CP-LRP (see `attnlrp.py`); with none it is plain gradient x input.
+
+The paper explains its CNN (ConvNeXt-V2) with feature maps combined with LRP scores, after IIA (Barkan et al.,
+ICCV 2023), and says no more; we train and evaluate CNNs on Grad-CAM instead, a declared deviation (the claims
+report's deviations table). On a ConvNeXt the map is read at the last stage's output, before the head's pooling.
 """
 
 from __future__ import annotations

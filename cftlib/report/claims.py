@@ -346,6 +346,11 @@ def deviations(P: config.Params) -> list[dict]:
         dict(what="relevance", official="GAE rollout (named 'lrp'; the paper says AttnLRP)",
              here=f"`{f.relevance}` (evaluated with `{P.evaluate.relevance}`)",
              why="docs/paper.md §3.4: the paper's method, differentiable twice through lxt's rules"),
+        *([dict(what="CNN relevance", official="no CNN (the paper: ConvNeXt-V2, feature maps combined with LRP scores "
+                                                 "after IIA, not specified further)",
+                here=f"`{f.cnn.relevance}` on `{f.cnn.zoo}`'s last feature map",
+                why="docs/paper.md §3.2: too little said to rebuild and check the paper's method; Grad-CAM is "
+                    "differentiable twice")] if f.cnn.arms and not world else []),
         dict(what="min-max", official="no epsilon: a constant map gives NaN", here="range clamped at 1e-8",
              why="docs/paper.md §6.15"),
         dict(what="reverse mask", official="only exact 0/1 flipped", here=f"`{loss.reverse_mask}`", why="docs/paper.md §6.16"),

@@ -2,6 +2,7 @@
 timm, gives the saved model's outputs, explains with relevance, round-trips through checkpoints, and
 says exactly what to download when its weights are missing."""
 
+import re
 from pathlib import Path
 
 import huggingface_hub
@@ -9,13 +10,15 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from conftest import ROOT
 
 from cftlib import relevance
-from cftlib.core import io
+from cftlib.core import config, io
 from cftlib.models import checkpoints, zoo
 
-TINY = {"vit": dict(embed_dim=32, depth=2, num_heads=2),
-        "cnn": dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)}
+TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
+TINY_CNN = {"resnet50": dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8),
+            "convnextv2_b": dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))}
 NAMES = sorted(zoo.ZOO)
 
 
@@ -28,7 +31,7 @@ def no_hub(tmp_path, monkeypatch):
 
 
 def tiny(name):
-    return TINY[zoo.ZOO[name].kind]
+    return TINY_VIT if zoo.ZOO[name].kind == "vit" else TINY_CNN[name]
 
 
 def reference(name, seed=0):
@@ -58,29 +61,53 @@ def reference_logits(model, head, x):
 
 
 def to_meta_dinov2(sd):
-    """timm's DINOv2-reg state dict in Meta's released layout (the inverse of timm's conversion)."""
+    """timm's DINOv2 state dict in Meta's released layout (the inverse of timm's conversion): a mask token, and with
+    registers the class token's position embedding folded back into the embedding table."""
     sd = dict(sd)
-    p0 = torch.randn(1, 1, sd["pos_embed"].shape[-1])
-    sd["register_tokens"] = sd.pop("reg_token")
-    sd["pos_embed"] = torch.cat([p0, sd["pos_embed"]], 1)
-    sd["cls_token"] = sd["cls_token"] - p0
+    if "reg_token" in sd:
+        p0 = torch.randn(1, 1, sd["pos_embed"].shape[-1])
+        sd["register_tokens"] = sd.pop("reg_token")
+        sd["pos_embed"] = torch.cat([p0, sd["pos_embed"]], 1)
+        sd["cls_token"] = sd["cls_token"] - p0
     sd["mask_token"] = torch.zeros(1, sd["pos_embed"].shape[-1])
     return sd
 
 
+def to_meta_deit3(sd):
+    """timm's DeiT-III state dict as released: {"model": ...} with LayerScale as `gamma_1`, `gamma_2`."""
+    return {"model": {re.sub(r"ls([12])\.gamma", r"gamma_\1", k): v for k, v in sd.items()}}
+
+
+def to_meta_convnext(sd):
+    """timm's ConvNeXt-V2 state dict in Meta's released layout (the inverse of timm's checkpoint_filter_fn)."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+        k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
+        k = re.sub(r"^stages\.(\d+)\.blocks\.", r"stages.\1.", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.fc.", "head.")
+        k = k.replace("head.norm.", "norm.").replace("mlp.grn.weight", "grn.gamma").replace("mlp.grn.bias", "grn.beta")
+        out[k] = v.reshape(1, 1, 1, -1) if ".grn." in k else v
+    return {"model": out}
+
+
 def write_weights(name, folder, fmt="pth"):
-    """A fake pretrained file as released: a state dict (.pth / .safetensors), DeiT's {"model": ...},
-    DINOv2's Meta layout with the linear head saved next to it. Returns (path, model, head)."""
+    """A fake pretrained file as released: a state dict (.pth / .safetensors), DeiT's {"model": ...}, DeiT-III's and
+    ConvNeXt-V2's Meta layouts, DINOv2's with the linear head saved next to it. Returns (path, model, head)."""
     model, head = reference(name)
     sd = model.state_dict()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.{fmt}"
     if fmt == "safetensors":
         safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    elif name.startswith("deit3"):
+        torch.save(to_meta_deit3(sd), path)
     elif name.startswith("deit"):
         torch.save({"model": sd}, path)
-    elif name == "dinov2_b_reg":
+    elif name.startswith("dinov2"):
         torch.save(to_meta_dinov2(sd), path)
+    elif name.startswith("convnextv2"):
+        torch.save(to_meta_convnext(sd), path)
     else:
         torch.save(sd, path)
     if head is not None:
@@ -102,7 +129,56 @@ def test_registry_matches_timm_and_robustvit():
     assert {n: zoo.ZOO[n].lr for n in ("vit_b", "vit_b_augreg", "deit_s", "deit_b")} == dict(
         vit_b=3e-6, vit_b_augreg=6e-7, deit_s=1e-6, deit_b=8e-7)
     assert {n: e.temperature for n, e in zoo.ZOO.items() if e.temperature != 1.0} == dict(deit_b=0.65, deit_s=0.55)
-    assert zoo.ZOO["dinov2_b_reg"].head_url.endswith("/" + zoo.ZOO["dinov2_b_reg"].head_file)
+    for e in zoo.ZOO.values():
+        assert e.head_url.endswith("/" + e.head_file) if e.head_file else not e.head_url, e.name
+
+
+def test_table8_is_the_papers():
+    """Table 8's columns ViT-B / DINOv2 / DeiT / ConvNeXt-V2 (docs/paper.md §3.3), on the entries read as those."""
+    T = zoo.Table8
+    want = dict(vit_b=T(5e-7, 1e-3, 2e-6, 2e-6, 1e-10), dinov2_s=T(6e-7, 5e-3, 1e-5, 2e-8, 1e-10),
+                dinov2_b=T(6e-7, 5e-3, 1e-5, 2e-8, 1e-10), deit3_b=T(8e-7, 1e-3, 5e-6, 2e-6, 1e-10),
+                convnextv2_b=T(3e-6, 5e-2, 3e-6, 2e-6, 1e-8))
+    assert {n: e.table8 for n, e in zoo.ZOO.items() if e.table8} == want
+    assert all(5e-7 <= t.lr <= 5e-6 for t in want.values())  # the paper's grid
+    assert {n: zoo.ZOO[n].kind for n in want} == dict(vit_b="vit", dinov2_s="vit", dinov2_b="vit", deit3_b="vit",
+                                                      convnextv2_b="cnn")
+
+
+def test_paper_profile_runs_its_models_with_table8():
+    P = config.load(ROOT / "profiles" / "paper.yaml")
+    for name, cnn in ((P.pretrain.zoo, False), (P.finetune.cnn.zoo, True)):
+        assert zoo.get(name).kind == ("cnn" if cnn else "vit")
+        for key, value in zoo.get(name).table8.params(cnn).items():
+            node = P
+            for part in key.split("."):
+                node = node[part] if isinstance(node, dict) else getattr(node, part)
+            assert node == value, key
+
+
+@pytest.mark.parametrize("name", [n for n, e in zoo.ZOO.items() if e.table8])
+def test_table8_flags_switch_the_profile_through_dvc(name, tmp_path):
+    """The flags `python -m cftlib.models.zoo NAME` prints, applied as `dvc exp run -S` applies them (dvc writes
+    `5e-07`, a string to YAML 1.1), give a params.yaml that loads with that model and its Table 8 values."""
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "profiles" / "paper.yaml").read_text())
+    flags = zoo.table8_flags(name).split()
+    assert flags[::2] == ["-S"] * (len(flags) // 2)
+    apply_overrides(params, flags[1::2])
+    assert re.search(r"lr: \de-0\d", params.read_text())  # dvc's own spelling of the lr, no dot
+    P = config.load(params)
+    e = zoo.get(name)
+    if e.kind == "cnn":
+        assert (P.finetune.cnn.zoo, P.finetune.cnn.lr, P.pretrain.zoo) == (name, e.table8.lr, "vit_b")
+    else:
+        t = e.table8
+        assert (P.pretrain.zoo, P.finetune.lr, P.finetune.loss.rrr_lambda, P.finetune.loss.rrr_l2) == (
+            name, t.lr, t.rrr_lambda, t.rrr_l2)
+        assert P.finetune.arm_lr == dict(gradmask=t.gradmask_lr, rrr=t.rrr_lr, rrda=t.rrr_lr)
+    with pytest.raises(ValueError, match="resnet50.*not one of the paper's four models"):
+        zoo.table8_flags("resnet50")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,7 +210,7 @@ def test_other_class_count_keeps_backbone_new_head(name, tmp_path):
     assert torch.equal(model.blocks[1].mlp.fc2.weight, ref.blocks[1].mlp.fc2.weight)
 
 
-@pytest.mark.parametrize("name", ["vit_b", "dinov2_b_reg"])
+@pytest.mark.parametrize("name", ["vit_b", "dinov2_b_reg", "dinov2_s"])
 def test_build_from_hub_cache_offline(name, tmp_path):
     """weights == "": timm's file from the (here fake) Hugging Face cache, DINOv2's head from torch.hub's."""
     e = zoo.ZOO[name]
@@ -171,6 +247,23 @@ def test_relevance_is_differentiable(name, tmp_path):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads), method
         assert sum(g.abs().sum() for g in grads) > 0, method
+
+
+def test_gradcam_on_convnext_weights_its_last_stage_output(tmp_path):
+    """ConvNeXt-V2's Grad-CAM map is relu(sum_c mean(ds/dA_c) A_c) over the last stage's output (before the head's
+    pooling and LayerNorm), on its 7 x 7 grid at 224 px: checked against a forward hook on that stage."""
+    path, _, _ = write_weights("convnextv2_b", tmp_path)
+    model = zoo.build("convnextv2_b", str(path), **tiny("convnextv2_b"))
+    got, logits = relevance.explain(model, x(), "gradcam", output="patch", normalize=False)
+    seen = {}
+    hook = model.stages[-1].register_forward_hook(lambda m, i, o: seen.setdefault("a", o))
+    z = model(x())
+    hook.remove()
+    (g,) = torch.autograd.grad(z.gather(1, z.argmax(1, keepdim=True)).sum(), seen["a"])
+    want = (g.mean((2, 3), keepdim=True) * seen["a"]).sum(1, keepdim=True).relu()
+    assert got.shape == (2, 1, 7, 7) and want.abs().sum() > 0
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(logits, z)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -231,8 +324,11 @@ def test_unknown_name_lists_the_zoo():
 
 
 def test_table_prints_status(capsys):
-    zoo.main()
+    zoo.main([])
     out = capsys.readouterr().out
     for e in zoo.ZOO.values():
         line = next(ln for ln in out.splitlines() if ln.split()[0] == e.name)
         assert e.timm_id in line and e.url in line and f"{e.lr:g}" in line
+        assert (f"{e.table8.lr:g}" if e.table8 else " - ") in line
+    zoo.main(["deit3_b"])
+    assert capsys.readouterr().out.strip() == zoo.table8_flags("deit3_b")

@@ -19,10 +19,13 @@ from cftlib.relevance import METHODS, explain
 from cftlib.relevance.rollout import gae_rollout_official
 
 VIT = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5)
-VITS = {  # name -> (timm architecture, overrides): CLS only, CLS + distillation, registers + non-square
+VITS = {  # name -> (timm architecture, overrides): CLS only, CLS + distillation, registers + non-square, and
+    # DeiT-III's / DINOv2's LayerScale with the class token outside the position embedding, on 7-pixel patches
     "vit": ("vit_tiny_patch16_224", {}),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
     "vit_reg_16x24": ("vit_tiny_patch16_224", dict(reg_tokens=2, img_size=(16, 24))),
+    "layerscale_p7": ("vit_tiny_patch16_224", dict(init_values=0.5, no_embed_class=True, patch_size=7,
+                                                   img_size=(14, 21))),
 }
 B = 3
 

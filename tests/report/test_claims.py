@@ -256,3 +256,15 @@ def test_every_benchmark_has_the_papers_name_and_every_ood_one_its_figure():
     assert all(paper.FIGURES[b].value is not None for b in config.BENCHMARKS if b not in config.IN_DISTRIBUTION)
     assert paper.FIGURES["si_size"].text() == "+7.9 (Table 2, SI-Score size); Table 5: +6.3, Table 6: +6.5"
     assert paper.FIGURES["imagenet_sketch"].value == pytest.approx(37.06 - 35.49)
+
+
+def test_the_cnns_relevance_is_a_declared_deviation_at_paper_scale():
+    """The paper's CNN relevance (feature maps x LRP scores, after IIA) is not what runs: the paper profile's report
+    says so, with the method and model that do run; the world's deviations are as before."""
+    from conftest import ROOT
+
+    P = config.load(ROOT / "profiles" / "paper.yaml")
+    (row,) = [r for r in claims.deviations(P) if r["what"] == "CNN relevance"]
+    assert "IIA" in row["official"]
+    assert row["here"] == f"`{P.finetune.cnn.relevance}` on `{P.finetune.cnn.zoo}`'s last feature map"
+    assert not [r for r in claims.deviations(config.Params()) if r["what"] == "CNN relevance"]

@@ -85,7 +85,7 @@ def test_paper_profile_on_a_bare_machine_lists_every_missing_piece(tmp_path, bar
            "concepts.llm.model": "huggingface-cli download Qwen/Qwen2.5-7B-Instruct",
            "masks.groundingsam.detector": "huggingface-cli download IDEA-Research/grounding-dino-base",
            "masks.groundingsam.segmenter": "huggingface-cli download facebook/sam2.1-hiera-large",
-           "pretrain.zoo": zoo.get("vit_b").url, "finetune.cnn.zoo": zoo.get("resnet50").url}
+           "pretrain.zoo": zoo.get("vit_b").url, "finetune.cnn.zoo": zoo.get("convnextv2_b").url}
     for name, where in get.items():
         assert where in bad[name].detail, (name, bad[name].detail)
     assert bare["HF_HUB_CACHE"] in bad["concepts.llm.model"].detail  # says which cache it looked in
@@ -138,7 +138,7 @@ def layout(tmp_path) -> dict:
     (snapshot / "snapshots" / "abc123" / "config.json").write_text("{}")
     (snapshot / "refs").mkdir()
     (snapshot / "refs" / "main").write_text("abc123")
-    for name in ("vit_b", "resnet50"):
+    for name in ("vit_b", "convnextv2_b"):
         e = zoo.get(name)
         for f in (e.file, e.head_file):
             if f:
@@ -147,7 +147,7 @@ def layout(tmp_path) -> dict:
     return paper(tmp_path, **{"concepts.llm.model": str(tmp_path / "llm"),
                               "masks.groundingsam.segmenter": str(tmp_path / "sam"),
                               "pretrain.weights": str(tmp_path / "weights" / zoo.get("vit_b").file),
-                              "finetune.cnn.weights": str(tmp_path / "weights" / zoo.get("resnet50").file)})
+                              "finetune.cnn.weights": str(tmp_path / "weights" / zoo.get("convnextv2_b").file)})
 
 
 def test_paper_profile_with_every_piece_present(tmp_path, bare):
