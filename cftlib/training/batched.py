@@ -106,8 +106,8 @@ def train_step(model, opt: StackedAdamW, arm: runspec.Arm, batches: list[tuple],
     with amp:
         terms = objective(model, arm, x, m, y, runs, cfg, method)
     torch.stack([t["loss"] for t in terms]).sum().backward()
-    stats = torch.stack([torch.stack([t[k].detach().double() for k in keys]
-                                     + [t["saturated"].double() if "saturated" in t else torch.zeros((), dtype=torch.float64, device=x.device)])
+    none = torch.zeros((), dtype=torch.float64, device=x.device)
+    stats = torch.stack([torch.stack([t[k].detach().double() for k in keys] + [t.get("saturated", none).double()])
                          for t in terms]).cpu()
     norms = torch.linalg.vector_norm(torch.stack(
         [torch.linalg.vector_norm(p.grad.flatten(1), dim=1) for p in params if p.grad is not None]), dim=0)
