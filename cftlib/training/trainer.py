@@ -289,6 +289,95 @@ def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Modul
     return conf
 
 
+def prepare(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, device: torch.device):
+    """A run's model (a trainable copy of `base` in eval mode: no dropout, frozen BatchNorm statistics; DFR's
+    refitted for `dfr`) and its train / val tensors, on `device`; `data` already narrowed (`for_subset`)."""
+    model = copy.deepcopy(base).eval()
+    if spec.arm == "dfr":
+        model = dfr.reweight(model, data["dfr"]["images"], data["dfr"]["label"], data["dfr"]["l2"])
+    model = model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    train = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["train"].items()}
+    val = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["val"].items()}
+    train["x"], val["x"] = checkpoints.renormalise(train["x"], build), checkpoints.renormalise(val["x"], build)
+    return model, train, val
+
+
+def autocast(device: torch.device, cfg: config.Finetune):
+    """bfloat16 autocast on CUDA with `finetune.amp`, else nothing."""
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
+            else contextlib.nullcontext())
+
+
+def saved_state(folder: Path, conf: dict, device: torch.device) -> dict | None:
+    """The run's resume state (`state.pt`) if one was saved under the same config hash."""
+    state_path = folder / "state.pt"
+    saved = (read_torch(state_path, "delete it to restart this run from its first epoch", device)
+             if state_path.is_file() else None)
+    return saved if saved is not None and saved["hash"] == conf["hash"] else None
+
+
+def epoch_row(epoch: int, lr: float, losses_: list[float], model, arm: runspec.Arm, val: dict,
+              cfg: config.Finetune, method: str, amp) -> dict:
+    """An `epochs.csv` row: the mean training loss of the epoch's steps that were taken, and `validate`'s."""
+    return {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses_)) if losses_ else math.nan,
+            **validate(model, arm, val, cfg, method, amp), "best": 0}
+
+
+def save_epoch(spec: runspec.RunSpec, folder: Path, build: dict, conf: dict, model, optimizer: dict,
+               gen: torch.Generator, st: dict, best: bool) -> None:
+    """After epoch `st["epoch"]` (rank 0): `best.pt` if it is the selected one, and the resume state."""
+    if best:
+        checkpoints.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": st["epoch"]})
+    with atomic_path(folder / "state.pt") as tmp:
+        torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": optimizer,
+                    "generator": gen.get_state(), "state": st}, tmp)
+
+
+def finish(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune,
+           folder: Path, conf: dict, model, st: dict, epochs: int, rank: int, world: int) -> dict:
+    """The run's summary, and on rank 0 its files (`last.pt`, `best.pt` of the base where no trained epoch was
+    selected, history.csv, epochs.csv, run.json last) with the resume state removed."""
+    arm = runspec.ARMS[spec.arm]
+    chosen = select_epoch(st["epochs"], cfg.selection)
+    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"],
+               "train_classes": [int(c) for c in data.get("train_classes", [])], "epochs": epochs,
+               "steps": len(st["history"]),
+               "best_epoch": chosen, "best_val_loss": st["epochs"][chosen]["val_loss"],
+               "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
+               "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
+    if rank == 0:
+        checkpoints.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
+        if chosen == 0:  # no fine-tuning, or no trained epoch selected: the (DFR-refitted) base itself
+            checkpoints.save_checkpoint(folder / "best.pt", base if epochs else model,
+                                        {**build, "run": asdict(spec), "epoch": 0})
+        write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
+        rows = [{**e, "best": int(e["epoch"] == chosen)} for e in st["epochs"]]
+        write_csv(folder / "epochs.csv", pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)))
+        write_json(folder / "run.json", summary)
+        (folder / "state.pt").unlink(missing_ok=True)
+    return summary
+
+
+def count_step(st: dict, row: dict, folder: Path, epoch: int, cfg: config.Finetune) -> None:
+    """Count a step's skip in the run's state; too many consecutive non-finite steps stop the run."""
+    st["nonfinite"] += row["skipped"]
+    st["consecutive"] = st["consecutive"] + 1 if row["skipped"] else 0
+    if st["consecutive"] >= cfg.max_nonfinite:
+        raise NonFiniteLoss(f"{folder}: {st['consecutive']} consecutive steps with a non-finite loss or "
+                            f"gradient (epoch {epoch + 1}, step {len(st['history']) + 1}); lower finetune.lr "
+                            f"or keep finetune.loss.squeeze > 0")
+
+
+def check_moved(st: dict, folder: Path, epoch: int) -> None:
+    """Stop a run whose every step so far was skipped: the weights never moved, later epochs would be the same."""
+    if st["nonfinite"] == len(st["history"]):
+        raise NonFiniteLoss(f"{folder}: every one of the {st['nonfinite']} training steps so far (epoch "
+                            f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
+                            f"finetune.lr, and keep finetune.loss.squeeze > 0")
+
+
 def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune,
         out_dir: str | Path, progress: bool = False, on_epoch=None) -> dict:
     """Run `spec` into its folder and return its run.json. A complete run with the same config hash is
@@ -303,24 +392,13 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     if done.is_file() and (summary := read_json(done))["config"]["hash"] == conf["hash"]:
         return summary
     device = launch.device(cfg.device, "finetune.device")
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
-           else contextlib.nullcontext())
-    model = copy.deepcopy(base).eval()  # eval: no dropout, frozen BatchNorm statistics
-    if spec.arm == "dfr":
-        model = dfr.reweight(model, data["dfr"]["images"], data["dfr"]["label"], data["dfr"]["l2"])
-    model = model.to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    train = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["train"].items()}
-    val = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data["val"].items()}
-    train["x"], val["x"] = checkpoints.renormalise(train["x"], build), checkpoints.renormalise(val["x"], build)
+    amp = autocast(device, cfg)
+    model, train, val = prepare(spec, base, build, data, device)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)
     st = {"epoch": 0, "history": [], "epochs": [], "nonfinite": 0, "consecutive": 0}
-    state_path = folder / "state.pt"
-    saved = (read_torch(state_path, "delete it to restart this run from its first epoch", device)
-             if state_path.is_file() else None)
-    if saved is not None and saved["hash"] == conf["hash"]:
+    saved = saved_state(folder, conf, device)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"].cpu())  # a CPU generator; the state was loaded onto the run's device
@@ -328,8 +406,7 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     else:
         if rank == 0 and folder.exists():
             shutil.rmtree(folder)
-        st["epochs"].append({"epoch": 0, "lr": spec.lr, "train_loss": math.nan,
-                             **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
+        st["epochs"].append(epoch_row(0, spec.lr, [], model, arm, val, cfg, spec.relevance, amp))
         if on_epoch is not None:
             on_epoch(st["epochs"][-1], model)
     epochs = cfg.epochs if arm.trains else 0
@@ -350,53 +427,22 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
             mine = slice(rank, None, world)
             row = train_step(model, opt, arm, x[mine], m[mine], train["y"][idx][mine], len(idx), cfg,
                              spec.relevance, amp)
-            st["nonfinite"] += row["skipped"]
-            st["consecutive"] = st["consecutive"] + 1 if row["skipped"] else 0
-            if st["consecutive"] >= cfg.max_nonfinite:
-                raise NonFiniteLoss(f"{folder}: {st['consecutive']} consecutive steps with a non-finite loss or "
-                                    f"gradient (epoch {epoch + 1}, step {len(st['history']) + 1}); lower finetune.lr "
-                                    f"or keep finetune.loss.squeeze > 0")
+            count_step(st, row, folder, epoch, cfg)
             st["history"].append({"epoch": epoch + 1, "step": len(st["history"]) + 1, "lr": lr, **row})
             if not row["skipped"]:
                 losses_.append(row["loss"])
             steps_bar.update()
             steps_bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if st["nonfinite"] == len(st["history"]):  # the weights never moved: later epochs would be the same
-            raise NonFiniteLoss(f"{folder}: every one of the {st['nonfinite']} training steps so far (epoch "
-                                f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
-                                f"finetune.lr, and keep finetune.loss.squeeze > 0")
-        st["epochs"].append({"epoch": epoch + 1, "lr": lr,
-                             "train_loss": float(np.mean(losses_)) if losses_ else math.nan,
-                             **validate(model, arm, val, cfg, spec.relevance, amp), "best": 0})
+        check_moved(st, folder, epoch)
+        st["epochs"].append(epoch_row(epoch + 1, lr, losses_, model, arm, val, cfg, spec.relevance, amp))
         best = select_epoch(st["epochs"], cfg.selection) == epoch + 1
         st["epoch"] = epoch + 1
         if on_epoch is not None:
             on_epoch(st["epochs"][-1], model)
         if rank == 0:
-            if best:
-                checkpoints.save_checkpoint(folder / "best.pt", model,
-                                            {**build, "run": asdict(spec), "epoch": epoch + 1})
-            with atomic_path(state_path) as tmp:
-                torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "generator": gen.get_state(), "state": st}, tmp)
+            save_epoch(spec, folder, build, conf, model, opt.state_dict(), gen, st, best)
     steps_bar.close()
-    chosen = select_epoch(st["epochs"], cfg.selection)
-    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"],
-               "train_classes": [int(c) for c in data.get("train_classes", [])], "epochs": epochs,
-               "steps": len(st["history"]),
-               "best_epoch": chosen, "best_val_loss": st["epochs"][chosen]["val_loss"],
-               "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
-               "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
-    if rank == 0:
-        checkpoints.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
-        if chosen == 0:  # no fine-tuning, or no trained epoch selected: the (DFR-refitted) base itself
-            checkpoints.save_checkpoint(folder / "best.pt", base if epochs else model,
-                                        {**build, "run": asdict(spec), "epoch": 0})
-        write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
-        rows = [{**e, "best": int(e["epoch"] == chosen)} for e in st["epochs"]]
-        write_csv(folder / "epochs.csv", pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)))
-        write_json(done, summary)
-        state_path.unlink(missing_ok=True)
+    summary = finish(spec, base, build, data, cfg, folder, conf, model, st, epochs, rank, world)
     if world > 1:
         dist.barrier()
     return summary
