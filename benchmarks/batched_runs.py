@@ -54,6 +54,22 @@ def timed(fn, steps: int, device) -> float:
     return statistics.median(out[2:])
 
 
+def measure(M: int, args, cfg, arm, device, amp) -> tuple[float, float]:
+    """Seconds per round of M runs stepped one at a time, and of the same M runs stacked into one model."""
+    models, size, classes = zip(*(build(device, s) for s in range(M)))
+    data = [batch(size[0], classes[0], args.batch_size, device, s) for s in range(M)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=cfg.weight_decay) for m in models]
+
+    def one_by_one():
+        for model, opt, (x, m, y) in zip(models, opts, data):
+            trainer.train_step(model, opt, arm, x, m, y, len(y), cfg, args.relevance, amp)
+
+    model = stacked.stack(list(models))
+    opt = batched.StackedAdamW(model.parameters(), M, 1e-5, cfg.weight_decay)
+    return (timed(one_by_one, args.steps, device),
+            timed(lambda: batched.train_step(model, opt, arm, data, cfg, args.relevance, amp), args.steps, device))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -69,21 +85,7 @@ def main() -> None:
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     rows = []
     for M in args.runs:
-        models, size, classes = zip(*(build(device, s) for s in range(M)))
-        data = [batch(size[0], classes[0], args.batch_size, device, s) for s in range(M)]
-        opts = [torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=cfg.weight_decay) for m in models]
-
-        def one_by_one():
-            for model, opt, (x, m, y) in zip(models, opts, data):
-                trainer.train_step(model, opt, arm, x, m, y, len(y), cfg, args.relevance, amp)
-
-        model = stacked.stack(list(models))
-        opt = batched.StackedAdamW(model.parameters(), M, 1e-5, cfg.weight_decay)
-        t_one = timed(one_by_one, args.steps, device)
-        t_batched = timed(lambda: batched.train_step(model, opt, arm, data, cfg, args.relevance, amp),
-                          args.steps, device)
-        rows.append((M, t_one, t_batched))
-        del models, model, opts, opt
+        rows.append((M, *measure(M, args, cfg, arm, device, amp)))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
