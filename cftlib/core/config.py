@@ -458,6 +458,7 @@ class Finetune:
     amp: bool = True  # bfloat16 autocast on CUDA (CPU runs in float32)
     processes: int = 1  # > 1: the stage runs each run under torchrun with this many processes (one per GPU)
     workers: int = 2  # > 1 (and processes 1): runs side by side, base.threads split between them
+    batch_runs: int = 1  # > 1: ViT runs that can share a step train this many at a time in one process (a GPU)
     loss: Loss = field(default_factory=Loss)
     cnn: FinetuneCNN = field(default_factory=FinetuneCNN)
 
@@ -467,7 +468,8 @@ class Finetune:
             err("relevance", f"unknown relevance method {self.relevance!r}; choose {', '.join(RELEVANCE)}")
         if self.weight_decay < 0:
             err("weight_decay", "must be >= 0")
-        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite", "processes", "workers"):
+        for key in ("seeds", "k", "epochs", "batch_size", "lr_decay_every", "max_nonfinite", "processes", "workers",
+                    "batch_runs"):
             if getattr(self, key) < 1:
                 err(key, "must be >= 1")
         if self.lr <= 0:

@@ -26,9 +26,13 @@ OTHERS = ("ce", "confidence", "robustvit", "cft_fgmask", "gradmask", "rrr", "rrd
 """The arms whose difference from the base README's table lists on the focus split, in this order."""
 
 
-def _diff(frame: pd.DataFrame, arm: str, versus: str, metric: str = "top1", **where) -> str:
+def _diff(frame: pd.DataFrame, arm: str, versus: str, metric: str = "top1", pairs: int | None = None, **where) -> str:
+    """mean ± CI of the paired difference in points; its number of pairs where it is not the table's `pairs` (an arm
+    of `finetune.arm_seeds`)."""
     d = paired_difference(frame, metric, arm, versus, 0.95, **where)
-    return "" if d is None else f"{d['mean'] * 100:+.1f} ± {d['ci'] * 100:.1f}"
+    if d is None:
+        return ""
+    return f"{d['mean'] * 100:+.1f} ± {d['ci'] * 100:.1f}" + ("" if d["n"] == pairs else f" ({d['n']} pairs)")
 
 
 def verdict_table(report: dict) -> str:
@@ -55,9 +59,10 @@ def difference_table(acc: pd.DataFrame, align: pd.DataFrame, focus: str = "bg_co
         return sel["top1"].mean() * 100
 
     def row(label: str, data: pd.DataFrame, others=(), metric="top1", **where) -> str:
-        rest = "; ".join(f"{claims.ARM_NAMES[a]} {d}" for a in others if (d := _diff(data, a, "none", metric, **where)))
-        return (f"| {label} | {_diff(data, 'cft', 'none', metric, **where)} | {_diff(data, 'cft', 'ce', metric, **where)} "
-                f"| {rest} |")
+        rest = "; ".join(f"{claims.ARM_NAMES[a]} {d}" for a in others
+                         if (d := _diff(data, a, "none", metric, n, **where)))
+        return (f"| {label} | {_diff(data, 'cft', 'none', metric, n, **where)} "
+                f"| {_diff(data, 'cft', 'ce', metric, n, **where)} | {rest} |")
 
     paper_gain = paper.FIGURES[focus].value if focus in paper.FIGURES else None
     va = align[align["model"] == "vit"]

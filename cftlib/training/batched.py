@@ -192,6 +192,27 @@ def fit_runs(specs: list[runspec.RunSpec], bases: list[tuple[torch.nn.Module, di
     return [out[i] for i in range(len(specs))]
 
 
+def groups(runs: list[runspec.RunSpec], data: dict, size: int) -> list[list[runspec.RunSpec]]:
+    """The runs that can share a step (ViT runs of an arm with a batched loss, of one relevance method, lr and
+    training-set size), in plan order, cut into groups of at most `size`; the other runs are left to `trainer.fit`."""
+    by_key: dict[tuple, list] = {}
+    for r in runs:
+        arm = runspec.ARMS[r.arm]
+        if r.model == "vit" and arm.trains and arm.loss in LOSSES:
+            n = len(trainer.for_subset(data, r.subset)["train"]["y"])
+            by_key.setdefault((r.arm, r.relevance, r.lr, n), []).append(r)
+    return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
+
+
+def fit_groups(runs: list[runspec.RunSpec], bases: dict, data: dict, cfg: config.Finetune, out_dir: str | Path,
+               progress: bool = False) -> None:
+    """With `cfg.batch_runs` > 1, the batchable runs (`groups`) trained `cfg.batch_runs` at a time by `fit_runs`
+    (bases: (model role, base index) → (model, build)), so that `trainer.run_all` then reuses them."""
+    if cfg.batch_runs > 1:
+        for group in groups(runs, data, cfg.batch_runs):
+            fit_runs(group, [bases[r.model, r.base] for r in group], data, cfg, out_dir, progress)
+
+
 def _train(group: list[_Run], arm: runspec.Arm, cfg: config.Finetune, amp, progress: bool) -> None:
     """Train `group` (runs at one epoch) from that epoch to the last, as one stacked model."""
     spec, n = group[0].spec, len(group[0].train["y"])

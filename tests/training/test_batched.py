@@ -153,3 +153,23 @@ def test_runs_that_differ_in_arm_or_lr_do_not_batch(project):
             batched.fit_runs(specs, [bases["vit", s.base] for s in specs], data, cfg, "unused")
     with pytest.raises(ValueError, match="no batched training"):
         batched.check([runspec.RunSpec("vit", "rrr", 0, "attnlrp", 1e-4)])
+
+
+def test_groups_take_the_batchable_vit_runs_of_one_arm_lr_and_size_in_plan_order(project, monkeypatch):
+    """finetune.batch_runs: CFT and CE runs stack in groups of at most that many, never across arms or lrs; runs with
+    input-gradient losses (GradMask, RRR), the untrained arms and the CNN are left to trainer.fit."""
+    cfg, data, bases = _setup(project, arms=["none", "ce", "gradmask", "cft"], seeds=3,
+                              arm_lr={"gradmask": 1e-4, "rrr": 1e-4, "rrda": 3e-5}, batch_runs=2)
+    runs = runspec.plan(cfg, 0, bases=2)
+    got = [[(r.arm, r.seed) for r in g] for g in batched.groups(runs, data, 2)]
+    assert got == [[("ce", 0), ("ce", 1)], [("ce", 2), ("ce", 3)], [("ce", 4), ("ce", 5)],
+                   [("cft", 0), ("cft", 1)], [("cft", 2), ("cft", 3)], [("cft", 4), ("cft", 5)]]
+    mixed = [dataclasses.replace(r, lr=2e-4) if r.seed == 1 else r for r in runs]
+    assert [[r.seed for r in g] for g in batched.groups(mixed, data, 4) if g[0].arm == "cft"] == [[0, 2, 3, 4], [5], [1]]
+    seen = []
+    monkeypatch.setattr(batched, "fit_runs", lambda group, b, *a, **k: seen.append([r.seed for r in group]))
+    batched.fit_groups(runs, bases, data, cfg, "unused")
+    assert seen == [[0, 1], [2, 3], [4, 5]] * 2
+    seen.clear()
+    batched.fit_groups(runs, bases, data, dataclasses.replace(cfg, batch_runs=1), "unused")
+    assert seen == []  # the default: every run by trainer.fit
