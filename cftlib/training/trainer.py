@@ -289,12 +289,20 @@ def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Modul
     return conf
 
 
+_PROBES: dict[tuple, dict] = {}
+"""DFR heads refitted in this process, by (digest of the base and the dfr split, l2): one refit per base model."""
+
+
 def prepare(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, device: torch.device):
     """A run's model (a trainable copy of `base` in eval mode: no dropout, frozen BatchNorm statistics; DFR's
     refitted for `dfr`) and its train / val tensors, on `device`; `data` already narrowed (`for_subset`)."""
     model = copy.deepcopy(base).eval()
     if spec.arm == "dfr":
-        model = dfr.reweight(model, data["dfr"]["images"], data["dfr"]["label"], data["dfr"]["l2"])
+        d = data["dfr"]
+        key = _digest(*base.state_dict().values(), torch.from_numpy(d["images"]), torch.from_numpy(d["label"])), d["l2"]
+        if key not in _PROBES:  # the refit depends on the base and the dfr split alone, not on the class subset
+            _PROBES[key] = dfr.reweight(model, d["images"], d["label"], d["l2"]).get_classifier().state_dict()
+        model.get_classifier().load_state_dict(_PROBES[key])
     model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(True)

@@ -214,6 +214,20 @@ def test_dfr_arm_is_the_base_with_its_head_refitted_on_the_dfr_split(project, tm
     assert not torch.equal(b["head.weight"], got["head.weight"])
 
 
+def test_the_dfr_refit_is_made_once_per_base_and_reused_by_its_other_class_subsets(project, tmp_path, monkeypatch):
+    calls, real = [], dfr.reweight
+    monkeypatch.setattr(dfr, "reweight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(trainer, "_PROBES", {})
+    P, _, data, bases = _setup(project)
+    for seed, base, subset in ((0, 0, 0), (1, 0, 1), (2, 1, 0)):
+        trainer.fit(runspec.RunSpec("vit", "dfr", seed, "attnlrp", 1e-4, base, subset), *bases["vit", base], data,
+                    P.finetune, tmp_path)
+    assert len(calls) == 2  # bases 0 and 1
+    heads = [checkpoints.load_checkpoint(tmp_path / "vit" / "dfr" / f"seed{s}" / "best.pt")[0].state_dict()["head.weight"]
+             for s in (0, 1, 2)]
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
 @pytest.mark.parametrize("role", ["vit", "cnn"])
 def test_a_probe_scored_on_the_shared_backbone_scores_as_the_probe_model_does(project, role):
     """The world stage scores a base and its DFR probe in one backbone pass: each as its own forward would."""
