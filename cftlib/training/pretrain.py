@@ -6,7 +6,6 @@ protocol's); the epoch with the best held-out accuracy is kept."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -241,13 +240,12 @@ def base_path(base_dir, model: str, base: int) -> Path:
 
 def bases_all(P: Params, pretrained_dir, data_dir, progress: bool = False):
     """Stage world: for every role and base index b, the pre-trained checkpoint with a new head (seed
-    base.seed + b) trained on the world's biased `train` split (section bases; the CNN for `bases.cnn_epochs`),
-    best `val` epoch kept. Yields (role, b, model, build, history)."""
+    base.seed + b) trained on the world's biased `train` split (section bases), best `val` epoch kept.
+    Yields (role, b, model, build, history)."""
     train_set, val_set = world.load_split(data_dir, "train"), world.load_split(data_dir, "val")
     for role in roles(P):
         for b in range(P.bases.seeds):
             seed = P.base.seed + b
             model, build = from_pretrained(Path(pretrained_dir) / f"{role}.pt", P.world.n_species, seed)
-            recipe = P.bases if role == "vit" else dataclasses.replace(P.bases, epochs=P.bases.cnn_epochs)
-            model, history = train(model, recipe, train_set, val_set, seed, progress, desc=f"base/{role}{b}")
+            model, history = train(model, P.bases, train_set, val_set, seed, progress, desc=f"base/{role}{b}")
             yield role, b, model, build, history

@@ -560,12 +560,3 @@ def test_device_resolves_auto_and_names_the_key_when_cuda_is_missing(monkeypatch
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert launch.device("auto", "finetune.device") == torch.device("cuda", 1)  # this torchrun process's GPU
 
-
-def test_the_world_stage_trains_the_cnn_bases_for_their_own_epochs(project, tmp_path):
-    """bases.cnn_epochs: the CNN's bases train for their own number of epochs, the ViT's for bases.epochs."""
-    P = config.load(project / "params.yaml")
-    P = dataclasses.replace(P, bases=dataclasses.replace(P.bases, seeds=1, epochs=1, cnn_epochs=2))
-    for role, cfg, size in (("vit", P.pretrain, P.world.image_size), ("cnn", P.finetune.cnn.pretrain, None)):
-        checkpoints.save_checkpoint(tmp_path / f"{role}.pt", *pretrain.fresh(cfg, P.world.n_species, size, 0))
-    got = {role: len(history) for role, _, _, _, history in pretrain.bases_all(P, tmp_path, project / "data" / "world")}
-    assert got == {"vit": 1, "cnn": 2}
