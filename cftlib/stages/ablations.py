@@ -260,9 +260,11 @@ def figure(acc: pd.DataFrame, align: pd.DataFrame, split: str, level: float):
         for frame, label, marker in ((a, f"top-1 on {split}", "o"), (m, "concept mass", "s")):
             s = intervals.summarise(frame[frame["ablation"] == name], ["value"], ["value_"], level)
             ci = np.nan_to_num(s["value__ci"].to_numpy())
-            ax.errorbar(s["value"], s["value_"], yerr=ci, marker=marker, capsize=3, label=label)
+            ax.errorbar(s["value"], 100 * s["value_"], yerr=100 * ci, marker=marker, capsize=3, label=label)
         ax.set_title(name, fontsize=9)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    axes[0, 0].set_ylabel("%")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig
