@@ -174,8 +174,9 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
         ax.set_xlabel("")  # the tick labels name the splits; the legend sits where the label would
         ax.set_ylabel(ylabel or f"{metric} (%)")
         ax.tick_params(axis="x", rotation=15)
-        ax.legend(fontsize=7, ncols=len(here) + (chance is not None), loc="upper center", bbox_to_anchor=(0.5, -0.28),
-                  frameon=False)
+        entries = len(here) + (chance is not None)  # about an inch each at fontsize 7: rows, not a legend wider than the panel
+        ax.legend(fontsize=7, ncols=max(1, min(entries, int(width - 0.5))), loc="upper center",
+                  bbox_to_anchor=(0.5, -0.28), frameon=False)
     fig.tight_layout()
     return fig
 
