@@ -56,7 +56,7 @@ def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
               "folder saved with save_pretrained.") from e
 
 
-def missing(name: str, what: str, reachable: bool = False) -> str | None:
+def missing_model(name: str, what: str, reachable: bool = False) -> str | None:
     """None when `load` gets `name` without a download: a folder holding config.json, or a hub id whose
     config.json is in the Hugging Face cache (with `reachable`, the hub answers: any hub id). Otherwise what to
     fetch, from where, and which params key (`what`) to set. Reads the cache only, never the network."""

@@ -58,7 +58,7 @@ SOURCES = {
 }
 
 
-def missing(name: str, path: str | Path, what: str) -> DatasetMissing:
+def dataset_missing(name: str, path: str | Path, what: str) -> DatasetMissing:
     source, layout = SOURCES[name]
     return DatasetMissing(f"{name}: {path}: {what}. Get {source}; expected layout: {layout}")
 
@@ -112,10 +112,10 @@ class Benchmark:
 def _class_folders(name: str, root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
-        raise missing(name, root, "no such folder")
+        raise dataset_missing(name, root, "no such folder")
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
-        raise missing(name, root, "no class folders inside")
+        raise dataset_missing(name, root, "no class folders inside")
     return folders
 
 
@@ -124,12 +124,12 @@ def _by_folder(name: str, root, label_of: Callable[[str], int | None], **kw) -> 
     for d in _class_folders(name, root):
         label = label_of(d.name)
         if label is None:
-            raise missing(name, d, f"folder {d.name!r} is not a class of this benchmark")
+            raise dataset_missing(name, d, f"folder {d.name!r} is not a class of this benchmark")
         found = list_images(d)
         paths += found
         labels += [label] * len(found)
     if not paths:
-        raise missing(name, root, "no images in the class folders")
+        raise dataset_missing(name, root, "no images in the class folders")
     return Benchmark(name, paths, np.array(labels), **kw)
 
 
@@ -177,7 +177,7 @@ def objectnet_mapping(mappings: str | Path) -> dict[str, list[int]]:
              "imagenet_to_label_2012_v2")
     for f in files:
         if not (m / f).is_file():
-            raise missing("objectnet", m / f, "mapping file missing")
+            raise dataset_missing("objectnet", m / f, "mapping file missing")
     label_of_folder = json.loads((m / files[0]).read_text())
     to_imagenet = json.loads((m / files[1]).read_text())
     line_of_index = json.loads((m / files[2]).read_text())
@@ -201,7 +201,7 @@ def objectnet(root: str | Path) -> Benchmark:
             labels += [mapping[d.name][0]] * len(found)
             accepted += [tuple(mapping[d.name])] * len(found)
     if not paths:
-        raise missing("objectnet", root / "images", "no images in the mapped class folders")
+        raise dataset_missing("objectnet", root / "images", "no images in the mapped class folders")
     subset = np.array(sorted({i for v in mapping.values() for i in v}))
     return Benchmark("objectnet", paths, np.array(labels), accepted, subset, border=1)
 
@@ -260,7 +260,7 @@ def sample(bench: Benchmark, n: int, seed: int) -> Benchmark:
 
 # ----------------------------------------------------------------------------- images and logits
 
-def load_image(path: str | Path, border: int = 0, resize: int = 256, crop: int = 224) -> np.ndarray:
+def load_centre_crop(path: str | Path, border: int = 0, resize: int = 256, crop: int = 224) -> np.ndarray:
     """uint8 crop×crop×3: optional border crop, shorter side resized to `resize` (bilinear), centre crop
     (torchvision's Resize(256) + CenterCrop(224) arithmetic)."""
     im = read_image(path)
@@ -286,7 +286,7 @@ def segmentation_size(path: str | Path) -> int:
 
     path = Path(path)
     if not path.is_file():
-        raise missing(SEGMENTATION, path, "no such file")
+        raise dataset_missing(SEGMENTATION, path, "no such file")
     with h5py.File(path, "r") as f:
         return len(f["/value/img"])
 
@@ -300,7 +300,7 @@ def segmentation(path: str | Path, size: int = 224, indices=None) -> Iterator[tu
 
     path = Path(path)
     if not path.is_file():
-        raise missing(SEGMENTATION, path, "no such file")
+        raise dataset_missing(SEGMENTATION, path, "no such file")
     with h5py.File(path, "r") as f:
         imgs, gts = f["/value/img"], f["/value/gt"]
         for i in range(len(imgs)) if indices is None else indices:

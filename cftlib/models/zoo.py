@@ -189,7 +189,7 @@ def _hub_cached(e: Entry) -> bool:
                for f in ("model.safetensors", "pytorch_model.bin"))
 
 
-def missing(name: str, weights: str = "", what: str = "pretrain.weights") -> str | None:
+def missing_weights(name: str, weights: str = "", what: str = "pretrain.weights") -> str | None:
     """None when `name`'s weights can be loaded (the local file `weights`, or with weights == "" the hub
     cache or a reachable hub), else a message naming the params key `what`, what to download and
     where to put it. Loads nothing."""
@@ -240,7 +240,7 @@ def build(name: str, weights: str = "", num_classes: int = 1000, *, what: str = 
     (downloaded only when online). num_classes != 1000: a new, randomly initialised head (timm's rule).
     overrides: timm architecture kwargs (tests build tiny versions). Raises WeightsMissing naming `what`."""
     e = get(name)
-    msg = missing(name, weights, what)
+    msg = missing_weights(name, weights, what)
     if msg:
         raise WeightsMissing(msg)
     try:
@@ -255,7 +255,7 @@ def build(name: str, weights: str = "", num_classes: int = 1000, *, what: str = 
         path = _head_path(e, weights)
         if path.is_file():
             state = read_torch(path, fix=f"delete it and download it again ({e.head_url})")
-        else:  # online, not cached: missing() allowed the download
+        else:  # online, not cached: missing_weights() allowed the download
             state = torch.hub.load_state_dict_from_url(e.head_url, map_location="cpu", weights_only=True)
         model.head.load_state_dict(state)
     return model
@@ -281,7 +281,7 @@ def table() -> list[dict]:
     """One row per entry: name, timm id, kind, RobustViT's lr, Table 8's lr, temperature and weights status."""
     return [dict(name=e.name, timm_id=e.timm_id, kind=e.kind, lr=f"{e.lr:g}",
                  table8_lr=f"{e.table8.lr:g}" if e.table8 else "-", temperature=e.temperature,
-                 weights="available" if missing(e.name) is None
+                 weights="available" if missing_weights(e.name) is None
                  else "download " + " + ".join(u for u in (e.url, e.head_url) if u))
             for e in ZOO.values()]
 

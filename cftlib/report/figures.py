@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cftlib.core.io import atomic_path
-from cftlib.data.datasets import load_image
+from cftlib.data.datasets import load_centre_crop
 from cftlib.metrics.accuracy import flips
 from cftlib.metrics.alignment import ELSEWHERE, part_masks, relevance_maps
 from cftlib.metrics.intervals import paired_difference, summarise
@@ -379,7 +379,7 @@ def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, buil
     """The qualitative figure on a benchmark (image | base relevance | CFT relevance; ImageNet has no concept
     masks): among `bench`'s images (Resize 256, CenterCrop 224, normalised as the ViT of `build` was
     fine-tuned), up to n rows, as many CFT corrects as it breaks (`balanced`), on the models' device."""
-    images = np.stack([load_image(p) for p in bench.paths])
+    images = np.stack([load_centre_crop(p) for p in bench.paths])
 
     @torch.no_grad()
     def argmax(model):

@@ -63,7 +63,7 @@ def _rows(batches: list[tuple[int, int]]) -> np.ndarray:
     return np.concatenate([np.arange(a, b) for a, b in batches]) if batches else np.zeros(0, int)
 
 
-def normalisation(model: torch.nn.Module, protocol: str) -> tuple[tuple, tuple]:
+def protocol_normalisation(model: torch.nn.Module, protocol: str) -> tuple[tuple, tuple]:
     """(mean, std): 0.5 for every model under `chefer` (docs/paper.md §3.1); the model's own under `standard`."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if protocol == "standard" and "mean" in cfg:
@@ -86,7 +86,8 @@ def predict_protocols(model: torch.nn.Module, bench: datasets.Benchmark, protoco
         if p not in PROTOCOLS:
             raise ValueError(f"protocol {p!r}: choose one of {PROTOCOLS}")
     device = next(model.parameters(), torch.zeros(0)).device
-    norm = {p: [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(model, p)] for p in protocols}
+    norm = {p: [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in protocol_normalisation(model, p)]
+            for p in protocols}
     borders = {p: bench.border if p == "standard" else 0 for p in protocols}
     model.eval()
     out = {p: [] for p in protocols}
@@ -94,7 +95,7 @@ def predict_protocols(model: torch.nn.Module, bench: datasets.Benchmark, protoco
         for a, b in shard(len(bench), batch_size) if batches is None else batches:
             x = {}
             for border in sorted(set(borders.values())):
-                imgs = list(pool.map(lambda p: datasets.load_image(p, border, resize, crop), bench.paths[a:b]))
+                imgs = list(pool.map(lambda p: datasets.load_centre_crop(p, border, resize, crop), bench.paths[a:b]))
                 x[border] = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float().div_(255)
             for p in protocols:
                 mean, std = norm[p]
@@ -175,7 +176,7 @@ def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
     return Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
 
 
-def evaluate_runs(runs, finetune_dir: str | Path, seen: dict[int, np.ndarray], P, dev: torch.device | str = "cpu",
+def benchmark_runs(runs, finetune_dir: str | Path, seen: dict[int, np.ndarray], P, dev: torch.device | str = "cpu",
                   progress: bool = False, cache_dir: str | Path | None = None, store: dict | None = None) -> list[dict]:
     """Result rows (RESULTS) of every fine-tuning run's selected checkpoint on every configured benchmark
     (a seeded sample of `evaluate.benchmark_images` each), on ImageNet-Segmentation, and with `store` the
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     with launch.distributed(dev.type == "cuda", "evaluate.processes"):
         store = fewshot.load(args.masks, "val", fewshot.Pool(P.concepts.dataset, args.data, P.concepts.image_dir))
         runs = plan(P.finetune, P.base.seed, P.bases.seeds)
-        rows = evaluate_runs(runs, args.runs, seen_by_subset(args.masks, runs), P, dev,
+        rows = benchmark_runs(runs, args.runs, seen_by_subset(args.masks, runs), P, dev,
                              args.progress, args.cache, store)
         if launch.rank_world()[0] == 0:
             write_csv(args.out, pd.DataFrame(rows, columns=list(RESULTS)))

@@ -196,11 +196,11 @@ def _reachable() -> bool:
 
 
 def _hub_model(stage: str, key: str, name: str) -> Check:
-    msg = hub.missing(name, key)
+    msg = hub.missing_model(name, key)
     if msg is None:
         where = "local folder" if Path(name).expanduser().is_dir() else "Hugging Face cache"
         return Check(stage, "weights", key, True, f"{name} ({where})")
-    if hub.missing(name, key, reachable=_reachable()) is None:
+    if hub.missing_model(name, key, reachable=_reachable()) is None:
         return Check(stage, "weights", key, True, f"{name}: not in the Hugging Face cache; the hub is reachable, so "
                                                   "it downloads on first use", warning=True)
     return Check(stage, "weights", key, False, msg.removeprefix(f"{key}: "))
@@ -208,7 +208,7 @@ def _hub_model(stage: str, key: str, name: str) -> Check:
 
 def _zoo_model(stage: str, key: str, name: str, weights: str, weights_key: str) -> Check:
     try:
-        msg = zoo.missing(name, weights, weights_key)
+        msg = zoo.missing_weights(name, weights, weights_key)
     except KeyError as e:  # an unknown zoo name
         msg = f"{key}: {e.args[0]}"
     if msg:

@@ -184,7 +184,7 @@ def test_table8_flags_switch_the_profile_through_dvc(name, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_build_loads_released_file(name, tmp_path):
     path, ref, head = write_weights(name, tmp_path / "w")
-    assert zoo.missing(name, str(path)) is None
+    assert zoo.missing_weights(name, str(path)) is None
     model = zoo.build(name, str(path), **tiny(name))
     e = zoo.ZOO[name]
     assert not model.training
@@ -215,18 +215,18 @@ def test_build_from_hub_cache_offline(name, tmp_path):
     """weights == "": timm's file from the (here fake) Hugging Face cache, DINOv2's head from torch.hub's."""
     e = zoo.ZOO[name]
     ref, head = reference(name)
-    assert zoo.missing(name) is not None
+    assert zoo.missing_weights(name) is not None
     snap = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--timm--{e.timm_id}"
     (snap / "refs").mkdir(parents=True)
     (snap / "refs" / "main").write_text("0" * 40)
     (snap / "snapshots" / ("0" * 40)).mkdir(parents=True)
     safetensors.torch.save_file(ref.state_dict(), snap / "snapshots" / ("0" * 40) / "model.safetensors")
     if head is not None:
-        assert "head" in zoo.missing(name) and e.head_url in zoo.missing(name)
+        assert "head" in zoo.missing_weights(name) and e.head_url in zoo.missing_weights(name)
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         folder.mkdir(parents=True)
         torch.save({"weight": head[0], "bias": head[1]}, folder / e.head_file)
-    assert zoo.missing(name) is None
+    assert zoo.missing_weights(name) is None
     model = zoo.build(name, **tiny(name))
     with torch.no_grad():
         torch.testing.assert_close(model(x()), reference_logits(ref, head, x()), rtol=1e-5, atol=1e-5)
@@ -285,7 +285,7 @@ def test_checkpoint_round_trip_needs_no_download(name, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_weights_say_what_to_download(name, tmp_path):
     e = zoo.ZOO[name]
-    msg = zoo.missing(name, what="finetune.cnn.weights")
+    msg = zoo.missing_weights(name, what="finetune.cnn.weights")
     for part in ("finetune.cnn.weights", name, e.url, e.hub_id, "HF_HUB_OFFLINE"):
         assert part in msg, part
     with pytest.raises(zoo.WeightsMissing, match=e.hub_id) as err:
@@ -312,13 +312,14 @@ def test_damaged_weights_name_the_file_the_key_and_the_download(name, tmp_path):
 def test_dinov2_without_its_head_file_names_it(tmp_path):
     path, _, _ = write_weights("dinov2_b_reg", tmp_path)
     (tmp_path / zoo.ZOO["dinov2_b_reg"].head_file).unlink()
-    msg = zoo.missing("dinov2_b_reg", str(path))
+    msg = zoo.missing_weights("dinov2_b_reg", str(path))
     assert str(tmp_path / zoo.ZOO["dinov2_b_reg"].head_file) in msg and zoo.ZOO["dinov2_b_reg"].head_url in msg
     assert str(path) + "," not in msg  # the backbone file is there
 
 
 def test_unknown_name_lists_the_zoo():
-    for call in (lambda: zoo.missing("vit_h"), lambda: zoo.build("vit_h"), lambda: zoo.build_config("vit_h", 9, {})):
+    for call in (lambda: zoo.missing_weights("vit_h"), lambda: zoo.build("vit_h"),
+                 lambda: zoo.build_config("vit_h", 9, {})):
         with pytest.raises(KeyError, match="vit_h.*" + ".*".join(NAMES)):
             call()
 

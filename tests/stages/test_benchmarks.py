@@ -150,15 +150,15 @@ def test_objectnet_first_index_vs_any_of_mapped(tmp_path):
     assert accuracy.benchmark_score(bench, logits, "chefer")["top1"] == pytest.approx(1 / 3)
     assert accuracy.benchmark_score(bench, logits, "standard")["top1"] == 1.0
     # the standard protocol crops the border before resizing: no red is left; the official one keeps it
-    assert (datasets.load_image(bench.paths[0], border=1, resize=8, crop=8) == 10).all()
-    assert datasets.load_image(bench.paths[0], border=0, resize=10, crop=10)[0, 0, 0] == 255
+    assert (datasets.load_centre_crop(bench.paths[0], border=1, resize=8, crop=8) == 10).all()
+    assert datasets.load_centre_crop(bench.paths[0], border=0, resize=10, crop=10)[0, 0, 0] == 255
 
 
-def test_load_image_resizes_the_shorter_side_then_centre_crops(tmp_path):
+def test_load_centre_crop_resizes_the_shorter_side_then_centre_crops(tmp_path):
     img = np.zeros((20, 40, 3), np.uint8)
     img[:, 20:] = 200
     Image.fromarray(img).save(tmp_path / "x.png")
-    out = datasets.load_image(tmp_path / "x.png", resize=10, crop=10)
+    out = datasets.load_centre_crop(tmp_path / "x.png", resize=10, crop=10)
     assert out.shape == (10, 10, 3)
     assert out[0, 0, 0] == 0 and out[0, -1, 0] == 200  # the centre 10 of 20 columns straddles the edge
 

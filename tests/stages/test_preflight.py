@@ -225,12 +225,12 @@ def test_uncached_model_with_a_reachable_hub_is_a_warning(tmp_path, bare, monkey
 
 
 def test_hub_missing(tmp_path, bare):
-    assert "not in the Hugging Face cache" in hub.missing("org/model", "concepts.llm.model")
-    assert hub.missing("org/model", "concepts.llm.model", reachable=True) is None
+    assert "not in the Hugging Face cache" in hub.missing_model("org/model", "concepts.llm.model")
+    assert hub.missing_model("org/model", "concepts.llm.model", reachable=True) is None
     (tmp_path / "m").mkdir()
-    assert "holds no config.json" in hub.missing(str(tmp_path / "m"), "k")
+    assert "holds no config.json" in hub.missing_model(str(tmp_path / "m"), "k")
     (tmp_path / "m" / "config.json").write_text("{}")
-    assert hub.missing(str(tmp_path / "m"), "k") is None
+    assert hub.missing_model(str(tmp_path / "m"), "k") is None
 
 
 def test_a_file_of_yours_outside_inputs_works_but_is_flagged_as_untracked(tmp_path, monkeypatch):
