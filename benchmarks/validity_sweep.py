@@ -28,8 +28,6 @@ three minutes per snapshot on 2 cores): a study, not a test.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import sys
 import time
@@ -40,6 +38,7 @@ import torch
 import yaml
 
 from cftlib.core import config
+from cftlib.core.io import json_sha256
 from cftlib.data import augment, world
 from cftlib.models.factory import build_model, predict
 from cftlib.training import dfr, pretrain
@@ -76,8 +75,7 @@ def snapshots(P: config.Params, keep: list[int]) -> tuple[dict, dict, int]:
     drawing = {k: v for k, v in config.as_dict(P.world).items() if k not in ("rho_bg", "rho_color", "splits")}
     recipe = config.as_dict(P.pretrain) | {"keep_epoch": 0}  # every epoch is snapshotted whatever is shipped
     code = [Path(m.__file__).read_text() for m in (pretrain, augment)]  # a change to the training code is a new run
-    key = hashlib.sha256(json.dumps([recipe, drawing, P.base.seed, code],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    key = json_sha256([recipe, drawing, P.base.seed, code], default=str)[:12]
     path = CACHE / f"{key}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)

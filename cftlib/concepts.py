@@ -21,7 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from cftlib.core import config, hub, launch
-from cftlib.core.io import atomic_path, read_json
+from cftlib.core.io import atomic_path, json_sha256, read_json
 
 SCHEMA = "cft-concept-bank/1"
 _BANK_NAME = re.compile(r"^bank-([0-9a-f]{12})\.json$")
@@ -155,7 +155,7 @@ def sha256(text: str) -> str:
 def content_hash(bank: dict) -> str:
     """First 12 hex digits of the sha256 of the bank's canonical JSON: the bank's name (like the official
     code's `bank_<hash>` output folders, docs/paper.md §1.1)."""
-    return sha256(json.dumps(bank, sort_keys=True, separators=(",", ":"), ensure_ascii=False))[:12]
+    return json_sha256(bank, separators=(",", ":"), ensure_ascii=False)[:12]
 
 
 def save(bank: dict, out_dir: str | Path, beside: dict[str, object] | None = None) -> Path:
@@ -348,7 +348,7 @@ class LLMCache:
         self.root = Path(root)
 
     def key(self, request: dict) -> str:
-        return sha256(json.dumps(request, sort_keys=True))
+        return json_sha256(request)
 
     def get(self, request: dict) -> dict | None:
         path = self.root / f"{self.key(request)}.json"

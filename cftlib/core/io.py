@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -50,6 +51,26 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def json_sha256(obj: Any, **dumps: Any) -> str:
+    """SHA-256 (hex) of `obj` as JSON with sorted keys (`dumps`: more `json.dumps` options): the cache key of
+    everything that decides a result."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, **dumps).encode()).hexdigest()
+
+
+def tensors_sha256(*tensors: Any) -> str:
+    """SHA-256 (hex) of the tensors' bytes in order (values only, not dtype or shape): identical weights or data
+    give the same key. Duck-typed on torch's Tensor, so this module does not import torch."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def nan_to_none(v: Any) -> Any:
+    """NaN (one seed: no interval) → None, so JSON stays valid JSON; anything else unchanged."""
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 @contextmanager
@@ -138,6 +159,12 @@ def list_images(folder: str | Path) -> list[Path]:
     """The image files in `folder`, sorted; hidden files (macOS `._x.jpg` resource forks, `.DS_Store`) skipped."""
     return sorted(p for p in Path(folder).iterdir()
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def list_folders(folder: str | Path) -> list[Path]:
+    """The non-hidden sub-folders of `folder` (an image folder's classes), sorted; never deeper (ImageNet has
+    1.3 M files)."""
+    return sorted(d for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 MIN_SIDE = 8

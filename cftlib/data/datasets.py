@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cftlib.core.config import BENCHMARKS
-from cftlib.core.io import list_images, read_image
+from cftlib.core.io import list_folders, list_images, read_image
 
 SI_FOLDERS = {"location": "location", "rotation": "rotation", "size": "area"}
 """SI-Score's subsets by the paper's names (location, rotation, size) → the folder the release keeps each in: the
@@ -113,7 +113,7 @@ def _class_folders(name: str, root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise dataset_missing(name, root, "no such folder")
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = list_folders(root)
     if not folders:
         raise dataset_missing(name, root, "no class folders inside")
     return folders

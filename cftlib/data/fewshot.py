@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cftlib.core.io import IMAGE_SUFFIXES, list_images, read_image
+from cftlib.core.io import IMAGE_SUFFIXES, list_folders, list_images, read_image
 from cftlib.data.datasets import imagenet_synsets
 from cftlib.data.maskstore import load_store, read_masks
 from cftlib.data.world import load_split
@@ -53,7 +53,7 @@ def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found (concepts.image_dir); expected <class>/<image> inside")
-    class_dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = [d.name for d in list_folders(root)]
     if not class_dirs:
         raise FileNotFoundError(f"{root}: no class folders; expected <class>/<image> inside")
     paths, labels = [], []

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cftlib.core import config
-from cftlib.core.io import atomic_path, write_json
+from cftlib.core.io import atomic_path, nan_to_none, write_json
 from cftlib.metrics.accuracy import OOD, roles
 from cftlib.metrics.intervals import detectable, mean_ci, paired_difference
 from cftlib.report import paper, tables
@@ -463,7 +463,7 @@ def claims_markdown(rows: list[dict], devs: list[dict], P: config.Params, heldou
 
 
 def _points(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v * 100, 2)
+    return None if nan_to_none(v) is None else round(v * 100, 2)
 
 
 def claims_json(rows: list[dict], heldout: dict | None = None) -> dict:
@@ -480,7 +480,7 @@ def claims_json(rows: list[dict], heldout: dict | None = None) -> dict:
                          for c in r["comparisons"]],
             conditions=[{**c, "value": None if c["value"] is None else round(c["value"], 2)} for c in r["conditions"]]))
     if heldout is not None:
-        out["heldout_alignment_loss"] = {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 5))
+        out["heldout_alignment_loss"] = {k: (None if nan_to_none(v) is None else round(v, 5))
                                          for k, v in heldout.items()} | {"data": EPOCHS_CSV}
     return out
 

@@ -9,12 +9,11 @@ after a changed run fits a screen.
 
 from __future__ import annotations
 
-import math
 import re
 from numbers import Integral, Real
 from pathlib import Path
 
-from cftlib.core.io import write_json
+from cftlib.core.io import nan_to_none, write_json
 
 BUDGET = 84
 """The most values the default profile's metrics files hold together."""
@@ -28,7 +27,7 @@ def name(text: str) -> str:
 
 def percent(fraction: float | None) -> float | None:
     """A fraction as percent (or a difference of fractions as points), one decimal; missing or NaN → None."""
-    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
+    if nan_to_none(fraction) is None:
         return None
     return round(100 * float(fraction), 1)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cftlib.core.config import IN_DISTRIBUTION
-from cftlib.core.io import atomic_path, write_csv
+from cftlib.core.io import atomic_path, nan_to_none, write_csv
 from cftlib.metrics.alignment import ELSEWHERE
 
 
@@ -88,11 +88,6 @@ def main_table(summary: pd.DataFrame, splits: list[str], metric: str | None = No
         title = {s: f"{s} ({name})" for s, name in PAPER_NAMES.items()}
     t.columns = [" · ".join([title.get(split, split), *rest]) for split, *rest in (c.split(" · ") for c in t.columns)]
     return t
-
-
-def nan_to_none(v):
-    """NaN (one seed: no interval) → None, so metrics JSON stays valid JSON."""
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def metrics(summary: pd.DataFrame, gaps: pd.DataFrame, align: pd.DataFrame) -> dict:

@@ -28,10 +28,11 @@ import torch
 
 from cftlib import concepts, grounding, validation
 from cftlib.core import config, launch
+from cftlib.core.io import nan_to_none
 from cftlib.data import fewshot, maskstore
 from cftlib.metrics import accuracy, alignment, intervals
 from cftlib.models.checkpoints import load_checkpoint
-from cftlib.report.tables import fmt, nan_to_none
+from cftlib.report.tables import fmt
 from cftlib.stages import evaluate
 from cftlib.training import runspec, trainer
 

@@ -7,8 +7,6 @@ protocol, segmentation alignment, concept usage), sharded over torchrun processe
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch.distributed as dist
 
 from cftlib.core import config, launch
 from cftlib.core.config import PROTOCOLS, as_dict
-from cftlib.core.io import read_json, write_csv, write_json
+from cftlib.core.io import json_sha256, read_json, tensors_sha256, write_csv, write_json
 from cftlib.core.progress import bar
 from cftlib.data import datasets, fewshot
 from cftlib.metrics import accuracy
@@ -34,7 +32,7 @@ from cftlib.metrics.alignment import (
     segmentation_counts,
     segmentation_scores,
 )
-from cftlib.stages.evaluate import seen_by_subset, weights_digest
+from cftlib.stages.evaluate import seen_by_subset
 from cftlib.training.runspec import load_run, plan
 
 
@@ -173,7 +171,7 @@ def _cached(cache_dir: str | Path | None, key: dict) -> Path | None:
     """The cache file of one model's rows: named by the hash of everything that decides them."""
     if cache_dir is None:
         return None
-    return Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.json"
+    return Path(cache_dir) / f"{json_sha256(key)[:24]}.json"
 
 
 def benchmark_runs(runs, finetune_dir: str | Path, seen: dict[int, np.ndarray], P, dev: torch.device | str = "cpu",
@@ -195,7 +193,8 @@ def benchmark_runs(runs, finetune_dir: str | Path, seen: dict[int, np.ndarray], 
     for spec in bar(runs, desc="benchmarks", progress=progress, rank=launch.rank_world()[0], unit="runs"):
         model, build = load_run(spec, finetune_dir)
         mine = seen[spec.subset]
-        key = (weights_digest(model), tuple(int(c) for c in mine))  # the groups differ between class subsets
+        # the groups differ between class subsets
+        key = (tensors_sha256(*model.state_dict().values()), tuple(int(c) for c in mine))
         method = explainer(model, E.relevance, spec.relevance)
         cached = _cached(cache_dir, {"weights": key[0], "method": method, "evaluate": as_dict(E), "seed": P.base.seed,
                                      "seen": list(key[1]), "device": torch.device(dev).type,

@@ -4,7 +4,6 @@ the images it corrects and breaks against its base, relevance alignment), with t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -34,14 +33,6 @@ def seen_classes(store_dir: str | Path, subset: int) -> np.ndarray:
     labels, _ = fewshot.subset(*store_classes(store, store_dir), subset)
     index = store["header"].get("class_index")
     return np.array(sorted(labels if index is None else {int(index[y]) for y in labels}), dtype=int)
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the weights: runs with identical weights (the `none` arm's seeds) are evaluated once."""
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def seen_by_subset(store_dir: str | Path, runs) -> dict[int, np.ndarray]:
@@ -117,7 +108,7 @@ def evaluate_runs(runs, finetune_dir: str | Path, arrays: dict[str, dict], seen:
     acc, align, usage, done, keys = [], [], [], {}, {}
     for spec in bar(runs, desc="evaluate", progress=progress, unit="runs"):
         model, build = load_run(spec, finetune_dir)
-        key = keys[spec] = weights_digest(model)
+        key = keys[spec] = io.tensors_sha256(*model.state_dict().values())  # the `none` arm's seeds: scored once
         if key not in done:
             done[key] = ((load_score(Path(scored_dir) / key) if scored_dir else None)
                          or score(model, build, spec, arrays, class_parts, cfg, store))
@@ -166,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     distinct = {}
     for spec in runs:
         model, build = load_run(spec, args.runs)
-        distinct.setdefault(weights_digest(model), (spec, model, build))
+        distinct.setdefault(io.tensors_sha256(*model.state_dict().values()), (spec, model, build))
     k, n = args.shard
     for key, (spec, model, build) in list(distinct.items())[k::n]:
         save_score(Path(args.scored) / key, score(model, build, spec, data["arrays"], data["class_parts"],

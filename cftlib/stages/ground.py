@@ -7,8 +7,6 @@ sharded over torchrun processes (one per GPU).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +16,7 @@ import torch.distributed as dist
 
 from cftlib import concepts, grounding
 from cftlib.core import config, launch
-from cftlib.core.io import read_json, read_npz, write_json
+from cftlib.core.io import json_sha256, read_json, read_npz, write_json
 from cftlib.core.progress import bar
 from cftlib.data import fewshot, maskstore
 from cftlib.data.world import save_npz
@@ -44,7 +42,7 @@ def run_stage(P: config.Params, data_dir: str | Path, concepts_dir: str | Path, 
     header = grounding.store_header(P, bank, selection, pool.class_index)
     inputs = {"header": header, "bank": bank, "data": [str(data_dir), P.concepts.dataset, P.concepts.image_dir,
                                                        config.as_dict(P.world)]}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    digest = json_sha256(inputs)[:16]
     work = Path(f"{out_dir}.partial")
     if rank == 0:
         marker = work / "inputs.json"

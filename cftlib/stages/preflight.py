@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 
 from cftlib.concepts import ConceptError, WordNet
 from cftlib.core import config, hub
-from cftlib.core.io import read_torch
+from cftlib.core.io import list_folders, read_torch
 from cftlib.data import datasets
 from cftlib.data.datasets import SOURCES, imagenet_synsets
 from cftlib.models import zoo
@@ -113,11 +113,6 @@ def _processes(stage: str, key: str, n: int) -> list[Check]:
 
 # ----------------------------------------------------------------------------- data
 
-def _subfolders(root: Path) -> list[str]:
-    """Names of the top-level, non-hidden folders of `root` (never deeper: ImageNet has 1.3 M files)."""
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def _class_folders(stage: str, key: str, root: str, source: tuple[str, str], known: set[str] | None,
                    expected: int) -> Check:
     """A `<root>/<class>/<image>` tree: at least one folder, each a known class (None: any name); fewer than
@@ -127,7 +122,7 @@ def _class_folders(stage: str, key: str, root: str, source: tuple[str, str], kno
     path = Path(root).expanduser()
     if not path.is_dir():
         return Check(stage, "data", key, False, f"{root}: no such folder. {get}")
-    folders = _subfolders(path)
+    folders = [d.name for d in list_folders(path)]
     if not folders:
         return Check(stage, "data", key, False, f"{root}: no class folders inside. {get}")
     unknown = [] if known is None else [f for f in folders if f not in known]

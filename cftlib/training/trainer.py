@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import shutil
 from dataclasses import asdict
@@ -35,7 +33,7 @@ from tqdm import tqdm
 
 from cftlib import grounding, relevance
 from cftlib.core import config, launch
-from cftlib.core.io import atomic_path, read_json, read_torch, write_csv, write_json
+from cftlib.core.io import atomic_path, json_sha256, read_json, read_torch, tensors_sha256, write_csv, write_json
 from cftlib.core.progress import bar
 from cftlib.data import fewshot, maskstore
 from cftlib.data.augment import augment
@@ -265,27 +263,22 @@ def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: s
 
 # ----------------------------------------------------------------------------- a run
 
-def _digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Module, data: dict) -> dict:
     """What determines a run's result: its spec, the protocol parameters, the base weights and the data.
     Its hash decides whether a finished run is reused and whether a saved state may be resumed."""
     arm, data = runspec.ARMS[spec.arm], for_subset(data, spec.subset)
-    split_digest = {s: _digest(data[s]["x"], data[s]["y"], data[s]["concept"],
-                               *([data[s]["foreground"]] if arm.mask == "foreground" else []))
+    split_digest = {s: tensors_sha256(data[s]["x"], data[s]["y"], data[s]["concept"],
+                                      *([data[s]["foreground"]] if arm.mask == "foreground" else []))[:16]
                     for s in ("train", "val")}
     if spec.arm == "dfr":
-        split_digest["dfr"] = _digest(torch.from_numpy(data["dfr"]["images"]), torch.from_numpy(data["dfr"]["label"]))
+        split_digest["dfr"] = tensors_sha256(torch.from_numpy(data["dfr"]["images"]),
+                                             torch.from_numpy(data["dfr"]["label"]))[:16]
         split_digest["dfr_l2"] = data["dfr"]["l2"]
     other_runs = ("arms", "seeds", "relevance", "lr", "arm_lr", "cnn", "device", "processes")  # in the spec, or not the result's
     params = {k: v for k, v in config.as_dict(cfg).items() if k not in other_runs}
-    conf = {"spec": asdict(spec), "params": params, "base": _digest(*base.state_dict().values()), "data": split_digest}
-    conf["hash"] = hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
+    conf = {"spec": asdict(spec), "params": params, "base": tensors_sha256(*base.state_dict().values())[:16],
+            "data": split_digest}
+    conf["hash"] = json_sha256(conf)[:16]
     return conf
 
 
@@ -299,7 +292,8 @@ def prepare(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dic
     model = copy.deepcopy(base).eval()
     if spec.arm == "dfr":
         d = data["dfr"]
-        key = _digest(*base.state_dict().values(), torch.from_numpy(d["images"]), torch.from_numpy(d["label"])), d["l2"]
+        key = tensors_sha256(*base.state_dict().values(), torch.from_numpy(d["images"]),
+                             torch.from_numpy(d["label"]))[:16], d["l2"]
         if key not in _PROBES:  # the refit depends on the base and the dfr split alone, not on the class subset
             _PROBES[key] = dfr.reweight(model, d["images"], d["label"], d["l2"]).get_classifier().state_dict()
         model.get_classifier().load_state_dict(_PROBES[key])

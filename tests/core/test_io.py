@@ -4,6 +4,7 @@ import io as bytes_io
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,34 @@ def test_hidden_files_are_not_images(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "dir.jpg").mkdir()
     assert [p.name for p in io.list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+
+
+def test_class_folders_are_the_sorted_visible_subfolders(tmp_path):
+    for name in ("b", "a", ".hidden", "a/deeper"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "c.jpg").write_bytes(b"x")
+    assert io.list_folders(tmp_path) == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_cache_keys_keep_their_hash_strings():
+    """Run configs, grounding inputs, benchmark caches and concept bank names are named by these hashes: a
+    change to them would re-run every finished run (the strings were computed before the helpers were shared)."""
+    obj = {"b": 1, "a": [1.5, "x", None], "é": {"z": 2, "y": "ü"}}
+    assert io.json_sha256(obj) == "16993ff2c6094759481ed48e082c2bad44088e23efa4a5bc1903356c8c988970"
+    assert io.json_sha256([obj, Path("p")], default=str)[:12] == "26983325c26b"
+    assert io.json_sha256(obj, separators=(",", ":"), ensure_ascii=False)[:12] == "ccc8ee84a252"
+    w = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        w.weight.copy_(torch.arange(6.0).view(2, 3) / 7)
+        w.bias.copy_(torch.tensor([-1.0, 2.5]))
+    assert io.tensors_sha256(*w.state_dict().values()) == (
+        "a23611263956c1e40cce0b84aa22c2e5221251048c3e607854806ac84557ba38")
+    assert io.tensors_sha256(*w.state_dict().values(), torch.tensor([1, 2, 3]))[:16] == "794dcbf7a11ca073"
+    assert io.tensors_sha256(w.weight) == io.tensors_sha256(w.weight.detach().clone())  # a Parameter: its values
+
+
+def test_nan_becomes_none_for_json():
+    assert [io.nan_to_none(v) for v in (float("nan"), np.float64("nan"), 0.5, None, "x")] == [None, None, 0.5, None, "x"]
 
 
 def test_write_json_round_trip(tmp_path):
