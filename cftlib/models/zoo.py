@@ -4,7 +4,7 @@ learning rate and temperature, the paper's Table 8 values for its four models, a
 weights come from.
 
     model = build("vit_b", weights="")            # the hub / timm cache, or WeightsMissing saying what to fetch
-    models.save_checkpoint(path, model, build_config("vit_b", 1000, {}))   # reloads without any download
+    checkpoints.save_checkpoint(path, model, build_config("vit_b", 1000, {}))   # reloads without any download
 
 Weights load through timm's own path (`pretrained_cfg_overlay=dict(file=...)`), so a local file may be
 the released .pth / .npz, timm's model.safetensors, or any state dict of the same architecture.
@@ -262,7 +262,7 @@ def build(name: str, weights: str = "", num_classes: int = 1000, *, what: str = 
 
 
 def build_config(name: str, num_classes: int, overrides: dict) -> dict:
-    """What `models.save_checkpoint` stores for a zoo model: enough for `models.load_checkpoint` to
+    """What `checkpoints.save_checkpoint` stores for a zoo model: enough for `checkpoints.load_checkpoint` to
     rebuild the architecture (`rebuild`) without downloading weights."""
     e = get(name)
     kwargs = {k: v for k, v in overrides.items() if k != "img_size"}

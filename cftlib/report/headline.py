@@ -93,7 +93,7 @@ def finetune(full: dict) -> dict:
 
 
 def evaluate(full: dict, reference: str, ood: list[str], alignment: str) -> dict:
-    """Per `<model>_<arm>` of `report.metrics`: top-1 on `reference`, mean top-1 over the `ood` splits present,
+    """Per `<model>_<arm>` of `tables.metrics`: top-1 on `reference`, mean top-1 over the `ood` splits present,
     and relevance mass on the concept parts on split `alignment` (where measured)."""
     out = {}
     for model, arms in full.items():

@@ -6,7 +6,7 @@ fine-tuned with `cftlib.training.trainer`, scored with `cftlib.metrics`, beside 
 fine-tuning (CE) of the same (base 0, subset) pairs, read from the finetune stage.
 
 A variant is (k, noise scale, method, loss, validation thresholds); the main run's setting appears in every
-ablation, so its runs are trained once (folders are keyed by the variant) and `finetune.fit` reuses a finished
+ablation, so its runs are trained once (folders are keyed by the variant) and `trainer.fit` reuses a finished
 run. With
 `finetune.workers` > 1 the runs are trained side by side first (`python -m cftlib.stages.ablations --shard i/n`).
 
@@ -118,7 +118,7 @@ def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, ou
 
 
 def _finished(spec: runspec.RunSpec, cfg: config.Finetune, base, data: dict, folder: Path) -> bool:
-    """`folder` holds this exact run, complete (the same config hash as `finetune.fit` would compute)."""
+    """`folder` holds this exact run, complete (the same config hash as `trainer.fit` would compute)."""
     done = spec.folder(folder) / "run.json"
     return done.is_file() and json.loads(done.read_text())["config"]["hash"] == \
         trainer.run_config(spec, cfg, base, data)["hash"]
