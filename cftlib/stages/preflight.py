@@ -37,7 +37,7 @@ MISFIT = 3
 EVERY = "all stages"
 """The stage name of the checks every stage shares (the packages)."""
 
-REQUIREMENTS = ("torch>=2.4", "torchvision>=0.19", "timm>=1.0.31,<2", "lxt>=2.1,<3", "transformers>=4.56,<5",
+REQUIREMENTS = ("torch>=2.4", "torchvision>=0.19", "timm>=1.0.31,<2", "transformers>=4.56,<5",
                 "numpy>=1.24", "pandas>=2.0", "pillow>=10", "pyyaml>=6", "tqdm>=4.60", "seaborn>=0.13",
                 "matplotlib>=3.7", "papermill>=2.6", "ipykernel>=6.29", "ipywidgets>=8", "nbformat>=5.9", "dvc>=3.50,<4")
 """pyproject.toml's dependencies that every stage imports (a test keeps the two equal)."""
