@@ -7,6 +7,7 @@ import contextlib
 
 import math
 from functools import partial
+from typing import Iterator
 
 import numpy as np
 import timm
@@ -80,6 +81,16 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
+def pre_logit_batches(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> Iterator[torch.Tensor]:
+    """Pre-logit features (B, D) of uint8 images, batch by batch (timm's `forward_head(pre_logits=True)`), on the
+    model's device and its fused attention path; the caller sets eval mode and no_grad."""
+    device = next(model.parameters()).device
+    with attention_path(model, fused=True):
+        for i in range(0, len(images), batch_size):
+            yield model.forward_head(model.forward_features(to_tensor(images[i:i + batch_size]).to(device)),
+                                     pre_logits=True)
+
+
 @torch.no_grad()
 def predict_heads(model: torch.nn.Module, heads: list[torch.nn.Module], images: np.ndarray,
                   batch_size: int = 500) -> list[np.ndarray]:
@@ -87,14 +98,10 @@ def predict_heads(model: torch.nn.Module, heads: list[torch.nn.Module], images: 
     (timm's `forward_head(pre_logits=True)`; e.g. a DFR probe's refitted layer), in eval mode: the backbone runs
     once for them all. The model's own logits are those of `predict`."""
     model.eval()
-    device = next(model.parameters()).device
     out = [[] for _ in range(len(heads) + 1)]
-    with attention_path(model, fused=True):
-        for i in range(0, len(images), batch_size):
-            pre = model.forward_head(model.forward_features(to_tensor(images[i:i + batch_size]).to(device)),
-                                     pre_logits=True)
-            for o, head in zip(out, [model.get_classifier(), *heads]):
-                o.append(head(pre).float().cpu())
+    for pre in pre_logit_batches(model, images, batch_size):
+        for o, head in zip(out, [model.get_classifier(), *heads]):
+            o.append(head(pre).float().cpu())
     return [torch.cat(o).numpy() for o in out]
 
 

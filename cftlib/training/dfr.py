@@ -14,16 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cftlib.models.factory import attention_path, to_tensor
+from cftlib.models.factory import pre_logit_batches
 
 
 @torch.no_grad()
 def features(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> torch.Tensor:
     """Pre-logit features (N, D) of uint8 images, in eval mode (timm's `forward_head(pre_logits=True)`)."""
     model.eval()
-    with attention_path(model, fused=True):
-        return torch.cat([model.forward_head(model.forward_features(to_tensor(images[i:i + batch_size])),
-                                             pre_logits=True) for i in range(0, len(images), batch_size)])
+    return torch.cat(list(pre_logit_batches(model, images, batch_size)))
 
 
 def fit_head(feats: torch.Tensor, labels: np.ndarray, num_classes: int, l2: float,
