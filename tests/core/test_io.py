@@ -168,7 +168,8 @@ def test_cache_keys_keep_their_hash_strings():
 
 
 def test_nan_becomes_none_for_json():
-    assert [io.nan_to_none(v) for v in (float("nan"), np.float64("nan"), 0.5, None, "x")] == [None, None, 0.5, None, "x"]
+    values = (float("nan"), np.float64("nan"), 0.5, None, "x")
+    assert [io.nan_to_none(v) for v in values] == [None, None, 0.5, None, "x"]
 
 
 def test_write_json_round_trip(tmp_path):
