@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cftlib.models.factory import attention_path, to_tensor
+from cftlib.data.tensors import to_tensor
+from cftlib.models.factory import attention_path
 
 
 @torch.no_grad()
