@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from cftlib.core.io import IMAGE_SUFFIXES, list_images, read_image
+from cftlib.data.augment import to_tensor
 from cftlib.data.datasets import imagenet_synsets
 from cftlib.data.maskstore import FLAGS, load_store, read_masks, store_classes
-from cftlib.data.tensors import to_tensor
 from cftlib.data.world import load_split
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cftlib import relevance
-from cftlib.data.tensors import to_tensor
+from cftlib.data.augment import to_tensor
 from cftlib.data.world import PARTS, concept_part
 from cftlib.models.checkpoints import renormalise
 from cftlib.relevance import explain

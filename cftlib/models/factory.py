@@ -13,7 +13,7 @@ import timm
 import torch
 from timm.layers import PatchEmbed
 
-from cftlib.data.tensors import to_tensor
+from cftlib.data.augment import to_tensor
 
 class ConvStem(PatchEmbed):
     """timm's patch embedding with its one strided convolution replaced by a convolutional stem (Xiao et al.,

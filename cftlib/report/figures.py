@@ -15,8 +15,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cftlib.core.io import atomic_path
+from cftlib.data.augment import to_tensor
 from cftlib.data.datasets import load_image
-from cftlib.data.tensors import to_tensor
 from cftlib.metrics.accuracy import flips
 from cftlib.metrics.alignment import ELSEWHERE, part_masks, relevance_maps
 from cftlib.metrics.intervals import paired_difference, summarise

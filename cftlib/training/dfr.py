@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cftlib.data.tensors import to_tensor
+from cftlib.data.augment import to_tensor
 from cftlib.models.factory import attention_path
 
 

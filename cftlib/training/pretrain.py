@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from cftlib.core.config import Params, Pretrain, Recipe
 from cftlib.data import world
-from cftlib.data.augment import augment
-from cftlib.data.tensors import to_tensor
+from cftlib.data.augment import augment, to_tensor
 from cftlib.models.checkpoints import load_checkpoint
 from cftlib.models.factory import build_model
 
