@@ -51,7 +51,7 @@ import torch
 
 from cftlib import concepts
 from cftlib.core import config, io, launch
-from cftlib.data import world
+from cftlib.data import fewshot, world
 from cftlib.metrics import accuracy, alignment
 from cftlib.models.factory import predict
 from cftlib.report import figures
@@ -128,7 +128,7 @@ def run(P: config.Params, shard: int, shards: int, threads: int | None = None) -
         rows, states, model, on_epoch = recorder()
         trainer.fit(spec, *bases[spec.model, spec.base], data, dataclasses.replace(cfg, scale=zoom), folder,
                     on_epoch=on_epoch)
-        per_epoch = int(np.ceil(len(trainer.for_subset(data, spec.subset)["train"]["y"]) / cfg.batch_size))
+        per_epoch = int(np.ceil(len(fewshot.for_subset(data, spec.subset)["train"]["y"]) / cfg.batch_size))
         frame = score(rows, states, model[0], arrays, class_parts, P.evaluate.relevance).assign(
             arm=spec.arm, base=spec.base, lr=lr, zoom=zoom)
         io.write_csv(scores, frame.assign(steps=frame["epoch"] * per_epoch))

@@ -39,7 +39,7 @@ def step_fns(model, frozen, x, y, mask):
     cfg = Loss()  # the official CFT weights, BCE, map squeezed into [1e-3, 1 - 1e-3]
 
     def cft_loss(r, logits):
-        return losses.objective(r, mask, logits, y, "bce", cfg)["loss"]
+        return losses.relevance_loss(r, mask, logits, y, "bce", cfg)["loss"]
 
     opt = torch.optim.AdamW(model.parameters(), lr=3e-6, weight_decay=1e-4)
 

@@ -19,11 +19,8 @@ from tqdm import tqdm
 from cftlib.concepts import content_hash
 from cftlib.core import config, hub, launch
 from cftlib.data import world
-from cftlib.data.maskstore import GroundingError
+from cftlib.data.maskstore import FLAGS, GroundingError
 from cftlib.data.world import PARTS
-
-FLAGS = ("ok", "empty", "too_small", "too_large")
-
 
 # ----------------------------------------------------------------------------- the VLM-like noise model
 
@@ -189,6 +186,13 @@ class Foreground:
             return world.part_mask(parts, "all")[None]
         self._gsam = self._gsam or GroundingSAM(self.cfg)
         return self._gsam(image, [name.split(",")[0]]).any(0, keepdims=True)
+
+
+def foreground_masks(masks_cfg: config.Masks, names: list[str]):
+    """`item -> (H, W) bool` foreground mask (the world's silhouette; GroundingSAM with the class name on real
+    images): the masks of the `cft_fgmask` and `robustvit` arms, RobustViT's segmentation-mask target."""
+    fg = Foreground(masks_cfg.groundingsam)
+    return lambda it: fg(it["image"], [], parts=it["parts"], key=it["key"], name=names[it["label"]])[0]
 
 
 @dataclass(frozen=True)

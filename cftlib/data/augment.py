@@ -1,11 +1,22 @@
-"""The fine-tuning protocol's augmentation, shared by everything trained on world images (pre-training, the base
-models and fine-tuning), so that fine-tuning shows a model nothing its training did not: as ImageNet models are
-pre-trained with random-resized crops, which contain the official Resize 256 → RandomCrop 224."""
+"""Images as models take them: uint8 arrays to tensors normalised with timm's ViT mean and std (`to_tensor`; a model
+that expects other statistics converts with `models.checkpoints.renormalise`), and the fine-tuning protocol's
+augmentation, shared by everything trained on world images (pre-training, the base models and fine-tuning), so that
+fine-tuning shows a model nothing its training did not: as ImageNet models are pre-trained with random-resized
+crops, which contain the official Resize 256 → RandomCrop 224."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+MEAN, STD = 0.5, 0.5  # timm's ViT normalisation (inception style)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images → normalised float (N, 3, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (x - MEAN) / STD
 
 
 def augment(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator, scale: float, flip: bool, jitter: bool = False):

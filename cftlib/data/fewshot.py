@@ -1,18 +1,26 @@
 """The few-shot data of CFT (§4.1; docs/paper.md §3.1): k images from each of a seeded half of the classes
 to fine-tune on, one image from each other class to validate on — from the world's training split or an
 ImageNet-style image folder. The masks stage grounds k + 1 images of every class (`select`); each fine-tuning
-seed draws its own half (`subset`), as the paper's seeds do."""
+seed draws its own half (`subset`), as the paper's seeds do. Fine-tuning reads the grounded images back as
+tensors (`load_data`) and narrows them to a run's classes (`for_subset`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from cftlib.core.io import IMAGE_SUFFIXES, list_folders, list_images, read_image
+from cftlib.data.augment import to_tensor
 from cftlib.data.datasets import imagenet_synsets
-from cftlib.data.maskstore import load_store, read_masks
+from cftlib.data.maskstore import FLAGS, load_store, read_masks, store_classes
 from cftlib.data.world import load_split
+
+
+class FewShotError(ValueError):
+    """Few-shot data a fine-tuning run cannot use (too few images of a class, none left of a split)."""
 
 
 def select(labels: np.ndarray, k: int, seed: int) -> dict:
@@ -133,4 +141,97 @@ def load(store_dir: str | Path, split: str, pool: Pool) -> dict:
             out["texts"].append([c["text"] for c in r["concepts"]])
             out["labels"].append(r["label"])
             out["ids"].append(r["id"])
+    return out
+
+
+# ----------------------------------------------------------------------------- as fine-tuning reads it
+
+def _tensors(images: list, masks: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, size, size), normalised, and masks (N, 1, size, size) in [0, 1]; images of another size
+    are resized (bilinear, antialiased; masks too, so their edges become fractional, as in the official code)."""
+    xs, ms = [], []
+    for img, m in zip(images, masks):
+        x, m = to_tensor(np.asarray(img)[None]), torch.from_numpy(np.asarray(m, np.float32))[None, None]
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            m = F.interpolate(m, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        xs.append(x)
+        ms.append(m)
+    return torch.cat(xs), torch.cat(ms)
+
+
+def load_data(masks_dir: str | Path, pool: Pool, k: int, size: int, foreground=None) -> dict:
+    """The few-shot data of the masks stage, every class: the first k training images of each class (the store
+    holds masks.k, in sorted order) and every validation image, as tensors {x, y (the model's output index of
+    the class, `pool.class_index`), labels (the store's), concept, foreground, ids} per split, with `classes`,
+    `class_fraction` (the store's) and `records` (the chosen store items) for `for_subset`, plus `counts`:
+    images, quality flags and policy actions of the chosen images (dropped ones are skipped and counted).
+    `foreground(item)` gives the foreground mask of an image the store holds none for (`grounding.foreground_masks`).
+    A missing or outdated store, a class with fewer than k images, or no image left are errors."""
+    store = load_store(masks_dir)
+    classes, class_fraction = store_classes(store, masks_dir)
+    items = store["items"]
+    per_class: dict[int, list] = {}
+    for r in items:
+        if r["split"] == "train":
+            per_class.setdefault(r["label"], []).append(r)
+    if not per_class:
+        raise FewShotError(f"{masks_dir}: the masks store has no training images")
+    short = {c: len(rs) for c, rs in per_class.items() if len(rs) < k}
+    if short:
+        raise FewShotError(f"finetune.k={k}, but the masks store {masks_dir} holds fewer images of class(es) "
+                           f"{short} (label: images); lower finetune.k or re-run masks with masks.k >= {k}")
+    chosen = {r["id"] for rs in per_class.values() for r in rs[:k]} | {r["id"] for r in items if r["split"] == "val"}
+    data, records = {}, {}
+    for split in ("train", "val"):
+        recs = [r for r in items if r["split"] == split and r["id"] in chosen]
+        d = load(masks_dir, split, pool)
+        keep = [i for i, id_ in enumerate(d["ids"]) if id_ in chosen]
+        if not keep:
+            raise FewShotError(f"{masks_dir}: no {split} image left (all dropped by masks.policy?)")
+        x, concept = _tensors([d["images"][i] for i in keep], [d["masks"][i] for i in keep], size)
+        fg = None
+        if foreground is not None:  # the store's (real images), else `foreground` (the world's silhouette)
+            fg = _tensors([d["images"][i] for i in keep],
+                          [d["foregrounds"][i] if d["foregrounds"][i] is not None
+                           else foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
+        data[split] = {"x": x, "y": torch.tensor([int(pool.class_index[d["labels"][i]]) for i in keep]),
+                       "labels": np.array([d["labels"][i] for i in keep]), "concept": concept, "foreground": fg,
+                       "ids": [d["ids"][i] for i in keep]}
+        records[split] = recs
+    data["counts"] = _counts(records)
+    data["records"] = records
+    data["classes"], data["class_fraction"] = np.array(classes), class_fraction
+    return data
+
+
+def _counts(records: dict[str, list[dict]]) -> dict:
+    """Per split: images used, and the quality flags and policy actions of the chosen store items."""
+    return {split: {"images": sum(r["action"] != "dropped" for r in recs),
+                    "flags": {f: sum(r["flag"] == f for r in recs) for f in FLAGS},
+                    "actions": {a: sum(r["action"] == a for r in recs) for a in ("kept", "dropped", "foreground")}}
+            for split, recs in records.items()}
+
+
+def for_subset(data: dict, seed: int) -> dict:
+    """One run's few-shot data (`load_data`'s, narrowed): the training images of its classes and the
+    validation images of the others (`subset` with the run's class-subset seed), and `train_classes`. Data
+    already narrowed (no `classes`) is returned as it is."""
+    if "classes" not in data:
+        return data
+    train_classes, val_classes = subset(data["classes"], data["class_fraction"], seed)
+    out = {k: v for k, v in data.items() if k not in ("classes", "class_fraction", "records")}
+    mine = {s: [r for r in data["records"][s] if r["label"] in set(c.tolist())]
+            for s, c in (("train", train_classes), ("val", val_classes))}
+    out["counts"] = _counts(mine)
+    for split, classes in (("train", train_classes), ("val", val_classes)):
+        d = data[split]
+        keep = np.flatnonzero(np.isin(d["labels"], classes))
+        if not len(keep):
+            raise FewShotError(f"class subset {seed}: no {split} image of classes {classes.tolist()} in "
+                               "the masks store (all dropped by masks.policy?)")
+        t = torch.from_numpy(keep)
+        out[split] = {k: v[t] if torch.is_tensor(v) else v[keep] if isinstance(v, np.ndarray) else
+                      [v[i] for i in keep] if isinstance(v, list) else v for k, v in d.items()}
+    out["train_classes"] = train_classes
     return out

@@ -11,6 +11,9 @@ import numpy as np
 from cftlib.core.io import atomic_path, read_json, read_npz, write_json
 from cftlib.data.world import save_npz
 
+FLAGS = ("ok", "empty", "too_small", "too_large")
+"""The quality flag of a store record (`grounding.quality` sets it)."""
+
 
 class GroundingError(ValueError):
     """A concept, image or mask store the grounders cannot use; the message names it."""

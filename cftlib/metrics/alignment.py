@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from cftlib import relevance
+from cftlib.data.augment import to_tensor
 from cftlib.data.world import PARTS, concept_part
 from cftlib.models.checkpoints import renormalise
-from cftlib.models.factory import to_tensor
 from cftlib.relevance import explain
 
 ALIGNMENT = ("pixAcc", "mIoU", "mAP", "concept_mass", "object_mass", "concept_area", "pointing")

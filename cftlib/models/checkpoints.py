@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from cftlib.core.io import atomic_path, read_torch, remedy
+from cftlib.data.augment import MEAN, STD
 from cftlib.models import factory, zoo
 from cftlib.models.zoo import get
 
@@ -18,16 +19,16 @@ def normalisation(build: dict) -> tuple[tuple, tuple]:
     if "zoo" in build:
         e = get(build["zoo"])
         return tuple(e.mean), tuple(e.std)
-    return (factory.MEAN,) * 3, (factory.STD,) * 3
+    return (MEAN,) * 3, (STD,) * 3
 
 
 def renormalise(x: torch.Tensor, build: dict) -> torch.Tensor:
     """`to_tensor`'s output, normalised for the model of `build` instead (the identity for 0.5 models)."""
     mean, std = normalisation(build)
-    if mean == (factory.MEAN,) * 3 and std == (factory.STD,) * 3:
+    if mean == (MEAN,) * 3 and std == (STD,) * 3:
         return x
     m, s = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
-    return (x * factory.STD + factory.MEAN - m) / s
+    return (x * STD + MEAN - m) / s
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> None:

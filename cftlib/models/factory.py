@@ -1,5 +1,5 @@
 """Model factory: any timm model by name and kwargs, built without downloads, with explicit (non-fused)
-attention so relevance methods can read and differentiate through it; images to normalised tensors."""
+attention so relevance methods can read and differentiate through it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import timm
 import torch
 from timm.layers import PatchEmbed
 
-MEAN, STD = 0.5, 0.5  # timm's ViT normalisation (inception style)
-
+from cftlib.data.augment import to_tensor
 
 class ConvStem(PatchEmbed):
     """timm's patch embedding with its one strided convolution replaced by a convolutional stem (Xiao et al.,
@@ -73,12 +72,6 @@ def attention_path(model: torch.nn.Module, fused: bool):
     finally:
         for m, f in zip(mods, flags):
             m.fused_attn = f
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) images → normalised float (N, 3, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-    return (x - MEAN) / STD
 
 
 def pre_logit_batches(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> Iterator[torch.Tensor]:

@@ -15,12 +15,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cftlib.core.io import atomic_path
+from cftlib.data.augment import to_tensor
 from cftlib.data.datasets import load_centre_crop
 from cftlib.metrics.accuracy import flips
 from cftlib.metrics.alignment import ELSEWHERE, part_masks, relevance_maps
 from cftlib.metrics.intervals import paired_difference, summarise
 from cftlib.models.checkpoints import renormalise
-from cftlib.models.factory import predict, to_tensor
+from cftlib.models.factory import predict
 
 PART_COLORS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                         [245, 130, 48], [145, 30, 180], [240, 240, 240], [70, 240, 240], [128, 128, 0]], np.uint8)

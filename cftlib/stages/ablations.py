@@ -152,7 +152,7 @@ def jobs(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pa
         own = "" if own == concepts.content_hash(bank) else own
         if (v["k"], v["noise"], own) not in data:
             store = masks_for(P, v["noise"], mine, pool, out_dir, masks_dir, own_bank=bool(own))
-            data[v["k"], v["noise"], own] = trainer.load_data(store, pool, v["k"], build["img_size"])
+            data[v["k"], v["noise"], own] = fewshot.load_data(store, pool, v["k"], build["img_size"])
         cfg, d = variant_config(P, v), data[v["k"], v["noise"], own]
         for seed in range(P.base.seed, P.base.seed + P.ablations.seeds):
             spec = runspec.RunSpec("vit", "cft", seed, v["method"], P.finetune.lr, subset=seed)  # the main run's

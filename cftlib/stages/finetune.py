@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cftlib import concepts
+from cftlib import concepts, grounding
 from cftlib.core import config, launch
 from cftlib.data import fewshot, world
 from cftlib.models import checkpoints, zoo
@@ -62,8 +62,8 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_di
     pool = fewshot.Pool(P.concepts.dataset, data_dir, P.concepts.image_dir)
     names = [c["name"] for c in bank["classes"]] if bank else [""] * build["num_classes"]
     needs_fg = any(runspec.ARMS[r.arm].mask == "foreground" for r in runs)
-    data = trainer.load_data(masks_dir, pool, P.finetune.k, build["img_size"],
-                     trainer.foreground_masks(P.masks, names) if needs_fg else None)
+    data = fewshot.load_data(masks_dir, pool, P.finetune.k, build["img_size"],
+                             grounding.foreground_masks(P.masks, names) if needs_fg else None)
     if any(r.arm == "dfr" for r in runs):  # the world's habitat-balanced labelled split (config: the world only)
         d = world.load_split(data_dir, "dfr")
         data["dfr"] = {"images": d["images"], "label": d["label"].astype(np.int64), "l2": P.bases.dfr_l2}

@@ -45,8 +45,8 @@ def gradmask_penalty(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return ((1 - m) * grad).abs().flatten(1).sum(1).mean()
 
 
-def objective(model, kind: str, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, cfg: Loss,
-              create_graph: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def baseline_loss(model, kind: str, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, cfg: Loss,
+                  create_graph: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The baseline's loss terms on a batch (`TERMS[kind]`) and the logits of the same forward; `x` of an
     `rrda` batch is expected already mixed (`rrda_mix`, a data augmentation)."""
     if kind not in KINDS:

@@ -10,8 +10,7 @@ may be finished by `fit` and the other way round."""
 from __future__ import annotations
 
 import math
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +19,9 @@ from tqdm import tqdm
 
 from cftlib import relevance
 from cftlib.core import config, launch
-from cftlib.core.io import read_json
-from cftlib.data.augment import augment
+from cftlib.data import fewshot
 from cftlib.models import stacked
-from cftlib.training import baselines, losses, runspec, trainer
+from cftlib.training import losses, runspec, trainer
 
 LOSSES = ("bce", "mse", "ce", "rrda")
 """The arm losses a batched step computes (every arm that trains but the input-gradient baselines)."""
@@ -82,15 +80,15 @@ class StackedAdamW:
 
 # ----------------------------------------------------------------------------- one step of every run
 
-def objective(model, arm: runspec.Arm, x, m, y, runs: int, cfg: config.Finetune, method: str) -> list[dict]:
-    """Each run's loss terms (`trainer.objective`'s) on its rows of the concatenated batch (`runs` equal blocks)."""
+def per_run_loss(model, arm: runspec.Arm, x, m, y, runs: int, cfg: config.Finetune, method: str) -> list[dict]:
+    """Each run's loss terms (`trainer.batch_loss`'s) on its rows of the concatenated batch (`runs` equal blocks)."""
     if arm.loss not in LOSSES:
         raise ValueError(f"arm {arm.name!r}: no batched step for loss {arm.loss!r}; choose an arm of {LOSSES}")
-    if arm.loss in ("ce", "rrda"):  # RRDA is the label CE on mixed images (baselines.objective)
+    if arm.loss in ("ce", "rrda"):  # RRDA is the label CE on mixed images (baselines.baseline_loss)
         logits = model(x)
         return [{"loss": F.cross_entropy(z.float(), t)} for z, t in zip(logits.chunk(runs), y.chunk(runs))]
     r, logits = relevance.explain(model, x, method, target=y, create_graph=arm.align, output="pixel")
-    return [losses.objective(*parts, arm.loss, trainer.arm_loss(arm, cfg))
+    return [losses.relevance_loss(*parts, arm.loss, trainer.arm_loss(arm, cfg))
             for parts in zip(r.chunk(runs), m.chunk(runs), logits.chunk(runs), y.chunk(runs))]
 
 
@@ -104,7 +102,7 @@ def train_step(model, opt: StackedAdamW, arm: runspec.Arm, batches: list[tuple],
     for p in params:
         p.grad = None
     with amp:
-        terms = objective(model, arm, x, m, y, runs, cfg, method)
+        terms = per_run_loss(model, arm, x, m, y, runs, cfg, method)
     torch.stack([t["loss"] for t in terms]).sum().backward()
     none = torch.zeros((), dtype=torch.float64, device=x.device)
     stats = torch.stack([torch.stack([t[k].detach().double() for k in keys] + [t.get("saturated", none).double()])
@@ -123,18 +121,12 @@ def train_step(model, opt: StackedAdamW, arm: runspec.Arm, batches: list[tuple],
 
 @dataclass
 class _Run:
-    spec: runspec.RunSpec
+    """A run of a batch: its state (`trainer.RunState`), base model and few-shot data as tensors on the device."""
+    state: trainer.RunState
     base: torch.nn.Module
-    build: dict
     data: dict
-    conf: dict
-    folder: Path
-    model: torch.nn.Module
     train: dict
     val: dict
-    gen: torch.Generator
-    st: dict
-    optimizer: dict | None = field(default=None)
 
 
 def check(specs: list[runspec.RunSpec]) -> None:
@@ -161,9 +153,9 @@ def fit_runs(specs: list[runspec.RunSpec], bases: list[tuple[torch.nn.Module, di
     amp = trainer.autocast(device, cfg)
     out, todo = {}, []
     for i, (spec, (base, build)) in enumerate(zip(specs, bases)):
-        d = trainer.for_subset(data, spec.subset)
+        d = fewshot.for_subset(data, spec.subset)
         conf, folder = trainer.run_config(spec, cfg, base, d), spec.folder(out_dir)
-        if (folder / "run.json").is_file() and (s := read_json(folder / "run.json"))["config"]["hash"] == conf["hash"]:
+        if (s := trainer.finished_run(folder, conf)) is not None:
             out[i] = s
             continue
         todo.append((i, spec, base, build, d, conf, folder))
@@ -173,22 +165,11 @@ def fit_runs(specs: list[runspec.RunSpec], bases: list[tuple[torch.nn.Module, di
     runs = {}
     for i, spec, base, build, d, conf, folder in todo:
         model, train, val = trainer.prepare(spec, base, build, d, device)
-        run = _Run(spec, base, build, d, conf, folder, model, train, val, torch.Generator().manual_seed(spec.seed),
-                   {"epoch": 0, "history": [], "epochs": [], "nonfinite": 0, "consecutive": 0})
-        saved = trainer.saved_state(folder, conf, device)
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            run.gen.set_state(saved["generator"].cpu())
-            run.st, run.optimizer = saved["state"], saved["optimizer"]
-        else:
-            if folder.exists():
-                shutil.rmtree(folder)
-            run.st["epochs"].append(trainer.epoch_row(0, spec.lr, [], model, arm, val, cfg, spec.relevance, amp))
-        runs[i] = run
-    for epoch in sorted({r.st["epoch"] for r in runs.values()}):
-        _train([r for r in runs.values() if r.st["epoch"] == epoch], arm, cfg, amp, progress)
+        runs[i] = _Run(trainer.start(spec, folder, conf, build, model, val, cfg, amp, device), base, d, train, val)
+    for epoch in sorted({r.state.epoch for r in runs.values()}):
+        _train([r for r in runs.values() if r.state.epoch == epoch], arm, cfg, amp, progress)
     for i, r in runs.items():
-        out[i] = trainer.finish(r.spec, r.base, r.build, r.data, cfg, r.folder, r.conf, r.model, r.st, cfg.epochs, 0, 1)
+        out[i] = trainer.finish(r.state, r.base, r.data, cfg, cfg.epochs, 0, 1)
     return [out[i] for i in range(len(specs))]
 
 
@@ -199,7 +180,7 @@ def groups(runs: list[runspec.RunSpec], data: dict, size: int) -> list[list[runs
     for r in runs:
         arm = runspec.ARMS[r.arm]
         if r.model == "vit" and arm.trains and arm.loss in LOSSES:
-            n = len(trainer.for_subset(data, r.subset)["train"]["y"])
+            n = len(fewshot.for_subset(data, r.subset)["train"]["y"])
             by_key.setdefault((r.arm, r.relevance, r.lr, n), []).append(r)
     return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
 
@@ -215,39 +196,32 @@ def fit_groups(runs: list[runspec.RunSpec], bases: dict, data: dict, cfg: config
 
 def _train(group: list[_Run], arm: runspec.Arm, cfg: config.Finetune, amp, progress: bool) -> None:
     """Train `group` (runs at one epoch) from that epoch to the last, as one stacked model."""
-    spec, n = group[0].spec, len(group[0].train["y"])
-    model = stacked.stack([r.model for r in group])
+    spec, n = group[0].state.spec, len(group[0].train["y"])
+    model = stacked.stack([r.state.model for r in group])
     opt = StackedAdamW(model.parameters(), len(group), spec.lr, cfg.weight_decay)
     for j, r in enumerate(group):
-        if r.optimizer is not None:
-            opt.load_state_dict(j, r.optimizer)
-    steps, start, mask_key = math.ceil(n / cfg.batch_size), group[0].st["epoch"], arm.mask or "concept"
+        if r.state.saved_optimizer is not None:
+            opt.load_state_dict(j, r.state.saved_optimizer)
+    steps, start = math.ceil(n / cfg.batch_size), group[0].state.epoch
     steps_bar = tqdm(total=(cfg.epochs - start) * steps, desc=f"{len(group)} x {spec.model}/{spec.arm}",
                      unit="steps", disable=not progress, leave=False)
     for epoch in range(start, cfg.epochs):
-        opt.lr = lr = trainer.lr_at(epoch, spec.lr, cfg)
-        orders = [torch.randperm(n, generator=r.gen) for r in group]
+        opt.lr = lr = trainer.step_decay_lr(epoch, spec.lr, cfg)
+        orders = [torch.randperm(n, generator=r.state.gen) for r in group]
         taken = [[] for _ in group]
         for b in range(steps):
             batches = []
             for r, order in zip(group, orders):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x, m = augment(r.train["x"][idx], r.train[mask_key][idx], r.gen, cfg.scale, cfg.flip)
-                if arm.loss == "rrda":
-                    x = baselines.rrda_mix(x, m, r.gen, cfg.loss.rrda_prob)
-                batches.append((x, m, r.train["y"][idx]))
+                batches.append((*trainer.training_batch(r.train, idx, arm, r.state.gen, cfg), r.train["y"][idx]))
             rows = train_step(model, opt, arm, batches, cfg, spec.relevance, amp)
             for r, row, t in zip(group, rows, taken):
-                trainer.count_step(r.st, row, r.folder, epoch, cfg)
-                r.st["history"].append({"epoch": epoch + 1, "step": len(r.st["history"]) + 1, "lr": lr, **row})
+                trainer.record_step(r.state, row, epoch, lr, cfg)
                 if not row["skipped"]:
                     t.append(row["loss"])
             steps_bar.update()
         for j, (r, t) in enumerate(zip(group, taken)):
-            trainer.check_moved(r.st, r.folder, epoch)
-            r.model.load_state_dict(stacked.split(model, j))
-            r.st["epochs"].append(trainer.epoch_row(epoch + 1, lr, t, r.model, arm, r.val, cfg, spec.relevance, amp))
-            r.st["epoch"] = epoch + 1
-            best = trainer.select_epoch(r.st["epochs"], cfg.selection) == epoch + 1
-            trainer.save_epoch(r.spec, r.folder, r.build, r.conf, r.model, opt.state_dict(j), r.gen, r.st, best)
+            r.state.model.load_state_dict(stacked.split(model, j))
+            best = trainer.end_epoch(r.state, epoch, lr, t, r.val, cfg, amp)
+            trainer.save_epoch(r.state, opt.state_dict(j), best)
     steps_bar.close()

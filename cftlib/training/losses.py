@@ -66,8 +66,8 @@ def confidence(logits: torch.Tensor, labels: torch.Tensor, cfg: Loss) -> torch.T
     return F.cross_entropy(logits.float() / cfg.temperature, target)
 
 
-def objective(r: torch.Tensor, m: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, kind: str,
-              cfg: Loss) -> dict[str, torch.Tensor]:
+def relevance_loss(r: torch.Tensor, m: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, kind: str,
+                   cfg: Loss) -> dict[str, torch.Tensor]:
     """The full loss `loss` = λ_align · align + λ_acc · confidence, with every term (see module docstring)."""
     terms = alignment(r, m, kind, cfg)
     terms["confidence"] = confidence(logits, labels, cfg)

@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from cftlib.core.config import Params, Pretrain, Recipe
 from cftlib.data import world
-from cftlib.data.augment import augment
+from cftlib.data.augment import augment, to_tensor
 from cftlib.models.checkpoints import load_checkpoint
-from cftlib.models.factory import build_model, to_tensor
+from cftlib.models.factory import build_model
 
 
-def lr_at(step: int, total: int, cfg: Recipe) -> float:
+def warmup_cosine_lr(step: int, total: int, cfg: Recipe) -> float:
     """Linear warm-up over `cfg.warmup` of the steps, then cosine decay to zero."""
     warm = max(1, int(cfg.warmup * total))
     if step < warm:
@@ -122,7 +122,7 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
         loss_sum = correct = 0.0
         for i in range(steps):
             for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps + i, total, cfg)
+                group["lr"] = warmup_cosine_lr(epoch * steps + i, total, cfg)
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             xb, yb = augment(x[idx], x[idx][:, :0], gen, cfg.scale, cfg.flip, jitter=True)[0], y[idx]
             logits = model(xb)

@@ -15,7 +15,7 @@ from cftlib.models import checkpoints
 
 
 class FinetuneError(ValueError):
-    """A fine-tuning setup that cannot run (arm, relevance method, few-shot data); the message says why."""
+    """A fine-tuning setup that cannot run (arm, relevance method, base model); the message says why."""
 
 
 # ----------------------------------------------------------------------------- arms

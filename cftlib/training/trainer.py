@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cftlib import grounding, relevance
+from cftlib import relevance
 from cftlib.core import config, launch
 from cftlib.core.io import atomic_path, json_sha256, read_json, read_torch, tensors_sha256, write_csv, write_json
 from cftlib.core.progress import bar
-from cftlib.data import fewshot, maskstore
+from cftlib.data import fewshot
 from cftlib.data.augment import augment
-from cftlib.models import checkpoints, factory
+from cftlib.models import checkpoints
 from cftlib.training import baselines, dfr, losses, runspec
 
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "context", "concept", "confidence", "saturated", "skipped")
@@ -62,123 +62,24 @@ def select_epoch(epochs: list[dict], selection: str) -> int:
     return min(ok, key=lambda e: (e["val_cft_align"], e["epoch"]))["epoch"] if ok else 0
 
 
-def lr_at(epoch: int, lr: float, cfg: config.Finetune) -> float:
+def step_decay_lr(epoch: int, lr: float, cfg: config.Finetune) -> float:
     """The official step decay: lr · decay^⌊epoch / every⌋ (0.85 every 2 epochs), set per epoch."""
     return lr * cfg.lr_decay ** (epoch // cfg.lr_decay_every)
 
 
-# ----------------------------------------------------------------------------- few-shot data
-
-def _tensors(images: list, masks: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, size, size), normalised, and masks (N, 1, size, size) in [0, 1]; images of another size
-    are resized (bilinear, antialiased; masks too, so their edges become fractional, as in the official code)."""
-    xs, ms = [], []
-    for img, m in zip(images, masks):
-        x, m = factory.to_tensor(np.asarray(img)[None]), torch.from_numpy(np.asarray(m, np.float32))[None, None]
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            m = F.interpolate(m, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        xs.append(x)
-        ms.append(m)
-    return torch.cat(xs), torch.cat(ms)
-
-
-def foreground_masks(masks_cfg: config.Masks, names: list[str]):
-    """`item -> (H, W) bool` foreground mask (the world's silhouette; GroundingSAM with the class name on real
-    images): the masks of the `cft_fgmask` and `robustvit` arms, RobustViT's segmentation-mask target."""
-    fg = grounding.Foreground(masks_cfg.groundingsam)
-    return lambda it: fg(it["image"], [], parts=it["parts"], key=it["key"], name=names[it["label"]])[0]
-
-
-def load_data(masks_dir: str | Path, pool: fewshot.Pool, k: int, size: int, foreground=None) -> dict:
-    """The few-shot data of the masks stage, every class: the first k training images of each class (the store
-    holds masks.k, in sorted order) and every validation image, as tensors {x, y (the model's output index of
-    the class, `pool.class_index`), labels (the store's), concept, foreground, ids} per split, with `classes`,
-    `class_fraction` (the store's) and `records` (the chosen store items) for `for_subset`, plus `counts`:
-    images, quality flags and policy actions of the chosen images (dropped ones are skipped and counted). A
-    missing or outdated store, a class with fewer than k images, or no image left are errors."""
-    store = maskstore.load_store(masks_dir)
-    classes, class_fraction = maskstore.store_classes(store, masks_dir)
-    items = store["items"]
-    per_class: dict[int, list] = {}
-    for r in items:
-        if r["split"] == "train":
-            per_class.setdefault(r["label"], []).append(r)
-    if not per_class:
-        raise runspec.FinetuneError(f"{masks_dir}: the masks store has no training images")
-    short = {c: len(rs) for c, rs in per_class.items() if len(rs) < k}
-    if short:
-        raise runspec.FinetuneError(f"finetune.k={k}, but the masks store {masks_dir} holds fewer images of class(es) "
-                            f"{short} (label: images); lower finetune.k or re-run masks with masks.k >= {k}")
-    chosen = {r["id"] for rs in per_class.values() for r in rs[:k]} | {r["id"] for r in items if r["split"] == "val"}
-    data, records = {}, {}
-    for split in ("train", "val"):
-        recs = [r for r in items if r["split"] == split and r["id"] in chosen]
-        d = fewshot.load(masks_dir, split, pool)
-        keep = [i for i, id_ in enumerate(d["ids"]) if id_ in chosen]
-        if not keep:
-            raise runspec.FinetuneError(f"{masks_dir}: no {split} image left (all dropped by masks.policy?)")
-        x, concept = _tensors([d["images"][i] for i in keep], [d["masks"][i] for i in keep], size)
-        fg = None
-        if foreground is not None:  # the store's (real images), else `foreground` (the world's silhouette)
-            fg = _tensors([d["images"][i] for i in keep],
-                          [d["foregrounds"][i] if d["foregrounds"][i] is not None
-                           else foreground(pool.item(int(d["ids"][i]), split)) for i in keep], size)[1]
-        data[split] = {"x": x, "y": torch.tensor([int(pool.class_index[d["labels"][i]]) for i in keep]),
-                       "labels": np.array([d["labels"][i] for i in keep]), "concept": concept, "foreground": fg,
-                       "ids": [d["ids"][i] for i in keep]}
-        records[split] = recs
-    data["counts"] = _counts(records)
-    data["records"] = records
-    data["classes"], data["class_fraction"] = np.array(classes), class_fraction
-    return data
-
-
-def _counts(records: dict[str, list[dict]]) -> dict:
-    """Per split: images used, and the quality flags and policy actions of the chosen store items."""
-    return {split: {"images": sum(r["action"] != "dropped" for r in recs),
-                    "flags": {f: sum(r["flag"] == f for r in recs) for f in grounding.FLAGS},
-                    "actions": {a: sum(r["action"] == a for r in recs) for a in ("kept", "dropped", "foreground")}}
-            for split, recs in records.items()}
-
-
-def for_subset(data: dict, subset: int) -> dict:
-    """One run's few-shot data (`load_data`'s, narrowed): the training images of its classes and the
-    validation images of the others (`fewshot.subset` with seed `subset`), and `train_classes`. Data already
-    narrowed (no `classes`) is returned as it is."""
-    if "classes" not in data:
-        return data
-    train_classes, val_classes = fewshot.subset(data["classes"], data["class_fraction"], subset)
-    out = {k: v for k, v in data.items() if k not in ("classes", "class_fraction", "records")}
-    mine = {s: [r for r in data["records"][s] if r["label"] in set(c.tolist())]
-            for s, c in (("train", train_classes), ("val", val_classes))}
-    out["counts"] = _counts(mine)
-    for split, classes in (("train", train_classes), ("val", val_classes)):
-        d = data[split]
-        keep = np.flatnonzero(np.isin(d["labels"], classes))
-        if not len(keep):
-            raise runspec.FinetuneError(f"class subset {subset}: no {split} image of classes {classes.tolist()} in "
-                                        "the masks store (all dropped by masks.policy?)")
-        t = torch.from_numpy(keep)
-        out[split] = {k: v[t] if torch.is_tensor(v) else v[keep] if isinstance(v, np.ndarray) else
-                      [v[i] for i in keep] if isinstance(v, list) else v for k, v in d.items()}
-    out["train_classes"] = train_classes
-    return out
-
-
 # ----------------------------------------------------------------------------- one step
 
-def objective(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: str):
+def batch_loss(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: str):
     """The arm's loss terms on a batch ({loss, context, concept, confidence, saturated}; `ce`: {loss}) and
     the logits of the same forward (explain returns both, so one forward serves relevance and confidence)."""
     if arm.loss == "ce":
         logits = model(x)
         return {"loss": F.cross_entropy(logits.float(), y)}, logits
     if arm.loss in baselines.KINDS:
-        return baselines.objective(model, arm.loss, x, m, y, cfg.loss)
+        return baselines.baseline_loss(model, arm.loss, x, m, y, cfg.loss)
     # an arm without the alignment term logs the map but takes no gradient through it: no second-order graph
     r, logits = relevance.explain(model, x, method, target=y, create_graph=arm.align, output="pixel")
-    return losses.objective(r, m, logits, y, arm.loss, arm_loss(arm, cfg)), logits
+    return losses.relevance_loss(r, m, logits, y, arm.loss, arm_loss(arm, cfg)), logits
 
 
 def arm_loss(arm: runspec.Arm, cfg: config.Finetune) -> config.Loss:
@@ -211,7 +112,7 @@ def train_step(model, opt, arm: runspec.Arm, x, m, y, n_global: int, cfg: config
     stats = torch.zeros(len(keys) + 1, dtype=torch.float64, device=x.device)
     if len(y):
         with amp:
-            terms, _ = objective(model, arm, x, m, y, cfg, method)
+            terms, _ = batch_loss(model, arm, x, m, y, cfg, method)
         w = len(y) / n_global
         (terms["loss"] * w).backward()
         stats[:len(keys)] = torch.stack([terms[k].detach().double() * w for k in keys])
@@ -250,10 +151,10 @@ def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: s
         if arm.loss == "ce":
             terms = {"loss": F.cross_entropy(logits.float(), y)}
         elif arm.loss in baselines.KINDS:  # the arm's own loss, on the images as they are (no RRDA mixing)
-            terms = {k: v.detach() for k, v in baselines.objective(model, arm.loss, x, val[arm.mask][i], y,
+            terms = {k: v.detach() for k, v in baselines.baseline_loss(model, arm.loss, x, val[arm.mask][i], y,
                                                                    cfg.loss, create_graph=False)[0].items()}
         else:
-            terms = losses.objective(r, val[arm.mask][i], logits, y, arm.loss, arm_loss(arm, cfg))
+            terms = losses.relevance_loss(r, val[arm.mask][i], logits, y, arm.loss, arm_loss(arm, cfg))
         cft = losses.alignment(r, concept, "bce", cfg.loss)["align"]
         vals = [terms.get(k, torch.tensor(math.nan)) for k in ("loss", "context", "concept", "confidence")]
         vals += [cft, (logits.argmax(1) == y).float().mean()]
@@ -266,7 +167,7 @@ def validate(model, arm: runspec.Arm, val: dict, cfg: config.Finetune, method: s
 def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Module, data: dict) -> dict:
     """What determines a run's result: its spec, the protocol parameters, the base weights and the data.
     Its hash decides whether a finished run is reused and whether a saved state may be resumed."""
-    arm, data = runspec.ARMS[spec.arm], for_subset(data, spec.subset)
+    arm, data = runspec.ARMS[spec.arm], fewshot.for_subset(data, spec.subset)
     split_digest = {s: tensors_sha256(data[s]["x"], data[s]["y"], data[s]["concept"],
                                       *([data[s]["foreground"]] if arm.mask == "foreground" else []))[:16]
                     for s in ("train", "val")}
@@ -288,7 +189,7 @@ _PROBES: dict[tuple, dict] = {}
 
 def prepare(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, device: torch.device):
     """A run's model (a trainable copy of `base` in eval mode: no dropout, frozen BatchNorm statistics; DFR's
-    refitted for `dfr`) and its train / val tensors, on `device`; `data` already narrowed (`for_subset`)."""
+    refitted for `dfr`) and its train / val tensors, on `device`; `data` already narrowed (`fewshot.for_subset`)."""
     model = copy.deepcopy(base).eval()
     if spec.arm == "dfr":
         d = data["dfr"]
@@ -312,12 +213,114 @@ def autocast(device: torch.device, cfg: config.Finetune):
             else contextlib.nullcontext())
 
 
+@dataclass
+class RunState:
+    """A run under way: what it is (spec, folder, config, build), its model and random generator, and its progress,
+    which `state.pt` saves (`progress`) and a resumed run goes on from: the epochs finished, the `history.csv` and
+    `epochs.csv` rows so far, the skipped steps in all and in a row. `saved_optimizer`: the optimizer state a
+    resumed run loads (None on a fresh start)."""
+    spec: runspec.RunSpec
+    folder: Path
+    conf: dict
+    build: dict
+    model: torch.nn.Module
+    gen: torch.Generator
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)
+    nonfinite: int = 0
+    consecutive: int = 0
+    saved_optimizer: dict | None = None
+
+    def progress(self) -> dict:
+        """What `state.pt` keeps under "state" (a plain dict: states saved by earlier versions resume)."""
+        return {"epoch": self.epoch, "history": self.history, "epochs": self.epochs, "nonfinite": self.nonfinite,
+                "consecutive": self.consecutive}
+
+
+def finished_run(folder: Path, conf: dict) -> dict | None:
+    """The run.json of the complete run in `folder` if it has the same config hash (it is reused as it is)."""
+    done = folder / "run.json"
+    if done.is_file() and (summary := read_json(done))["config"]["hash"] == conf["hash"]:
+        return summary
+    return None
+
+
 def saved_state(folder: Path, conf: dict, device: torch.device) -> dict | None:
     """The run's resume state (`state.pt`) if one was saved under the same config hash."""
     state_path = folder / "state.pt"
     saved = (read_torch(state_path, "delete it to restart this run from its first epoch", device)
              if state_path.is_file() else None)
     return saved if saved is not None and saved["hash"] == conf["hash"] else None
+
+
+def start(spec: runspec.RunSpec, folder: Path, conf: dict, build: dict, model, val: dict, cfg: config.Finetune,
+          amp, device: torch.device, on_epoch=None) -> RunState:
+    """The run resumed from its saved state (`saved_state`), or started afresh: its folder removed (rank 0) and
+    epoch 0, the base, validated into the first `epochs.csv` row (passed to `on_epoch` with the model)."""
+    state = RunState(spec, folder, conf, build, model, torch.Generator().manual_seed(spec.seed))
+    saved = saved_state(folder, conf, device)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        state.gen.set_state(saved["generator"].cpu())  # a CPU generator; the state was loaded onto the run's device
+        return dataclasses.replace(state, **saved["state"], saved_optimizer=saved["optimizer"])
+    if launch.rank_world()[0] == 0 and folder.exists():
+        shutil.rmtree(folder)
+    state.epochs.append(epoch_row(0, spec.lr, [], model, runspec.ARMS[spec.arm], val, cfg, spec.relevance, amp))
+    if on_epoch is not None:
+        on_epoch(state.epochs[-1], model)
+    return state
+
+
+def training_batch(train: dict, idx: torch.Tensor, arm: runspec.Arm, gen: torch.Generator,
+                   cfg: config.Finetune) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and masks (the arm's) of batch `idx`, augmented (and for `rrda` mixed) with draws from `gen`."""
+    x, m = augment(train["x"][idx], train[arm.mask or "concept"][idx], gen, cfg.scale, cfg.flip)
+    if arm.loss == "rrda":
+        x = baselines.rrda_mix(x, m, gen, cfg.loss.rrda_prob)
+    return x, m
+
+
+def record_step(state: RunState, row: dict, epoch: int, lr: float, cfg: config.Finetune) -> None:
+    """Add a step's `history.csv` row to the run, counting a skipped step; too many consecutive non-finite steps
+    stop the run."""
+    state.nonfinite += row["skipped"]
+    state.consecutive = state.consecutive + 1 if row["skipped"] else 0
+    if state.consecutive >= cfg.max_nonfinite:
+        raise NonFiniteLoss(f"{state.folder}: {state.consecutive} consecutive steps with a non-finite loss or "
+                            f"gradient (epoch {epoch + 1}, step {len(state.history) + 1}); lower finetune.lr "
+                            f"or keep finetune.loss.squeeze > 0")
+    state.history.append({"epoch": epoch + 1, "step": len(state.history) + 1, "lr": lr, **row})
+
+
+def check_moved(state: RunState, epoch: int) -> None:
+    """Stop a run whose every step so far was skipped: the weights never moved, later epochs would be the same."""
+    if state.nonfinite == len(state.history):
+        raise NonFiniteLoss(f"{state.folder}: every one of the {state.nonfinite} training steps so far (epoch "
+                            f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
+                            f"finetune.lr, and keep finetune.loss.squeeze > 0")
+
+
+def run_epoch(state: RunState, opt, train: dict, epoch: int, lr: float, cfg: config.Finetune, amp,
+              steps_bar) -> list[float]:
+    """Epoch `epoch`'s steps at learning rate `lr`, over an order drawn from the run's generator, each process
+    taking its shard of every batch. Returns the losses of the steps taken (skipped ones left out)."""
+    arm, (rank, world) = runspec.ARMS[state.spec.arm], launch.rank_world()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    n, mine = len(train["y"]), slice(rank, None, world)
+    order, taken = torch.randperm(n, generator=state.gen), []
+    for b in range(math.ceil(n / cfg.batch_size)):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        x, m = training_batch(train, idx, arm, state.gen, cfg)
+        row = train_step(state.model, opt, arm, x[mine], m[mine], train["y"][idx][mine], len(idx), cfg,
+                         state.spec.relevance, amp)
+        record_step(state, row, epoch, lr, cfg)
+        if not row["skipped"]:
+            taken.append(row["loss"])
+        steps_bar.update()
+        steps_bar.set_postfix(loss=f"{row['loss']:.3f}")
+    return taken
 
 
 def epoch_row(epoch: int, lr: float, losses_: list[float], model, arm: runspec.Arm, val: dict,
@@ -327,57 +330,50 @@ def epoch_row(epoch: int, lr: float, losses_: list[float], model, arm: runspec.A
             **validate(model, arm, val, cfg, method, amp), "best": 0}
 
 
-def save_epoch(spec: runspec.RunSpec, folder: Path, build: dict, conf: dict, model, optimizer: dict,
-               gen: torch.Generator, st: dict, best: bool) -> None:
-    """After epoch `st["epoch"]` (rank 0): `best.pt` if it is the selected one, and the resume state."""
+def end_epoch(state: RunState, epoch: int, lr: float, taken: list[float], val: dict, cfg: config.Finetune,
+              amp) -> bool:
+    """After epoch `epoch`'s steps (losses `taken`): stop a run that never moved, validate into the epoch's
+    `epochs.csv` row, count the epoch done. True where it is the epoch the run selects so far."""
+    check_moved(state, epoch)
+    arm, method = runspec.ARMS[state.spec.arm], state.spec.relevance
+    state.epochs.append(epoch_row(epoch + 1, lr, taken, state.model, arm, val, cfg, method, amp))
+    state.epoch = epoch + 1
+    return select_epoch(state.epochs, cfg.selection) == epoch + 1
+
+
+def save_epoch(state: RunState, optimizer: dict, best: bool) -> None:
+    """After epoch `state.epoch` (rank 0): `best.pt` if it is the selected one, and the resume state."""
     if best:
-        checkpoints.save_checkpoint(folder / "best.pt", model, {**build, "run": asdict(spec), "epoch": st["epoch"]})
-    with atomic_path(folder / "state.pt") as tmp:
-        torch.save({"hash": conf["hash"], "model": model.state_dict(), "optimizer": optimizer,
-                    "generator": gen.get_state(), "state": st}, tmp)
+        checkpoints.save_checkpoint(state.folder / "best.pt", state.model,
+                                    {**state.build, "run": asdict(state.spec), "epoch": state.epoch})
+    with atomic_path(state.folder / "state.pt") as tmp:
+        torch.save({"hash": state.conf["hash"], "model": state.model.state_dict(), "optimizer": optimizer,
+                    "generator": state.gen.get_state(), "state": state.progress()}, tmp)
 
 
-def finish(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune,
-           folder: Path, conf: dict, model, st: dict, epochs: int, rank: int, world: int) -> dict:
+def finish(state: RunState, base: torch.nn.Module, data: dict, cfg: config.Finetune, epochs: int, rank: int,
+           world: int) -> dict:
     """The run's summary, and on rank 0 its files (`last.pt`, `best.pt` of the base where no trained epoch was
     selected, history.csv, epochs.csv, run.json last) with the resume state removed."""
-    arm = runspec.ARMS[spec.arm]
-    chosen = select_epoch(st["epochs"], cfg.selection)
-    summary = {"config": conf, "arm": asdict(arm), "counts": data["counts"],
+    spec, folder, build = state.spec, state.folder, state.build
+    chosen = select_epoch(state.epochs, cfg.selection)
+    summary = {"config": state.conf, "arm": asdict(runspec.ARMS[spec.arm]), "counts": data["counts"],
                "train_classes": [int(c) for c in data.get("train_classes", [])], "epochs": epochs,
-               "steps": len(st["history"]),
-               "best_epoch": chosen, "best_val_loss": st["epochs"][chosen]["val_loss"],
-               "last": st["epochs"][-1], "nonfinite_steps": st["nonfinite"],
-               "saturated_steps": sum(r["saturated"] > 0 for r in st["history"]), "processes": world}
+               "steps": len(state.history),
+               "best_epoch": chosen, "best_val_loss": state.epochs[chosen]["val_loss"],
+               "last": state.epochs[-1], "nonfinite_steps": state.nonfinite,
+               "saturated_steps": sum(r["saturated"] > 0 for r in state.history), "processes": world}
     if rank == 0:
-        checkpoints.save_checkpoint(folder / "last.pt", model, {**build, "run": asdict(spec), "epoch": epochs})
+        checkpoints.save_checkpoint(folder / "last.pt", state.model, {**build, "run": asdict(spec), "epoch": epochs})
         if chosen == 0:  # no fine-tuning, or no trained epoch selected: the (DFR-refitted) base itself
-            checkpoints.save_checkpoint(folder / "best.pt", base if epochs else model,
+            checkpoints.save_checkpoint(folder / "best.pt", base if epochs else state.model,
                                         {**build, "run": asdict(spec), "epoch": 0})
-        write_csv(folder / "history.csv", pd.DataFrame(st["history"], columns=list(STEP_COLUMNS)))
-        rows = [{**e, "best": int(e["epoch"] == chosen)} for e in st["epochs"]]
+        write_csv(folder / "history.csv", pd.DataFrame(state.history, columns=list(STEP_COLUMNS)))
+        rows = [{**e, "best": int(e["epoch"] == chosen)} for e in state.epochs]
         write_csv(folder / "epochs.csv", pd.DataFrame(rows, columns=list(EPOCH_COLUMNS)))
         write_json(folder / "run.json", summary)
         (folder / "state.pt").unlink(missing_ok=True)
     return summary
-
-
-def count_step(st: dict, row: dict, folder: Path, epoch: int, cfg: config.Finetune) -> None:
-    """Count a step's skip in the run's state; too many consecutive non-finite steps stop the run."""
-    st["nonfinite"] += row["skipped"]
-    st["consecutive"] = st["consecutive"] + 1 if row["skipped"] else 0
-    if st["consecutive"] >= cfg.max_nonfinite:
-        raise NonFiniteLoss(f"{folder}: {st['consecutive']} consecutive steps with a non-finite loss or "
-                            f"gradient (epoch {epoch + 1}, step {len(st['history']) + 1}); lower finetune.lr "
-                            f"or keep finetune.loss.squeeze > 0")
-
-
-def check_moved(st: dict, folder: Path, epoch: int) -> None:
-    """Stop a run whose every step so far was skipped: the weights never moved, later epochs would be the same."""
-    if st["nonfinite"] == len(st["history"]):
-        raise NonFiniteLoss(f"{folder}: every one of the {st['nonfinite']} training steps so far (epoch "
-                            f"{epoch + 1}) had a non-finite loss or gradient; check finetune.loss and "
-                            f"finetune.lr, and keep finetune.loss.squeeze > 0")
 
 
 def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, cfg: config.Finetune,
@@ -386,65 +382,31 @@ def fit(spec: runspec.RunSpec, base: torch.nn.Module, build: dict, data: dict, c
     reused; a saved state with the same hash is resumed at its last finished epoch (and ends with the same
     history as an uninterrupted run); anything else starts over. `on_epoch(row, model)` is called with each
     epoch's `epochs.csv` row (epoch 0, the base, included) and the model in eval mode (studies score it there)."""
-    arm, folder = runspec.ARMS[spec.arm], spec.folder(out_dir)
-    data = for_subset(data, spec.subset)
+    folder, data = spec.folder(out_dir), fewshot.for_subset(data, spec.subset)
     conf = run_config(spec, cfg, base, data)
-    rank, world = launch.rank_world()
-    done = folder / "run.json"
-    if done.is_file() and (summary := read_json(done))["config"]["hash"] == conf["hash"]:
+    if (summary := finished_run(folder, conf)) is not None:
         return summary
     device = launch.device(cfg.device, "finetune.device")
     amp = autocast(device, cfg)
     model, train, val = prepare(spec, base, build, data, device)
+    state = start(spec, folder, conf, build, model, val, cfg, amp, device, on_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(spec.seed)
-    st = {"epoch": 0, "history": [], "epochs": [], "nonfinite": 0, "consecutive": 0}
-    saved = saved_state(folder, conf, device)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"].cpu())  # a CPU generator; the state was loaded onto the run's device
-        st = saved["state"]
-    else:
-        if rank == 0 and folder.exists():
-            shutil.rmtree(folder)
-        st["epochs"].append(epoch_row(0, spec.lr, [], model, arm, val, cfg, spec.relevance, amp))
-        if on_epoch is not None:
-            on_epoch(st["epochs"][-1], model)
-    epochs = cfg.epochs if arm.trains else 0
-    n, steps = len(train["y"]), math.ceil(len(train["y"]) / cfg.batch_size)
-    steps_bar = tqdm(total=epochs * steps, initial=st["epoch"] * steps, desc=spec.name, unit="steps",
+    if state.saved_optimizer is not None:
+        opt.load_state_dict(state.saved_optimizer)
+    rank, world = launch.rank_world()
+    epochs, steps = cfg.epochs if runspec.ARMS[spec.arm].trains else 0, math.ceil(len(train["y"]) / cfg.batch_size)
+    steps_bar = tqdm(total=epochs * steps, initial=state.epoch * steps, desc=spec.name, unit="steps",
                      disable=not progress or rank != 0, leave=False)  # without a bar: run_all's line per run
-    mask_key = arm.mask or "concept"
-    for epoch in range(st["epoch"], epochs):
-        lr = lr_at(epoch, spec.lr, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        order, losses_ = torch.randperm(n, generator=gen), []
-        for b in range(steps):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, m = augment(train["x"][idx], train[mask_key][idx], gen, cfg.scale, cfg.flip)
-            if arm.loss == "rrda":
-                x = baselines.rrda_mix(x, m, gen, cfg.loss.rrda_prob)
-            mine = slice(rank, None, world)
-            row = train_step(model, opt, arm, x[mine], m[mine], train["y"][idx][mine], len(idx), cfg,
-                             spec.relevance, amp)
-            count_step(st, row, folder, epoch, cfg)
-            st["history"].append({"epoch": epoch + 1, "step": len(st["history"]) + 1, "lr": lr, **row})
-            if not row["skipped"]:
-                losses_.append(row["loss"])
-            steps_bar.update()
-            steps_bar.set_postfix(loss=f"{row['loss']:.3f}")
-        check_moved(st, folder, epoch)
-        st["epochs"].append(epoch_row(epoch + 1, lr, losses_, model, arm, val, cfg, spec.relevance, amp))
-        best = select_epoch(st["epochs"], cfg.selection) == epoch + 1
-        st["epoch"] = epoch + 1
+    for epoch in range(state.epoch, epochs):
+        lr = step_decay_lr(epoch, spec.lr, cfg)
+        taken = run_epoch(state, opt, train, epoch, lr, cfg, amp, steps_bar)
+        best = end_epoch(state, epoch, lr, taken, val, cfg, amp)
         if on_epoch is not None:
-            on_epoch(st["epochs"][-1], model)
+            on_epoch(state.epochs[-1], model)
         if rank == 0:
-            save_epoch(spec, folder, build, conf, model, opt.state_dict(), gen, st, best)
+            save_epoch(state, opt.state_dict(), best)
     steps_bar.close()
-    summary = finish(spec, base, build, data, cfg, folder, conf, model, st, epochs, rank, world)
+    summary = finish(state, base, data, cfg, epochs, rank, world)
     if world > 1:
         dist.barrier()
     return summary

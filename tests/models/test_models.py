@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cftlib.data import world
+from cftlib.data import augment, world
 from cftlib.models import checkpoints, factory, zoo
 from cftlib.training import pretrain
 
@@ -27,7 +27,7 @@ def test_predict_takes_the_fused_path_and_gives_the_explicit_paths_logits():
     fused = factory.predict(model, images, batch_size=4)
     assert seen == [True, True]  # two batches, both on the fused kernel
     with torch.no_grad():
-        explicit = model(factory.to_tensor(images)).numpy()
+        explicit = model(augment.to_tensor(images)).numpy()
     assert all(not m.attn.fused_attn for m in model.blocks)  # the explicit path restored for relevance
     np.testing.assert_allclose(fused, explicit, atol=1e-5)
 
@@ -63,14 +63,14 @@ def test_checkpoint_roundtrip_is_weights_only(tmp_path):
 def test_to_tensor_normalises():
     img = np.zeros((1, 4, 4, 3), np.uint8)
     img[..., 0] = 255
-    x = factory.to_tensor(img)
+    x = augment.to_tensor(img)
     assert x.shape == (1, 3, 4, 4)
     assert torch.allclose(x[0, 0], torch.ones(4, 4)) and torch.allclose(x[0, 1], -torch.ones(4, 4))
 
 
 def test_lr_schedule_warms_up_then_decays(smoke_params):
     cfg = smoke_params.pretrain
-    lrs = [pretrain.lr_at(s, 100, cfg) for s in range(100)]
+    lrs = [pretrain.warmup_cosine_lr(s, 100, cfg) for s in range(100)]
     top = int(np.argmax(lrs))
     assert lrs[0] < lrs[top] == pytest.approx(cfg.lr, rel=0.02)
     assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1:])) and lrs[-1] < 0.01 * cfg.lr
@@ -135,7 +135,7 @@ def test_shipped_reads_the_frozen_stages_checkpoints_and_history_back(tmp_path, 
 
 def test_renormalise_gives_a_zoo_model_its_own_statistics_and_leaves_world_models_alone():
     img = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)
-    x = factory.to_tensor(img)
+    x = augment.to_tensor(img)
     assert checkpoints.renormalise(x, {"name": "vit_tiny_patch16_224"}) is x
     e = zoo.get("deit_s")
     want = (torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255 - torch.tensor(e.mean).view(1, 3, 1, 1)) \

@@ -38,9 +38,9 @@ def test_penalty_is_zero_when_the_input_gradient_vanishes_outside_the_mask(kind)
     torch.manual_seed(0)
     w = _window()
     model, x, y = Windowed(w), torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 2, 0])
-    inside = baselines.objective(model, kind, x, w.expand(4, 1, 6, 6), y, CFG)[0]["context"]
+    inside = baselines.baseline_loss(model, kind, x, w.expand(4, 1, 6, 6), y, CFG)[0]["context"]
     assert inside.item() == 0.0  # the model reads only the mask: nothing outside it to penalise
-    outside = baselines.objective(model, kind, x, torch.zeros(4, 1, 6, 6), y, CFG)[0]["context"]
+    outside = baselines.baseline_loss(model, kind, x, torch.zeros(4, 1, 6, 6), y, CFG)[0]["context"]
     assert outside.item() > 1e-6  # everything is context: the window's gradient counts
 
 
@@ -50,7 +50,7 @@ def test_gradmask_penalty_is_the_masked_weight_norm_of_a_linear_model():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 3))
     x, y = torch.randn(2, 3, 6, 6), torch.tensor([2, 0])
     m = (torch.rand(2, 1, 6, 6) > 0.5).float()
-    got = baselines.objective(model, "gradmask", x, m, y, CFG)[0]["context"]
+    got = baselines.baseline_loss(model, "gradmask", x, m, y, CFG)[0]["context"]
     W = model[1].weight.view(3, 3, 6, 6)
     want = torch.stack([((1 - m[b]) * W[y[b]]).abs().sum() for b in range(2)]).mean()
     assert torch.allclose(got, want, rtol=1e-5)
@@ -60,8 +60,8 @@ def test_rrr_l2_term_adds_the_squared_weights():
     torch.manual_seed(2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 3))
     x, y, m = torch.randn(2, 3, 6, 6), torch.tensor([1, 2]), torch.ones(2, 1, 6, 6)
-    plain = baselines.objective(model, "rrr", x, m, y, CFG)[0]["loss"]
-    l2 = baselines.objective(model, "rrr", x, m, y, dataclasses.replace(CFG, rrr_l2=0.5))[0]["loss"]
+    plain = baselines.baseline_loss(model, "rrr", x, m, y, CFG)[0]["loss"]
+    l2 = baselines.baseline_loss(model, "rrr", x, m, y, dataclasses.replace(CFG, rrr_l2=0.5))[0]["loss"]
     assert torch.allclose(l2 - plain, 0.5 * sum(p.pow(2).sum() for p in model.parameters()), rtol=1e-5)
 
 
@@ -114,12 +114,12 @@ def test_a_step_on_the_penalty_lowers_it(tiny, kind):
     P, root, (x, m, y) = tiny
     model = checkpoints.load_checkpoint(pretrain.base_path(root / "models" / "base", "vit", 0))[0]
     cfg = dataclasses.replace(P.finetune.loss, gradmask_ce=0.0)  # GradMask without its CE: the penalty alone
-    before = baselines.objective(model, kind, x, m, y, cfg)[0]
+    before = baselines.baseline_loss(model, kind, x, m, y, cfg)[0]
     opt = torch.optim.SGD(model.parameters(), lr=1e-2 / max(before["context"].item(), 1e-6))
     opt.zero_grad()
     (before["context"]).backward()
     opt.step()
-    assert baselines.objective(model, kind, x, m, y, cfg)[0]["context"].item() < before["context"].item()
+    assert baselines.baseline_loss(model, kind, x, m, y, cfg)[0]["context"].item() < before["context"].item()
 
 
 def test_baselines_validate_on_their_own_loss(tiny):
@@ -128,7 +128,7 @@ def test_baselines_validate_on_their_own_loss(tiny):
     val = {"x": x, "y": y, "foreground": m, "concept": m}
     row = trainer.validate(model, runspec.ARMS["rrr"], val, P.finetune, "attnlrp",
                            torch.autocast("cpu", enabled=False))
-    want = baselines.objective(model, "rrr", x, m, y, P.finetune.loss, create_graph=False)[0]
+    want = baselines.baseline_loss(model, "rrr", x, m, y, P.finetune.loss, create_graph=False)[0]
     assert row["val_loss"] == pytest.approx(want["loss"].item(), rel=1e-5)
     assert row["val_context"] == pytest.approx(want["context"].item(), rel=1e-5)
 
@@ -152,7 +152,7 @@ def test_penalties_differentiate_through_a_timm_vit_with_fused_attention(kind):
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
                               num_classes=4)
     x, y, m = torch.randn(2, 3, 32, 32), torch.tensor([1, 3]), (torch.rand(2, 1, 32, 32) > 0.5).float()
-    baselines.objective(model, kind, x, m, y, CFG)[0]["loss"].backward()
+    baselines.baseline_loss(model, kind, x, m, y, CFG)[0]["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))  # restored after the call

@@ -128,7 +128,7 @@ def test_a_nonfinite_step_skips_only_its_run(project, tmp_path, monkeypatch):
     cfg, data, bases = _setup(project)
     specs = _specs("cft")
     batched.fit_runs(specs, [bases["vit", s.base] for s in specs], data, cfg, tmp_path / "clean")
-    real, calls = batched.objective, []
+    real, calls = batched.per_run_loss, []
 
     def nan_once(*args, **kwargs):
         terms = real(*args, **kwargs)
@@ -137,7 +137,7 @@ def test_a_nonfinite_step_skips_only_its_run(project, tmp_path, monkeypatch):
             terms[1]["loss"] = terms[1]["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(batched, "objective", nan_once)
+    monkeypatch.setattr(batched, "per_run_loss", nan_once)
     batched.fit_runs(specs, [bases["vit", s.base] for s in specs], data, cfg, tmp_path / "nan")
     skipped = [pd.read_csv(s.folder(tmp_path / "nan") / "history.csv")["skipped"].tolist() for s in specs]
     assert skipped == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]

@@ -59,10 +59,10 @@ def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
     cfg = dataclasses.replace(P.finetune, relevance=method)
     model, (x, m, y) = _vit(project), _batch(data)
     arm = runspec.ARMS["cft"]
-    before = trainer.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
+    before = trainer.batch_loss(model, arm, x, m, y, cfg, method)[0]["align"].item()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # a step along the gradient (Adam's first is sign-like)
     row = trainer.train_step(model, opt, arm, x, m, y, len(y), cfg, method, torch.autocast("cpu", enabled=False))
-    after = trainer.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
+    after = trainer.batch_loss(model, arm, x, m, y, cfg, method)[0]["align"].item()
     assert not row["skipped"] and after < before
 
 
@@ -70,10 +70,10 @@ def test_one_step_lowers_the_alignment_loss_of_the_cnn_on_gradcam(project):
     P, _, data, bases = _setup(project, arms=[], seeds=1)
     model, (x, m, y), arm = bases["cnn", 0][0], _batch(data), runspec.ARMS["cft"]
     cfg = P.finetune
-    before = trainer.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item()
+    before = trainer.batch_loss(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
     trainer.train_step(model, opt, arm, x, m, y, len(y), cfg, "gradcam", torch.autocast("cpu", enabled=False))
-    assert trainer.objective(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item() < before
+    assert trainer.batch_loss(model, arm, x, m, y, cfg, "gradcam")[0]["align"].item() < before
 
 
 @pytest.mark.gpu
@@ -87,7 +87,7 @@ def test_a_bfloat16_step_on_cuda_follows_the_float32_gradient(project, method):
     def gradient(device, amp):
         model = _vit(project).to(device)
         with amp:
-            terms, _ = trainer.objective(model, arm, x.to(device), m.to(device), y.to(device), P.finetune, method)
+            terms, _ = trainer.batch_loss(model, arm, x.to(device), m.to(device), y.to(device), P.finetune, method)
         terms["loss"].backward()
         return torch.cat([p.grad.float().flatten().cpu() for p in model.parameters() if p.grad is not None])
 
@@ -112,8 +112,8 @@ def test_confidence_arm_trains_on_the_confidence_term_alone(project):
     step on that term alone does."""
     P, _, data, _ = _setup(project, arms=["none", "cft", "confidence"], seeds=1)
     (x, m, y), arm, cfg = _batch(data), runspec.ARMS["confidence"], P.finetune
-    terms, logits = trainer.objective(_vit(project), arm, x, m, y, cfg, "attnlrp")
-    flipped, _ = trainer.objective(_vit(project), arm, x, 1 - m, y, cfg, "attnlrp")
+    terms, logits = trainer.batch_loss(_vit(project), arm, x, m, y, cfg, "attnlrp")
+    flipped, _ = trainer.batch_loss(_vit(project), arm, x, 1 - m, y, cfg, "attnlrp")
     assert torch.allclose(terms["loss"], cfg.loss.lambda_acc * F.cross_entropy(logits, logits.argmax(1)))
     assert torch.allclose(terms["loss"], flipped["loss"]) and terms["align"] > 0  # the map is still measured
     assert not terms["align"].requires_grad  # ... but not differentiated: no second-order graph to pay for
@@ -129,7 +129,7 @@ def test_confidence_arm_trains_on_the_confidence_term_alone(project):
 
 def test_lr_decays_by_the_official_step():
     cfg = config.Finetune()
-    assert [trainer.lr_at(e, 1.0, cfg) for e in range(5)] == [1.0, 1.0, 0.85, 0.85, 0.85 ** 2]
+    assert [trainer.step_decay_lr(e, 1.0, cfg) for e in range(5)] == [1.0, 1.0, 0.85, 0.85, 0.85 ** 2]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -312,16 +312,16 @@ def test_resume_after_kill_equals_uninterrupted_run(project, tmp_path, monkeypat
 
 
 def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project, tmp_path, monkeypatch):
-    real, calls = trainer.objective, []
+    real, calls = trainer.batch_loss, []
 
     def nan_once(*args, **kwargs):
         terms, logits = real(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 2:  # the first training step (call 1 is no step: validation does not use objective)
+        if len(calls) == 2:  # the first training step (call 1 is no step: validation does not use batch_loss)
             terms["loss"] = terms["loss"] * float("nan")
         return terms, logits
 
-    monkeypatch.setattr(trainer, "objective", nan_once)
+    monkeypatch.setattr(trainer, "batch_loss", nan_once)
     s, _ = _fit(project, SPEC, tmp_path / "once", epochs=2)
     hist = pd.read_csv(SPEC.folder(tmp_path / "once") / "history.csv")
     assert s["nonfinite_steps"] == 1 and hist["skipped"].sum() == 1
@@ -331,7 +331,7 @@ def test_nonfinite_step_is_skipped_and_counted_and_persistent_ones_stop(project,
         terms["loss"] = terms["loss"] * float("nan")
         return terms, logits
 
-    monkeypatch.setattr(trainer, "objective", always_nan)
+    monkeypatch.setattr(trainer, "batch_loss", always_nan)
     with pytest.raises(trainer.NonFiniteLoss, match="2 consecutive"):  # within the first epoch's 2 steps
         _fit(project, SPEC, tmp_path / "always", epochs=3, max_nonfinite=2)
     # fewer steps in an epoch than max_nonfinite: the first epoch, all skipped, stops the run (not "no checkpoint")
@@ -351,13 +351,13 @@ def test_fewshot_data_respects_the_stores_policy_and_counts_it(project, tmp_path
     (store / "train" / f"{first['id']}.npz").unlink()
     (store / "manifest.json").write_text(json.dumps(manifest))
     pool = fewshot.Pool("world", project / "data" / "world")
-    data = trainer.load_data(store, pool, 3, 32)
+    data = fewshot.load_data(store, pool, 3, 32)
     assert data["counts"]["train"]["actions"]["dropped"] == 1 and data["counts"]["train"]["flags"]["empty"] == 1
     assert data["counts"]["train"]["images"] == 4 * 3 - 1 and first["id"] not in data["train"]["ids"]
-    fewer = trainer.load_data(store, pool, 1, 32)
+    fewer = fewshot.load_data(store, pool, 1, 32)
     assert fewer["counts"]["train"]["images"] + fewer["counts"]["train"]["actions"]["dropped"] == 4
     for subset in range(4):  # a run counts its own classes' images: the dropped one only where its class trains
-        mine = trainer.for_subset(data, subset)
+        mine = fewshot.for_subset(data, subset)
         trains = first["label"] in mine["train_classes"]
         assert mine["counts"]["train"]["images"] == 2 * 3 - trains == len(mine["train"]["y"])
         assert mine["counts"]["train"]["actions"]["dropped"] == trains
@@ -373,27 +373,27 @@ def test_foreground_masks_are_the_silhouette(project):
 def test_missing_masks_are_clear_errors(project, tmp_path):
     pool = fewshot.Pool("world", project / "data" / "world")
     with pytest.raises(GroundingError, match="no mask store; run the masks stage"):
-        trainer.load_data(tmp_path / "nowhere", pool, 3, 32)
+        fewshot.load_data(tmp_path / "nowhere", pool, 3, 32)
     store = tmp_path / "masks"
     shutil.copytree(project / "data" / "masks", store)
     next((store / "train").glob("*.npz")).unlink()
     with pytest.raises(GroundingError, match="missing"):
-        trainer.load_data(store, pool, 3, 32)
+        fewshot.load_data(store, pool, 3, 32)
     old = tmp_path / "old"  # a store from before per-seed class subsets: refused by name, before any image is read
     shutil.copytree(project / "data" / "masks", old)
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["header"]["classes"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(GroundingError, match=r"old/manifest.json: a mask store without `classes`.*dvc repro masks"):
-        trainer.load_data(old, pool, 3, 32)
+        fewshot.load_data(old, pool, 3, 32)
     with pytest.raises(GroundingError, match="without `classes`"):
         evaluate.seen_classes(old, 0)
 
 
 def test_k_larger_than_the_images_of_a_class_is_a_clear_error(project, tmp_path):
     pool = fewshot.Pool("world", project / "data" / "world")
-    with pytest.raises(runspec.FinetuneError, match="finetune.k=4.*fewer images of class"):
-        trainer.load_data(project / "data" / "masks", pool, 4, 32)
+    with pytest.raises(fewshot.FewShotError, match="finetune.k=4.*fewer images of class"):
+        fewshot.load_data(project / "data" / "masks", pool, 4, 32)
     (tmp_path / "p.yaml").write_text("finetune: {k: 5}\n")
     with pytest.raises(config.ConfigError, match="finetune.k 5 is larger than masks.k 3"):
         config.load(tmp_path / "p.yaml")

@@ -26,7 +26,7 @@ def _maps(n=4, size=8):
 def test_terms_are_the_official_formula():
     r, m = _maps()
     logits = torch.randn(4, 5)
-    t = losses.objective(r, m, logits, torch.tensor([0, 1, 2, 3]), "bce", OFFICIAL)
+    t = losses.relevance_loss(r, m, logits, torch.tensor([0, 1, 2, 3]), "bce", OFFICIAL)
     context = F.binary_cross_entropy(r * (1 - m), torch.zeros_like(r))
     concept = F.binary_cross_entropy(r * m, m)
     conf = F.cross_entropy(logits, logits.argmax(1))
