@@ -63,8 +63,8 @@ def run(P: config.Params, data_dir: str | Path, model_dir: str | Path, metrics_d
     model = zoo.build(P.pretrain.zoo, P.pretrain.weights, 1000, **P.pretrain.model_kwargs)
     build = zoo.build_config(P.pretrain.zoo, 1000, P.pretrain.model_kwargs)
     checkpoints.save_checkpoint(pretrain.base_path(model_dir, "vit", 0), model, build)  # the one base model
-    io.write_csv(Path(plots_dir) / "bases_history.csv",  # nothing is trained at this scale
-                 pd.DataFrame(columns=["model", "base", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]))
+    io.write_csv(Path(plots_dir) / "bases_history.csv", pd.DataFrame(  # nothing is trained at this scale
+        columns=["model", "base", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]))
 
     E = dataclasses.replace(P.evaluate, protocols=["chefer"], segmentation="")  # top-1 only, the official protocol
     benches = {name: datasets.sample(datasets.load(name, root), E.benchmark_images, P.base.seed)
@@ -78,7 +78,7 @@ def run(P: config.Params, data_dir: str | Path, model_dir: str | Path, metrics_d
                                                     "chance": chance})
     headline.write(Path(metrics_dir) / "base.json", headline.base({"vit": acc}, "imagenet_val",
                                                                   accuracy.roles(P).focus))
-    io.write_csv(Path(plots_dir) / "bases_accuracy.csv", pd.DataFrame(  # the one base, as the world stage writes its bases
+    io.write_csv(Path(plots_dir) / "bases_accuracy.csv", pd.DataFrame(  # the one base, as the world stage writes them
         [{"model": "vit", "base": 0, "head": "base", "split": b, "top1": a} for b, a in acc.items()]))
     table = pd.DataFrame({"accuracy": acc, "gap vs imagenet_val": pd.Series(gaps)})
     fig = figures.accuracy_bars(table.reset_index(names="split"), chance)
