@@ -19,13 +19,14 @@ from cftlib.stages import ground
 @dataclass
 class Masks:
     """What the notebook shows: the bank and its file name, the few-shot `selection` (`fewshot.select`), the
-    store's manifest, its statistics (`grounding.summary`) and the two saved figures."""
+    store's manifest, its statistics (`grounding.summary`) and the two saved figures (the first kept images, the
+    worst)."""
     bank: dict
     bank_name: str
     selection: dict
     manifest: dict
     stats: dict
-    concepts: plt.Figure
+    examples: plt.Figure
     failures: plt.Figure
 
 
@@ -65,12 +66,11 @@ def run(P: config.Params, params_file: str | Path, data_dir: str | Path, concept
     manifest = maskstore.load_store(masks_dir)
 
     kept = [r for r in manifest["items"] if r["action"] != "dropped"]
-    concepts_fig = figures.save(mask_figure(kept[:5], pool, masks_dir, truth),
-                                Path(figures_dir) / "masks_concepts.png")
+    examples = figures.save(mask_figure(kept[:5], pool, masks_dir, truth), Path(figures_dir) / "masks_concepts.png")
     worst = sorted(kept, key=lambda r: (r["flag"] == "ok", r.get("iou", 1.0)))[:4]
     failures = figures.save(mask_figure(worst, pool, masks_dir, truth), Path(figures_dir) / "masks_failures.png")
 
     stats = grounding.summary(manifest["items"])
     io.write_json(Path(reports_dir) / "masks.json", {**stats, "bank": bank_name, "grounder": spec.name})
     headline.write(Path(metrics_dir) / "masks.json", headline.masks(stats))
-    return Masks(bank, bank_name, selection, manifest, stats, concepts_fig, failures)
+    return Masks(bank, bank_name, selection, manifest, stats, examples, failures)
