@@ -518,3 +518,41 @@ def relevance_columns(images: np.ndarray, columns: dict[str, np.ndarray], masks:
         ax.set_yticks([])
     fig.tight_layout(pad=0.2)
     return fig
+
+
+def image_row(images: list[np.ndarray], titles: list[str]) -> plt.Figure:
+    """One row of images (H×W×3), each titled: a class's first image, as the imagenet stage shows its classes."""
+    fig, axes = plt.subplots(1, len(images), figsize=(1.8 * len(images), 2.2), squeeze=False)
+    for ax, image, title in zip(axes[0], images, titles):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=7)
+        ax.set_axis_off()
+    return fig
+
+
+def concept_samples(images: list[np.ndarray], titles: list[str], parts: list[np.ndarray] | None = None) -> plt.Figure:
+    """Columns: one image per class, titled with its name and concepts; with `parts` (the world's part-label maps)
+    a second row paints them over the image."""
+    rows = 2 if parts is not None else 1
+    fig, axes = plt.subplots(rows, len(images), figsize=(1.9 * len(images), 2.2 * rows), squeeze=False)
+    for j, (image, title) in enumerate(zip(images, titles)):
+        axes[0, j].imshow(image)
+        axes[0, j].set_title(title, fontsize=6)
+        if parts is not None:
+            axes[1, j].imshow(overlay(image, parts[j]))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig
+
+
+def mask_rows(images: list[np.ndarray], panels: list[list[tuple[str, np.ndarray | None]]], ncol: int) -> plt.Figure:
+    """Rows: images (H×W×3), each followed by its titled masks (H×W, painted over it; None: the image alone) in
+    `ncol` columns: the masks stage's concept masks, their union and the exact target."""
+    fig, axes = plt.subplots(len(images), ncol, figsize=(1.3 * ncol, 1.45 * len(images)), squeeze=False)
+    for row, image, masks in zip(axes, images, panels):
+        for ax, (title, mask) in zip(row, masks):
+            ax.imshow(image if mask is None else overlay(image, mask.astype(np.uint8) * 4))
+            ax.set_title(title, fontsize=6)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig

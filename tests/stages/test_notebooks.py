@@ -3,6 +3,7 @@ profile (slow: marked, run by `make test` and CI)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,11 +132,13 @@ def test_a_failure_is_one_line_and_a_later_success_leaves_no_litter(tmp_path, ca
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_stage_notebook_writes_under_out(path):
-    """A hand run writes under scratch/: each notebook declares `out = "scratch"` and moves what it writes."""
+    """A hand run writes under scratch/: each notebook declares `out = "scratch"` and moves what it writes (with
+    `session.start(params_file, stage, out, ...)`, or `paths.under(out, ...)`)."""
     nb = json.loads(path.read_text())
     params = next("".join(c["source"]) for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
     assert 'out = "scratch"' in params
-    assert any("= paths.under(out, " in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    moves = re.compile(r'= paths\.under\(out, |session\.start\(params_file, "\w+", out\b')
+    assert any(moves.search("".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "code")
 
 
 def _writer(tmp_path: Path) -> Path:
