@@ -41,6 +41,7 @@ from cftlib.core import config
 from cftlib.core.io import json_sha256
 from cftlib.data import augment, world
 from cftlib.models.factory import build_model, predict
+from cftlib.stages.world import AUGMENTATION_BAR, DFR_GAP_BAR, GAP_BAR, TEST_BAR
 from cftlib.training import dfr, pretrain
 
 CACHE = Path(os.environ.get("CFT_SWEEP_CACHE", "/tmp/cft_validity_sweep"))
@@ -127,7 +128,8 @@ def main(path: str = "params.yaml", *args: str) -> None:
         gap, dfr_gap = 100 * (test - bg), 100 * (test - dfr_bg)
         zoom = pretrain.augmentation_gap(base, split["test"]["images"][:FEW], split["test"]["label"][:FEW],
                                          P.finetune.scale, P.finetune.flip, P.base.seed)["gap_points"]
-        ok = test >= 0.85 and gap >= 30 and dfr_gap <= 15 and abs(zoom) <= 3
+        ok = (test >= TEST_BAR and gap >= 100 * GAP_BAR and dfr_gap <= 100 * DFR_GAP_BAR
+              and abs(zoom) <= AUGMENTATION_BAR)  # the world stage's validity bars
         print(f"| {epoch} | {learnt:.1%} | {test:.1%} | {bg:.1%} | {gap:.1f} | {dfr_bg:.1%} | {dfr_gap:.1f} | "
               f"{zoom:.1f} | {'yes' if ok else 'no'} |", flush=True)
     print(f"\n{P.world.n_species} species, {P.pretrain.images} pre-training images, bases: {P.bases.epochs} epochs "

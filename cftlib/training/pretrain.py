@@ -111,7 +111,7 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
     xv, yv = to_tensor(val_set["images"]), torch.from_numpy(val_set["label"].astype(np.int64))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
-    total, history, best = cfg.epochs * steps, [], (-1.0, None)
+    total, history, kept = cfg.epochs * steps, [], None
     if extra is not None:
         targets, sizes = torch.as_tensor(extra[0], dtype=torch.long), list(extra[1])
         n_cls = model.get_classifier().out_features - sum(sizes)
@@ -142,15 +142,15 @@ def train(model: torch.nn.Module, cfg: Recipe, train_set: dict, val_set: dict, s
         val_loss, val_acc = evaluate(model, xv, yv, None if extra is None else n_cls)
         history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=loss_sum / len(x),
                             train_acc=correct / len(x), val_loss=val_loss, val_acc=val_acc))
-        if (val_acc > best[0]) if not cfg.keep_epoch else (epoch + 1 == cfg.keep_epoch):
-            best = (val_acc, copy.deepcopy(model.state_dict()))
+        if len(history) >= (cfg.keep_epoch or 0) and kept_epoch(history, cfg) is history[-1]:
+            kept = copy.deepcopy(model.state_dict())
         if on_epoch is not None and on_epoch(history[-1], model):
             break
     bar.close()
     if not progress:  # papermill logs: one line per training
         print(f"{desc}: {len(history)} epochs, kept " + (f"epoch {cfg.keep_epoch}" if cfg.keep_epoch else "the best")
-              + f" (val accuracy {best[0]:.3f})", flush=True)
-    model.load_state_dict(best[1])
+              + f" (val accuracy {kept_epoch(history, cfg)['val_acc']:.3f})", flush=True)
+    model.load_state_dict(kept)
     return model.eval(), history
 
 
