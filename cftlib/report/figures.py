@@ -9,19 +9,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cftlib.core.io import atomic_path
-from cftlib.data.augment import to_tensor
-from cftlib.data.datasets import load_centre_crop
-from cftlib.metrics.accuracy import flips
-from cftlib.metrics.alignment import ELSEWHERE, part_masks, relevance_maps
 from cftlib.metrics.intervals import paired_difference, summarise
-from cftlib.models.checkpoints import renormalise
-from cftlib.models.factory import predict
 
 PART_COLORS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                         [245, 130, 48], [145, 30, 180], [240, 240, 240], [70, 240, 240], [128, 128, 0]], np.uint8)
@@ -290,17 +283,13 @@ def alignment_bars(frame: pd.DataFrame, metrics: list[str], level: float = 0.95)
     return fig
 
 
-PART_SCALE_EXCLUDES = ("background", ELSEWHERE)
-"""Columns of `part_usage` outside the bird (or every concept mask): they hold most of the relevance, so they sit
-beside the parts' colour scale instead of setting it."""
-
-
-def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[str] | None = None) -> plt.Figure:
+def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[str] | None = None,
+               outside: tuple[str, ...] = ("background",)) -> plt.Figure:
     """Arms × parts: the mean share of relevance on each part of the bird (and the background) on `split`, in
     %, over classes and runs (cftlib.metrics.alignment.usage_rows) — where each arm's evidence sits; `parts`: only
     these columns (the grounded masks' "any concept" and "elsewhere", whose concepts differ per class). The colours
-    and their bar scale the parts alone; the background column (`PART_SCALE_EXCLUDES`) is printed beside them in
-    grey. No rows: a note."""
+    and their bar scale the parts alone; the columns `outside` the bird (or every concept mask), which hold most
+    of the relevance, are printed beside them in grey. No rows: a note."""
     u = usage[(usage["model"] == model) & (usage["split"] == split)] if len(usage) else usage
     if parts is not None and len(u):
         u = u[u["part"].isin(parts)]
@@ -309,7 +298,7 @@ def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[
     arms = [a for a in ARM_ORDER if a in set(u["arm"])]
     parts = list(dict.fromkeys(u["part"]))
     grid = u.groupby(["arm", "part"])["mass"].mean().unstack("part").reindex(index=arms, columns=parts) * 100
-    inner = [p for p in parts if p not in PART_SCALE_EXCLUDES] or parts
+    inner = [p for p in parts if p not in outside] or parts
     outer = [p for p in parts if p not in inner]
     fig, axes = plt.subplots(1, 2 + bool(outer), figsize=(1.6 + 0.62 * len(parts), 0.9 + 0.38 * len(arms)),
                              width_ratios=[len(inner), *[len(outer)] * bool(outer), 0.25], squeeze=False)
@@ -331,79 +320,20 @@ def part_usage(usage: pd.DataFrame, split: str, model: str = "vit", parts: list[
     return fig
 
 
-def pick_flips(base, cft, arrays: dict, n: int) -> tuple[list[tuple[int, str]], dict[str, int]]:
-    """The qualitative figure's rows among all of `arrays`' images (`balanced`) and the counts of images CFT
-    corrects and breaks there (cftlib.metrics.accuracy.flips), for its title."""
-    b, c = predict(base, arrays["images"]).argmax(1), predict(cft, arrays["images"]).argmax(1)
-    return balanced(b, c, arrays["label"], n), flips(c, b, arrays["label"])
-
-
-FLIP_KINDS = ("corrected", "regressed", "both right")
-"""The rows of the qualitative figure: base ✗ CFT ✓, base ✓ CFT ✗, and (filling in) both ✓."""
-
-
-def balanced(base_pred: np.ndarray, cft_pred: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[int, str]]:
-    """Up to n (index, kind) rows, as many corrections (base wrong, CFT right) as regressions (base right, CFT
-    wrong), so a picture shows what fine-tuning breaks as well as what it fixes; where one kind runs short the
-    other fills in, then images both get right."""
-    b, c = base_pred == labels, cft_pred == labels
-    fixed, broken = np.flatnonzero(~b & c), np.flatnonzero(b & ~c)
-    n_fixed = min(len(fixed), max(n - n // 2, n - len(broken)))
-    n_broken = min(len(broken), n - n_fixed)
-    both = np.flatnonzero(b & c)[:n - n_fixed - n_broken]
-    return [(int(i), kind) for kind, idx in zip(FLIP_KINDS, (fixed[:n_fixed], broken[:n_broken], both)) for i in idx]
-
-
 def flip_title(where: str, counts: dict[str, int], picks: list[tuple[int, str]]) -> str:
     """The qualitative figure's title: how many images CFT corrects and breaks among all of `where`'s, and which
     kinds its rows show."""
-    shown = [f"{sum(k == kind for _, k in picks)} {kind}" for kind in FLIP_KINDS if any(k == kind for _, k in picks)]
+    shown = [f"{sum(k == kind for _, k in picks)} {kind}" for kind in dict.fromkeys(k for _, k in picks)]
     return (f"{where}, {counts['images']} images: CFT corrects {counts['corrected']} the base gets wrong and breaks "
             f"{counts['regressed']} it gets right (net {counts['corrected'] - counts['regressed']:+d})\n"
             f"rows: {', '.join(shown)}")
 
 
-def relevance_grid(base, cft, arrays: dict, picks: list[tuple[int, str]], counts: dict[str, int],
-                   class_parts: list[list[str]], names: list[str], method: str, split: str) -> plt.Figure:
-    """The paper's qualitative figure, balanced: rows of image | concept mask | base relevance | CFT relevance
-    (`picks` from `pick_flips`), each map of the model's own prediction, titled with it (✓/✗); the title gives
-    the corrections and regressions over the whole `split` (`counts`)."""
-    idx = [i for i, _ in picks]
-    images, labels = arrays["images"][idx], arrays["label"][idx]
-    concept = part_masks(arrays["parts"][idx], labels, class_parts)
-    maps = {k: (relevance_maps(m, images, method), predict(m, images).argmax(1)) for k, m in (("base", base), ("CFT", cft))}
-    return _grid(images, labels, [k for _, k in picks], concept, maps, names, flip_title(split, counts, picks))
-
-
-def benchmark_grid(base, cft, bench, n: int, names: list[str], method: str, build: dict | None = None,
-                   batch_size: int = 64, amp: bool = False) -> plt.Figure:
-    """The qualitative figure on a benchmark (image | base relevance | CFT relevance; ImageNet has no concept
-    masks): among `bench`'s images (Resize 256, CenterCrop 224, normalised as the ViT of `build` was
-    fine-tuned), up to n rows, as many CFT corrects as it breaks (`balanced`), on the models' device."""
-    images = np.stack([load_centre_crop(p) for p in bench.paths])
-
-    @torch.no_grad()
-    def argmax(model):
-        device = next(model.parameters()).device
-        model.eval()
-        return np.concatenate([model(renormalise(to_tensor(images[i:i + batch_size]), build or {}).to(device))
-                               .argmax(1).cpu().numpy() for i in range(0, len(images), batch_size)])
-
-    preds = {"base": argmax(base), "CFT": argmax(cft)}
-    picks = balanced(preds["base"], preds["CFT"], bench.labels, n)
-    if not picks:
-        return note(f"{bench.name}: no image that CFT corrects or breaks, or both models get right")
-    idx = [i for i, _ in picks]
-    maps = {k: (relevance_maps(m, images[idx], method, batch_size, amp, build), preds[k][idx])
-            for k, m in (("base", base), ("CFT", cft))}
-    counts = flips(preds["CFT"], preds["base"], bench.labels)
-    return _grid(images[idx], bench.labels[idx], [k for _, k in picks], None, maps, names,
-                 flip_title(bench.name, counts, picks))
-
-
-def _grid(images, labels, kinds, concept, maps, names, title: str) -> plt.Figure:
-    """Rows of image | concept mask (when given) | one relevance overlay per model, titled with its prediction;
-    constrained layout keeps `title` clear of the column titles."""
+def relevance_grid(images: np.ndarray, labels: np.ndarray, kinds: list[str], concept: np.ndarray | None,
+                   maps: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], title: str) -> plt.Figure:
+    """The paper's qualitative figure (cftlib.metrics.examples): rows of image | concept mask (when given) | one
+    relevance overlay per model, each map of the model's own prediction (`maps`: model → (maps, predictions)),
+    titled with it (✓/✗); constrained layout keeps `title` clear of the column titles."""
     first = 1 if concept is None else 2
     fig, axes = plt.subplots(len(images), first + len(maps), figsize=(1.6 * (first + len(maps)), 1.7 * len(images)),
                              squeeze=False, layout="constrained")

@@ -27,12 +27,14 @@ import pandas as pd
 import torch
 
 from cftlib import concepts, grounding, validation
-from cftlib.core import config, launch
+from cftlib.core import config, io, launch
 from cftlib.core.io import nan_to_none
-from cftlib.data import fewshot, maskstore
+from cftlib.data import fewshot, maskstore, world
 from cftlib.metrics import accuracy, alignment, intervals
+from cftlib.metrics.runs import seen_classes
 from cftlib.models.checkpoints import load_checkpoint
-from cftlib.report.tables import fmt
+from cftlib.report import figures, headline
+from cftlib.report.tables import fmt, write_table
 from cftlib.stages import evaluate
 from cftlib.training import runspec, trainer
 
@@ -201,7 +203,7 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
         if (folder, spec.arm, seed) not in scored:
             model, _ = runspec.load_run(spec, folder)
             scored[folder, spec.arm, seed] = (
-                accuracy.run_accuracy(model, arrays, evaluate.seen_classes(masks_dir, seed), P.evaluate.batch_size),
+                accuracy.run_accuracy(model, arrays, seen_classes(masks_dir, seed), P.evaluate.batch_size),
                 alignment.run_alignment(model, align_arrays, class_parts, P.evaluate.relevance,
                                         P.evaluate.alignment_images)[0])
         ids = {"ablation": v["ablation"], "value": v["value"], "seed": seed}
@@ -284,6 +286,34 @@ def metrics(s: pd.DataFrame) -> dict:
     return {a: {v: {k: nan_to_none(x) for k, x in r.items() if k != "ablation"}
                 for v, r in g.set_index("value").to_dict("index").items()}
             for a, g in s.groupby("ablation", sort=False)}
+
+
+
+def run_stage(P: config.Params, params_file: str | Path, *, data_dir: str | Path, concepts_dir: str | Path,
+              masks_dir: str | Path, base_model: str | Path, finetune_dir: str | Path, runs_dir: str | Path,
+              metrics_dir: str | Path, plots_dir: str | Path, reports_dir: str | Path, figures_dir: str | Path,
+              progress: bool = False) -> dict:
+    """The stage: every variant trained and scored (`run`) on the world's splits (their first
+    `evaluate.images`), and every declared output written — the per-run rows (`plots/ablations_*.csv`), the
+    metrics, the table (`reports/ablations.md`, `.csv`) and `figures/ablations.png`. Returns what the notebook
+    shows: the rows, the `summary`, the table, the figure and the `findings`."""
+    arrays = {s: evaluate.head(world.load_split(data_dir, s), P.evaluate.images(s)) for s in P.evaluate.splits}
+    acc, align = run(P, concepts.load(concepts_dir), data_dir, masks_dir, base_model, runs_dir, arrays, finetune_dir,
+                     progress, params_file, concepts_dir)
+    io.write_csv(Path(plots_dir) / "ablations_accuracy.csv", acc)
+    io.write_csv(Path(plots_dir) / "ablations_alignment.csv", align)
+    s = summary(acc, align, P.evaluate.splits, P.evaluate.level)
+    full = metrics(s)
+    io.write_json(Path(reports_dir) / "ablations.json", full)
+    headline.write(Path(metrics_dir) / "ablations.json", headline.ablations(full, accuracy.roles(P).focus))
+    t = table(s)
+    write_table(t, Path(reports_dir) / "ablations",
+                "Ablations: top-1 and concept mass (%), mean ± 95% CI over seeds (base 0)")
+    split = P.evaluate.alignment_splits[-1] if P.evaluate.alignment_splits else None  # none at paper scale
+    fig = figures.save(figure(acc, align, split, P.evaluate.level), Path(figures_dir) / "ablations.png",
+                       P.figures.dpi)
+    return dict(acc=acc, align=align, summary=s, table=t, figure=fig,
+                findings=findings(s, split) if split else [])  # no world splits at paper scale: no ablations
 
 
 def main(argv: list[str] | None = None) -> int:

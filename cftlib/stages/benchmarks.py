@@ -32,7 +32,7 @@ from cftlib.metrics.alignment import (
     segmentation_counts,
     segmentation_scores,
 )
-from cftlib.stages.evaluate import seen_by_subset
+from cftlib.metrics.runs import seen_by_subset
 from cftlib.training.runspec import load_run, plan
 
 

@@ -19,25 +19,12 @@ from cftlib import concepts
 from cftlib.core import config, io, launch
 from cftlib.core.progress import bar
 from cftlib.data import fewshot, world
-from cftlib.data.maskstore import load_store, store_classes
-from cftlib.metrics import accuracy, alignment
+from cftlib.metrics import accuracy, alignment, intervals
+from cftlib.metrics.runs import seen_by_subset
+from cftlib.report import claims, headline, tables
+from cftlib.stages import benchmarks
 from cftlib.training import runspec
 from cftlib.training.runspec import load_run
-
-
-def seen_classes(store_dir: str | Path, subset: int) -> np.ndarray:
-    """The classes a run with class subset `subset` fine-tuned on, as model outputs: `fewshot.subset` of the
-    mask store's classes and class fraction, mapped through the header's `class_index` (store label → model
-    output, e.g. the ImageNet-1k index; absent = the label itself)."""
-    store = load_store(store_dir)
-    labels, _ = fewshot.subset(*store_classes(store, store_dir), subset)
-    index = store["header"].get("class_index")
-    return np.array(sorted(labels if index is None else {int(index[y]) for y in labels}), dtype=int)
-
-
-def seen_by_subset(store_dir: str | Path, runs) -> dict[int, np.ndarray]:
-    """`seen_classes` of every class subset among `runs`."""
-    return {s: seen_classes(store_dir, s) for s in sorted({r.subset for r in runs})}
 
 
 FLIP_COLUMNS = ["model", "arm", "seed", "split", "images", "corrected", "regressed"]
@@ -136,6 +123,96 @@ def score_side_by_side(params_file: str | Path, workers: int, threads: int, path
 def head(arrays: dict, n: int) -> dict:
     """The first n items of every array of a split (n = 0: all)."""
     return arrays if n == 0 else {k: v[:n] for k, v in arrays.items()}
+
+
+
+def run_stage(P: config.Params, params_file: str | Path, *, data_dir: str | Path, concepts_dir: str | Path,
+              masks_dir: str | Path, finetune_dir: str | Path, metrics_dir: str | Path, plots_dir: str | Path,
+              reports_dir: str | Path, progress: bool = False) -> dict:
+    """The stage: every run scored (the world's splits, or the benchmarks at paper scale), and every declared
+    output written — the per-run rows (`plots/evaluate_*.csv`), the tables (`reports/tables/`), the metrics, and
+    the claims report (`reports/claims.md`, `.json`, `metrics/claims.json`). Returns what the notebook shows:
+    the runs, a line on what scored them (`about`), the per-run rows, the tables, the headline metrics and the
+    claims' rows (cftlib.report.claims)."""
+    runs = runspec.plan(P.finetune, P.base.seed, P.bases.seeds)
+    E, R = P.evaluate, accuracy.roles(P)
+    bench_csv = Path(plots_dir) / "evaluate_benchmarks.csv"
+    if E.splits:  # the world's splits: E.workers processes score the runs side by side, this one reads them back
+        data = inputs(P, runs, data_dir, masks_dir, concepts_dir)  # each run's classes: its seed's class subset
+        folders = ["--data", data_dir, "--masks", masks_dir, "--concepts", concepts_dir, "--runs", finetune_dir]
+        with score_side_by_side(params_file, E.workers, max(1, P.base.threads // E.workers), folders) as scored:
+            acc, align, usage, flips = evaluate_runs(runs, finetune_dir, **data, cfg=E, progress=progress,
+                                                     scored_dir=scored)
+        io.write_csv(bench_csv, pd.DataFrame(columns=list(benchmarks.RESULTS)))  # no benchmarks on the world
+        seen = data["seen"]
+        about = (f"{len(seen)} class subsets of {len(seen[min(seen)])} seen classes each; concept parts per class "
+                 f"{data['class_parts']}")
+    else:  # paper scale: the benchmarks, under torchrun when evaluate.processes > 1
+        launch.run("cftlib.stages.benchmarks", ["--params", params_file, "--runs", finetune_dir, "--masks", masks_dir,
+                                                "--data", data_dir, "--out", str(bench_csv), "--cache",
+                                                "cache/benchmarks"] + ["--progress"] * progress,
+                   E.processes)  # each model's rows are kept in cache/benchmarks: a re-run resumes where it stopped
+        acc, others, align, usage = benchmarks.frames(pd.read_csv(bench_csv), E.protocols)
+        flips = pd.DataFrame(columns=FLIP_COLUMNS)  # per-image predictions are not kept at paper scale
+        about = f"{len(seen_by_subset(masks_dir, runs))} class subsets; protocols {', '.join(E.protocols)}"
+    gaps = accuracy.gaps_frame(acc, R.reference, R.ood)
+    for name, frame in (("accuracy", acc), ("alignment", align), ("gaps", gaps), ("usage", usage), ("flips", flips)):
+        io.write_csv(Path(plots_dir) / f"evaluate_{name}.csv", frame)
+
+    tables_dir = Path(reports_dir) / "tables"
+    summary = intervals.summarise(acc, ["model", "arm", "split", "group"], ["top1", "top5"], E.level)
+    scope = "split" if E.splits else f"benchmark ({E.protocols[0]} protocol)"
+    main = tables.main_table(summary, R.splits)
+    tables.write_table(main, tables_dir / "accuracy", f"{'Top-1' if E.splits else 'Top-1 and top-5'} (%) per {scope}, "
+                       "mean ± 95% CI over (base, seed) runs")
+    tables.write_table(tables.main_table(summary, R.splits, "top5"), tables_dir / "accuracy_top5",
+                       f"Top-5 (%) per {scope}, mean ± 95% CI over (base, seed) runs")
+    if not E.splits:
+        for protocol, frame in others.groupby("protocol", sort=False):
+            s = intervals.summarise(frame, ["model", "arm", "split", "group"], ["top1", "top5"], E.level)
+            tables.write_table(tables.main_table(s, R.splits), tables_dir / f"accuracy_{protocol}",
+                               f"Top-1 and top-5 (%) per benchmark ({protocol} protocol), mean ± 95% CI over "
+                               "(base, seed) runs")
+
+    groups = summary[summary["split"].isin([R.reference, R.focus]) & (summary["group"] != "all")]
+    seen_table = tables.table(groups, ["top1"], ["split", "group"], R.splits)
+    tables.write_table(seen_table, tables_dir / "seen_unseen", "Top-1 (%) on classes seen / not seen in fine-tuning")
+
+    gap_summary = intervals.summarise(gaps, ["model", "arm", "split"], ["gap"], E.level)
+    gap_table = tables.table(gap_summary, ["gap"], ["split"], R.splits)
+    tables.write_table(gap_table, tables_dir / "gaps",
+                       f"Shortcut gap ({R.reference} − split, points), mean ± 95% CI over (base, seed) runs")
+    align_metrics = [m for m in alignment.ALIGNMENT if align[m].notna().any()]
+    align_summary = intervals.summarise(align, ["model", "arm", "split"], align_metrics, E.level)
+    align_table = tables.table(align_summary, align_metrics, ["split"], R.splits)
+    tables.write_table(align_table, tables_dir / "alignment",
+                       "Relevance alignment (%): RobustViT segmentation test vs the bird, and concept parts" if E.splits
+                       else "Relevance alignment (%): RobustViT segmentation test on ImageNet-Segmentation")
+
+    bank = concepts.load(concepts_dir)
+    names = [c["name"] for c in world.load_guide(data_dir)] if E.splits else [c["name"] for c in bank["classes"]]
+    usage_table = tables.usage_table(usage, data["class_parts"] if E.splits else [], names, R.focus)
+    tables.write_table(usage_table, tables_dir / "concept_usage",
+                       f"Share of relevance (%) on each concept part of the class, `{R.focus}`, mean over (base, seed) "
+                       "runs")
+    masks_table = tables.usage_table(usage, None, names, alignment.MASKS_SPLIT)
+    tables.write_table(masks_table, tables_dir / "concept_usage_masks",
+                       "Share of relevance (%) inside each grounded concept mask of the class, the masks stage's "
+                       "validation images, mean over (base, seed) runs")
+
+    full = tables.metrics(summary, gap_summary, align_summary)
+    io.write_json(Path(reports_dir) / "evaluate.json", full)
+    small = headline.evaluate(full, R.reference, R.ood, (E.alignment_splits or [R.reference])[0])
+    headline.write(Path(metrics_dir) / "evaluate.json", small)
+
+    claim_rows = claims.write_claims(Path(reports_dir) / "claims.md", acc, align, P,
+                                     runspec.collect(runs, finetune_dir, "epochs.csv"),
+                                     Path(reports_dir) / "claims.json")
+    headline.write(Path(metrics_dir) / "claims.json", headline.claims([c["verdict"] for c in claim_rows],
+                                                                      claims.VERDICTS))
+    return dict(runs=runs, about=about, acc=acc, align=align, usage=usage, flips=flips, gaps=gaps, main=main,
+                seen_unseen=seen_table, gaps_table=gap_table, alignment=align_table, concept_usage=usage_table,
+                concept_usage_masks=masks_table, metrics=small, claims=claim_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

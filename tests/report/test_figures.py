@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
 
-from cftlib.metrics import intervals
+from cftlib.metrics import accuracy, examples, intervals
 from cftlib.report import figures
 
 
@@ -47,14 +47,14 @@ def test_balanced_picks_as_many_regressions_as_corrections():
     labels = np.arange(10)
     base = np.array([9, 9, 9, 3, 4, 5, 6, 7, 8, 9])  # wrong on 0, 1, 2 (and right on 9 by chance)
     cft = np.array([0, 1, 2, 0, 0, 5, 6, 7, 8, 9])  # fixes 0, 1, 2; breaks 3, 4
-    picks = figures.balanced(base, cft, labels, 4)
+    picks = examples.balanced(base, cft, labels, 4)
     assert picks == [(0, "corrected"), (1, "corrected"), (3, "regressed"), (4, "regressed")]
     # a kind that runs short leaves its rows to the other, then to images both get right
-    assert figures.balanced(base, cft, labels, 7) == [(0, "corrected"), (1, "corrected"), (2, "corrected"),
+    assert examples.balanced(base, cft, labels, 7) == [(0, "corrected"), (1, "corrected"), (2, "corrected"),
                                                       (3, "regressed"), (4, "regressed"), (5, "both right"),
                                                       (6, "both right")]
-    assert figures.balanced(labels, labels, labels, 2) == [(0, "both right"), (1, "both right")]
-    counts = figures.flips(cft, base, labels)
+    assert examples.balanced(labels, labels, labels, 2) == [(0, "both right"), (1, "both right")]
+    counts = accuracy.flips(cft, base, labels)
     title = figures.flip_title("bg_conflict", counts, picks)
     assert "10 images: CFT corrects 3" in title and "breaks 2" in title and "net +1" in title
     assert title.endswith("rows: 2 corrected, 2 regressed")

@@ -4,10 +4,12 @@ grounder's noise model (0: exact masks)."""
 import json
 
 import pandas as pd
+from smoke_stages import declared, dirs, finetuned
 
 from cftlib import concepts
 from cftlib.core import config
 from cftlib.data import fewshot, world
+from cftlib.report import headline
 from cftlib.stages import ablations
 
 
@@ -112,3 +114,25 @@ def test_findings_say_whether_the_intervals_separate_the_values():
     assert k.startswith("k: `bg_conflict` top-1 from 50.0 % (1) to 60.0 % (3)") and "apart: 3 is better" in k
     assert "overlap: no effect shown" in noise
     assert "one seed" in rel
+
+
+def test_ablations_stage_function_writes_every_declared_output(smoke_project, tmp_path_factory):
+    """Without papermill, after the finetune stage's function (tests/smoke_stages.py): one ablation (k = 1)
+    trained and scored beside the reference runs, its rows, metrics, table and figure written."""
+    root, _ = finetuned(smoke_project, tmp_path_factory)
+    P = config.load(root / "params.yaml")
+    result = ablations.run_stage(P, root / "params.yaml", base_model=root / "models/base/vit/base0.pt", **dirs(
+        root, data_dir="data/world", concepts_dir="data/concepts", masks_dir="data/masks",
+        finetune_dir="models/finetune", runs_dir="models/ablations", metrics_dir="metrics", plots_dir="plots",
+        reports_dir="reports", figures_dir="figures"))
+    for out in declared("ablations"):
+        assert (root / out).exists(), out
+    acc = pd.read_csv(root / "plots" / "ablations_accuracy.csv")
+    assert list(acc.columns)[:3] == ["ablation", "value", "seed"] and set(acc["ablation"]) == {"k", "reference"}
+    assert list(pd.read_csv(root / "plots" / "ablations_alignment.csv").columns)[:3] == ["ablation", "value", "seed"]
+    full = json.loads((root / "reports" / "ablations.json").read_text())
+    assert set(full) == {"k", "reference"} and set(full["reference"]) == {"base", "CE"}
+    headline.check(json.loads((root / "metrics" / "ablations.json").read_text()), "ablations")
+    assert list(pd.read_csv(root / "reports" / "ablations.csv").iloc[:, 0]) == list(result["table"].index)
+    assert (root / "figures" / "ablations.png").read_bytes()[:4] == b"\x89PNG"
+    assert {line.split(":")[0] for line in result["findings"]} == {"k", "reference"}

@@ -14,10 +14,10 @@ from conftest import ROOT
 
 from cftlib.core import config
 from cftlib.data import datasets, fewshot
-from cftlib.metrics import accuracy, alignment, intervals
+from cftlib.metrics import accuracy, alignment, examples, intervals, runs
 from cftlib.models import factory
 from cftlib.report import claims, figures, tables
-from cftlib.stages import benchmarks, evaluate
+from cftlib.stages import benchmarks
 
 GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_v2": [-0.004, -0.003, -0.005],
         "imagenet_a": [0.10, 0.12, 0.11], "objectnet": [0.02, -0.03, 0.01]}
@@ -101,10 +101,10 @@ def test_seen_classes_are_the_subsets_classes_as_model_outputs_through_the_class
     train = fewshot.subset([0, 1, 2, 3], 0.5, 4)[0]
     (tmp_path / "manifest.json").write_text(json.dumps({"header": {**header, "class_index": [7, 300, 42, 9]},
                                                          "items": []}))
-    assert evaluate.seen_classes(tmp_path, 4).tolist() == sorted(int([7, 300, 42, 9][c]) for c in train)
+    assert runs.seen_classes(tmp_path, 4).tolist() == sorted(int([7, 300, 42, 9][c]) for c in train)
     (tmp_path / "manifest.json").write_text(json.dumps({"header": header, "items": []}))
-    assert evaluate.seen_classes(tmp_path, 4).tolist() == train.tolist()  # no index: the labels are the outputs
-    assert {tuple(evaluate.seen_classes(tmp_path, s)) for s in range(6)} != {tuple(train)}  # seeds differ
+    assert runs.seen_classes(tmp_path, 4).tolist() == train.tolist()  # no index: the labels are the outputs
+    assert {tuple(runs.seen_classes(tmp_path, s)) for s in range(6)} != {tuple(train)}  # seeds differ
 
 
 def _paper_params(**evaluate_):
@@ -203,8 +203,8 @@ def test_benchmark_grid_shows_image_and_two_maps(tmp_path):
         vit.head.weight.zero_()
         vit.head.bias.zero_()
         vit.head.bias[3] = 1.0
-    fig = figures.benchmark_grid(vit, vit, bench.take([0]), 2, datasets.imagenet_names(), "attnlrp")
+    ex = examples.benchmark_examples(vit, vit, bench.take([0]), 2, "attnlrp")
+    fig = figures.relevance_grid(ex.images, ex.labels, ex.kinds, ex.concept, ex.maps, datasets.imagenet_names(), "")
     assert fig.axes[0].get_title() == "tiger shark" and len(fig.axes) == 3  # image | base | CFT
     assert fig.axes[2].get_title().startswith("CFT: tiger shark ✓")
-    wrong = figures.benchmark_grid(vit, vit, bench.take([1]), 2, datasets.imagenet_names(), "attnlrp")
-    assert len(wrong.axes) == 1  # neither model right: a note
+    assert examples.benchmark_examples(vit, vit, bench.take([1]), 2, "attnlrp") is None  # neither model right

@@ -6,12 +6,15 @@ import json
 import os
 import shutil
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT
+from smoke_stages import declared, evaluated
 
 from cftlib.report import headline
-from cftlib.stages import finetune, nbrun
+from cftlib.report.claims import VERDICTS
+from cftlib.stages import evaluate, finetune, nbrun
 
 
 def _outs(stage: dict) -> list[str]:
@@ -69,7 +72,6 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
 def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_path):
     """Notebooks 04 and 05 on a tiny paper-scale tree (test_benchmarks._paper_tree: ImageNet val, -A, ObjectNet,
     ImageNet-Segmentation fakes, tiny timm runs): every declared output written, from the benchmarks."""
-    import pandas as pd
     from test_benchmarks import _paper_tree
 
     flags = _paper_tree(tmp_path)
@@ -102,3 +104,27 @@ def test_evaluate_and_figures_at_paper_scale_write_every_declared_output(tmp_pat
     assert "OOD accuracy on ImageNet-A" in claims and "not testable at this scale" in claims
     metrics = json.loads((proj / "reports" / "evaluate.json").read_text())
     assert "imagenet_segmentation" in metrics["vit"]["cft"]["alignment"]
+
+
+def test_evaluate_stage_function_writes_every_declared_output(smoke_project, tmp_path_factory):
+    """Without papermill, on the finetune stage's function's runs (tests/smoke_stages.py): the per-run rows with
+    their columns, the tables, the metrics and the claims, as the notebook shows them."""
+    root, result = evaluated(smoke_project, tmp_path_factory)
+    for out in declared("evaluate"):
+        assert (root / out).exists(), out
+    acc = pd.read_csv(root / "plots" / "evaluate_accuracy.csv")
+    assert list(acc.columns)[:3] == ["model", "arm", "seed"] and {"split", "group", "top1", "top5"} <= set(acc.columns)
+    assert list(pd.read_csv(root / "plots" / "evaluate_flips.csv").columns) == evaluate.FLIP_COLUMNS
+    assert list(pd.read_csv(root / "plots" / "evaluate_gaps.csv").columns)[-1] == "gap"
+    assert pd.read_csv(root / "plots" / "evaluate_benchmarks.csv").empty  # no benchmarks on the world
+    assert {p.stem for p in (root / "reports" / "tables").glob("*.md")} == {
+        "accuracy", "accuracy_top5", "seen_unseen", "gaps", "alignment", "concept_usage", "concept_usage_masks"}
+    metrics = json.loads((root / "reports" / "evaluate.json").read_text())
+    assert set(metrics) == {"vit", "cnn"} and set(metrics["vit"]) == {"none", "ce", "cft"}
+    assert headline.check(json.loads((root / "metrics" / "evaluate.json").read_text())) == result["metrics"]
+    verdicts = json.loads((root / "reports" / "claims.json").read_text())
+    assert [c["claim"] for c in verdicts["claims"]] == [c["claim"] for c in result["claims"]]
+    assert json.loads((root / "metrics" / "claims.json").read_text()) == headline.claims(
+        [c["verdict"] for c in result["claims"]], VERDICTS)
+    assert all(f"| {c['claim']} | {c['verdict']}" in (root / "reports" / "claims.md").read_text()
+               for c in result["claims"])

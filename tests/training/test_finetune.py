@@ -20,8 +20,9 @@ from conftest import ROOT
 from cftlib.core import config, launch
 from cftlib.data import fewshot, world
 from cftlib.grounding import GroundingError
+from cftlib.metrics.runs import seen_classes
 from cftlib.models import checkpoints
-from cftlib.stages import evaluate, finetune, nbrun
+from cftlib.stages import finetune, nbrun
 from cftlib.training import dfr, pretrain, runspec, trainer
 
 
@@ -387,7 +388,7 @@ def test_missing_masks_are_clear_errors(project, tmp_path):
     with pytest.raises(GroundingError, match=r"old/manifest.json: a mask store without `classes`.*dvc repro masks"):
         fewshot.load_data(old, pool, 3, 32)
     with pytest.raises(GroundingError, match="without `classes`"):
-        evaluate.seen_classes(old, 0)
+        seen_classes(old, 0)
 
 
 def test_k_larger_than_the_images_of_a_class_is_a_clear_error(project, tmp_path):
