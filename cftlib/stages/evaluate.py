@@ -17,11 +17,12 @@ import pandas as pd
 import torch
 
 from cftlib import concepts
-from cftlib.core import config, io, launch
+from cftlib.core import io, launch
 from cftlib.core.progress import bar
 from cftlib.data import fewshot, world
 from cftlib.data.maskstore import load_store, store_classes
 from cftlib.metrics import accuracy, alignment
+from cftlib.stages import params
 from cftlib.training import runspec
 from cftlib.training.runspec import load_run
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: every n-th distinct run, from the i-th")
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(args.threads or P.base.threads)
     runs = runspec.plan(P.finetune, P.base.seed, P.bases.seeds)
     data = inputs(P, runs, args.data, args.masks, args.concepts)

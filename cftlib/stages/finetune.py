@@ -20,6 +20,7 @@ from cftlib import concepts
 from cftlib.core import config, launch
 from cftlib.data import fewshot, world
 from cftlib.models import checkpoints, zoo
+from cftlib.stages import params
 from cftlib.training import pretrain, runspec, trainer
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(args.threads or P.base.threads)
     for a in args.arm or []:
         runspec.get_arm(a)

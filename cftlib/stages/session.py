@@ -12,14 +12,14 @@ import torch
 
 from cftlib.core import config, paths
 from cftlib.report import figures
-from cftlib.stages import preflight
+from cftlib.stages import params, preflight
 
 
 def start(params_file: str, stage: str, out: str = ".", **dirs: str) -> tuple[config.Params, SimpleNamespace]:
     """(params, folders): `dirs` (name → folder) moved under `out`, as Paths; every missing input of `stage`
     (preflight.require) reported before any work; torch at `base.threads`; figures shown at screen resolution."""
     os.chdir(paths.root())
-    P = config.load(params_file)
+    P = params.load(params_file)
     preflight.require(P, stage)
     torch.set_num_threads(P.base.threads)
     figures.inline()
