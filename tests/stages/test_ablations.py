@@ -60,7 +60,7 @@ def test_loss_variants_change_only_their_term():
     full = P.finetune.loss
     for name, change in ablations.LOSSES.items():
         got = ablations.variant_config(P, dict(k=3, noise=1.0, method="attnlrp", loss=name)).loss
-        diff = {f: getattr(got, f) for f in full.__dataclass_fields__ if getattr(got, f) != getattr(full, f)}
+        diff = {f: getattr(got, f) for f in type(full).model_fields if getattr(got, f) != getattr(full, f)}
         assert diff == change
     assert ablations.variant_config(P, dict(k=3, noise=1.0, method="attnlrp", loss="no_cls")).loss.lambda_acc == 0
 
@@ -84,8 +84,6 @@ def test_ablation_params_are_checked():
 
 
 def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_world, smoke_params):
-    import dataclasses
-
     P, data = smoke_params, small_world[2]
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(data)), seed=P.base.seed)
     pool = fewshot.Pool("world", data)
@@ -94,7 +92,8 @@ def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_worl
     (store / "manifest.json").touch()
     assert ablations.masks_for(P, 2.0, bank, pool, tmp_path, "unused") == store
     assert (store / "manifest.json").read_text() == first  # same params: the store is kept
-    other = dataclasses.replace(P, masks=dataclasses.replace(P.masks, world=dataclasses.replace(P.masks.world, p_miss=0.5)))
+    noisier = P.masks.world.model_copy(update=dict(p_miss=0.5))
+    other = P.model_copy(update=dict(masks=P.masks.model_copy(update=dict(world=noisier))))
     ablations.masks_for(other, 2.0, bank, pool, tmp_path, "unused")
     header = json.loads((store / "manifest.json").read_text())["header"]
     assert header["params"]["world"]["p_miss"] == 1.0  # regrounded at the new noise (0.5 × 2)

@@ -3,7 +3,6 @@ plain cross-entropy, a killed run resumes to the same result, two processes take
 wrong setup fails before any work, naming what is wrong."""
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ def project(smoke_project):
 
 def _params(root, **kw):
     P = config.load(root / "params.yaml")
-    return dataclasses.replace(P, finetune=dataclasses.replace(P.finetune, **kw))
+    return P.model_copy(update=dict(finetune=P.finetune.model_copy(update=kw)))
 
 
 def _setup(root, **kw):
@@ -55,8 +54,8 @@ def _vit(root):
 
 @pytest.mark.parametrize("method", ["attnlrp", "cplrp", "gae_rollout", "grad_x_input"])
 def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
-    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=dataclasses.replace(config.FinetuneCNN(), arms=[]))
-    cfg = dataclasses.replace(P.finetune, relevance=method)
+    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=config.FinetuneCNN().model_copy(update=dict(arms=[])))
+    cfg = P.finetune.model_copy(update=dict(relevance=method))
     model, (x, m, y) = _vit(project), _batch(data)
     arm = runspec.ARMS["cft"]
     before = trainer.objective(model, arm, x, m, y, cfg, method)[0]["align"].item()
@@ -81,7 +80,7 @@ def test_one_step_lowers_the_alignment_loss_of_the_cnn_on_gradcam(project):
 def test_a_bfloat16_step_on_cuda_follows_the_float32_gradient(project, method):
     """finetune.amp: the CFT loss under bfloat16 autocast on CUDA gives a finite gradient pointing where the float32
     CPU gradient points (on an H200, ViT-B: cosine 0.99985 AttnLRP, 0.99957 GAE rollout; gpu_h200.md)."""
-    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=dataclasses.replace(config.FinetuneCNN(), arms=[]))
+    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=config.FinetuneCNN().model_copy(update=dict(arms=[])))
     (x, m, y), arm = _batch(data), runspec.ARMS["cft"]
 
     def gradient(device, amp):
