@@ -8,7 +8,7 @@ import pandas as pd
 from cftlib import concepts
 from cftlib.core import config
 from cftlib.data import fewshot, world
-from cftlib.stages import ablations
+from cftlib.stages import ablations, params
 
 
 def test_each_variant_changes_one_setting_of_the_main_run():
@@ -76,9 +76,9 @@ def test_ablation_params_are_checked():
     import pytest
 
     with pytest.raises(config.ConfigError, match="ablations.relevance"):
-        config.parse({"ablations": {"relevance": ["iia"]}})
+        params.parse({"ablations": {"relevance": ["iia"]}})
     with pytest.raises(config.ConfigError, match="ablations.loss.*no_beta"):
-        config.parse({"ablations": {"loss": ["no_beta"]}})
+        params.parse({"ablations": {"loss": ["no_beta"]}})
     with pytest.raises(config.ConfigError, match="ablations.noise"):
         config.parse({"ablations": {"noise": [-1.0]}})
 

@@ -7,7 +7,7 @@ import torch
 
 from cftlib.core import config
 from cftlib.models import checkpoints
-from cftlib.stages import finetune
+from cftlib.stages import finetune, params
 from cftlib.training import baselines, pretrain, runspec, trainer
 
 CFG = config.Loss(rrr_lambda=1.0, rrr_l2=0.0, gradmask_lambda=1.0, gradmask_ce=1.0)
@@ -138,7 +138,7 @@ def test_plan_gives_each_arm_its_own_lr_and_rejects_unknown_arms(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("finetune:\n  arm_lr: {rrx: 1.0e-6}\n")
     with pytest.raises(config.ConfigError, match="finetune.arm_lr.*rrx"):
-        config.load(bad)
+        params.load(bad)
 
 
 @pytest.mark.parametrize("kind", ["rrr", "gradmask"])

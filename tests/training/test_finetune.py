@@ -20,7 +20,7 @@ from cftlib.core import config, launch
 from cftlib.data import fewshot, world
 from cftlib.grounding import GroundingError
 from cftlib.models import checkpoints
-from cftlib.stages import evaluate, finetune, nbrun
+from cftlib.stages import evaluate, finetune, nbrun, params
 from cftlib.training import dfr, pretrain, runspec, trainer
 
 
@@ -411,7 +411,7 @@ def test_wrong_arm_or_relevance_name_fails_naming_the_key(tmp_path, data, key):
 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(config.ConfigError, match=key):
-        config.load(tmp_path / "p.yaml")
+        params.load(tmp_path / "p.yaml")
 
 
 def test_wrong_names_fail_in_the_library_too():
@@ -445,7 +445,7 @@ def test_a_secondary_arm_runs_on_the_first_class_subsets_of_every_base(tmp_path)
     for bad, why in (("{rrx: 1}", "unknown arm 'rrx'"), ("{robustvit: 6}", "robustvit: 6 must be a whole number")):
         (tmp_path / "p.yaml").write_text(f"finetune:\n  arm_seeds: {bad}\n")
         with pytest.raises(config.ConfigError, match=f"finetune.arm_seeds.*{why}"):
-            config.load(tmp_path / "p.yaml")
+            params.load(tmp_path / "p.yaml")
 
 
 # ----------------------------------------------------------------------------- processes
