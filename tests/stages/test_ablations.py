@@ -67,7 +67,8 @@ def test_loss_variants_change_only_their_term():
 
 def test_scaled_noise():
     noise = config.WorldNoise(boundary=1, p_miss=0.1, q_spurious=0.4)
-    assert ablations.scaled_noise(noise, 0.0) == config.WorldNoise(0, 0.0, 0.0, noise.blob_radius)
+    exact = config.WorldNoise(boundary=0, p_miss=0.0, q_spurious=0.0, blob_radius=noise.blob_radius)
+    assert ablations.scaled_noise(noise, 0.0) == exact
     doubled = ablations.scaled_noise(noise, 3.0)
     assert (doubled.boundary, doubled.p_miss, doubled.q_spurious) == (3, 0.1 * 3.0, 1.0)  # a rate caps at 1
 
