@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from cftlib.core import config, io, launch
-from cftlib.stages import finetune
+from cftlib.stages import finetune, params
 from cftlib.training import runspec, trainer
 
 LRS = (3e-5, 1e-4)
@@ -48,8 +48,8 @@ OUT = Path("cache/baselines")
 
 def protocol(P: config.Params) -> config.Finetune:
     """The pipeline's fine-tuning parameters with the baselines as arms, one class subset per base, no CNN."""
-    return dataclasses.replace(P.finetune, arms=["none", *GRID], seeds=1, arm_lr={},
-                               cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
+    return P.finetune.model_copy(update=dict(arms=["none", *GRID], seeds=1, arm_lr={},
+                                             cnn=P.finetune.cnn.model_copy(update=dict(arms=[]))))
 
 
 def plan(P: config.Params) -> list[tuple[float, float, runspec.RunSpec]]:
@@ -65,10 +65,11 @@ def folder(weight: float, lr: float) -> Path:
 def run(P: config.Params, shard: int, shards: int, threads: int | None = None) -> None:
     torch.set_num_threads(threads or P.base.threads)
     cfg = protocol(P)
-    _, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world", "models/base", OUT)
+    _, data, bases = finetune.setup(P.model_copy(update=dict(finetune=cfg)), "data/masks", "data/world",
+                                    "models/base", OUT)
     for weight, lr, spec in plan(P)[shard::shards]:
         key = GRID[spec.arm][0]
-        mine = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **{key: weight}))
+        mine = cfg.model_copy(update=dict(loss=cfg.loss.model_copy(update={key: weight})))
         trainer.fit(spec, *bases[spec.model, spec.base], data, mine, folder(weight, lr))
         print(f"[done] {spec.name} {key} {weight:g} lr {lr:g}", flush=True)
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: this process takes runs i, i + n, ...")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default base.threads)")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     if args.what == "run":
         run(P, *args.shard, args.threads)
     else:

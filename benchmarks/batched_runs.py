@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from cftlib.core import config
 from cftlib.models import factory, stacked
+from cftlib.stages import params
 from cftlib.training import batched, pretrain, runspec, trainer
 
 
@@ -27,7 +27,7 @@ def build(device: torch.device, seed: int) -> tuple[torch.nn.Module, int, int]:
     torch.manual_seed(seed)
     if device.type == "cuda":
         return factory.build_model("vit_base_patch16_224", 1000).to(device).eval(), 224, 1000
-    P = config.load("params.yaml")
+    P = params.load("params.yaml")
     classes = pretrain.outputs(P)
     return pretrain.fresh(P.pretrain, classes, P.world.image_size, seed)[0].eval(), P.world.image_size, classes
 
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--run-steps", type=int, default=9400, help="steps of one run, for runs per hour")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = config.load("params.yaml").finetune
+    cfg = params.load("params.yaml").finetune
     arm = runspec.ARMS[args.arm]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     rows = []

@@ -55,7 +55,7 @@ from cftlib.data import fewshot, world
 from cftlib.metrics import accuracy, alignment
 from cftlib.models.factory import predict
 from cftlib.report import figures
-from cftlib.stages import finetune
+from cftlib.stages import finetune, params
 from cftlib.training import runspec, trainer
 
 ARMS = ("cft", "ce", "confidence", "robustvit", "cft_fgmask")
@@ -71,8 +71,8 @@ OUT = Path("cache/dose_response")
 def protocol(P: config.Params) -> config.Finetune:
     """The pipeline's fine-tuning parameters with the study's arms and EPOCHS, one class subset per base, no CNN
     (each run sets its own zoom)."""
-    return dataclasses.replace(P.finetune, epochs=EPOCHS, arms=["none", *ARMS], seeds=1,
-                               cnn=dataclasses.replace(P.finetune.cnn, arms=[]))
+    return P.finetune.model_copy(update=dict(epochs=EPOCHS, arms=["none", *ARMS], seeds=1,
+                                             cnn=P.finetune.cnn.model_copy(update=dict(arms=[]))))
 
 
 def plan(P: config.Params) -> list[tuple[float, float, object]]:
@@ -118,7 +118,8 @@ def run(P: config.Params, shard: int, shards: int, threads: int | None = None) -
     arrays = {s: {k: v[:IMAGES] for k, v in world.load_split("data/world", s).items()} for s in SPLITS}
     class_parts = alignment.concept_parts(concepts.load("data/concepts"))
     cfg = protocol(P)  # the few-shot data and the bases, loaded once: they do not depend on zoom or lr
-    _, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world", "models/base", OUT)
+    _, data, bases = finetune.setup(P.model_copy(update=dict(finetune=cfg)), "data/masks", "data/world",
+                                    "models/base", OUT)
     for zoom, lr, spec in plan(P)[shard::shards]:
         folder = OUT / f"zoom{zoom:.3f}" / f"lr{lr:g}"
         scores = spec.folder(folder) / "scores.csv"
@@ -126,7 +127,7 @@ def run(P: config.Params, shard: int, shards: int, threads: int | None = None) -
             continue
         shutil.rmtree(spec.folder(folder), ignore_errors=True)  # a killed run starts over: its scores are per epoch
         rows, states, model, on_epoch = recorder()
-        trainer.fit(spec, *bases[spec.model, spec.base], data, dataclasses.replace(cfg, scale=zoom), folder,
+        trainer.fit(spec, *bases[spec.model, spec.base], data, cfg.model_copy(update=dict(scale=zoom)), folder,
                     on_epoch=on_epoch)
         per_epoch = int(np.ceil(len(fewshot.for_subset(data, spec.subset)["train"]["y"]) / cfg.batch_size))
         frame = score(rows, states, model[0], arrays, class_parts, P.evaluate.relevance).assign(
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: this process takes runs i, i + n, ...")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default base.threads)")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     if args.what == "run":
         run(P, *args.shard, args.threads)
     else:

@@ -32,7 +32,7 @@ import torch
 
 from cftlib.core import config
 from cftlib.report import figures
-from cftlib.stages import finetune
+from cftlib.stages import finetune, params
 from cftlib.training import trainer
 
 LRS = {"vit": (1e-4, 3e-4, 1e-3), "cnn": (1e-5, 1e-4)}  # the CNN's 3e-4: the pipeline's first run (README)
@@ -43,9 +43,9 @@ OUT = Path("cache/finetune_budget")
 def sweep(P: config.Params, model: str = "vit") -> pd.DataFrame:
     """Every (arm, lr, base) run of `model`'s grid; their per-epoch validation rows, stacked."""
     arms = ["ce", "cft"]
-    cfg = dataclasses.replace(P.finetune, epochs=MAX_EPOCHS, arms=arms if model == "vit" else [],
-                              cnn=dataclasses.replace(P.finetune.cnn, arms=arms if model == "cnn" else []))
-    runs, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), "data/masks", "data/world", "models/base",
+    cnn = P.finetune.cnn.model_copy(update=dict(arms=arms if model == "cnn" else []))
+    cfg = P.finetune.model_copy(update=dict(epochs=MAX_EPOCHS, arms=arms if model == "vit" else [], cnn=cnn))
+    runs, data, bases = finetune.setup(P.model_copy(update={"finetune": cfg}), "data/masks", "data/world", "models/base",
                                        OUT / "unused")
     runs = [r for r in runs if r.model == model]
     frames = []
@@ -116,7 +116,7 @@ def study(epochs: pd.DataFrame) -> tuple[pd.DataFrame, str, float, int, bool]:
 
 
 def main(path: str = "params.yaml") -> None:
-    P = config.load(path)
+    P = params.load(path)
     torch.set_num_threads(P.base.threads)
     rule = __doc__.split("The rule, fixed before the sweep was run (and printed at the top of its report):\n")[1]
     rule = rule.split("\n\n")[0]

@@ -10,16 +10,15 @@ Slow (minutes per variant on 2 cores): it is the study behind the pretrain stage
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
 import numpy as np
 import torch
 
-from cftlib.core import config
 from cftlib.data import world
 from cftlib.models.factory import predict
+from cftlib.stages import params
 from cftlib.training import pretrain
 
 VARIANTS = {  # name -> (role, model_kwargs overrides, attribute labels)
@@ -31,7 +30,7 @@ VARIANTS = {  # name -> (role, model_kwargs overrides, attribute labels)
 
 
 def main(path: str = "params.yaml", *names: str) -> None:
-    P = config.load(path)
+    P = params.load(path)
     torch.set_num_threads(P.base.threads)
     train_set, val_set = pretrain.pretraining_sets(P)
     species = world.make_species(P.world.n_species, P.base.seed)
@@ -40,7 +39,7 @@ def main(path: str = "params.yaml", *names: str) -> None:
     for name in names or VARIANTS:
         role, kwargs, attrs = VARIANTS[name]
         cfg = P.pretrain if role == "vit" else P.finetune.cnn.pretrain
-        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, **kwargs})
+        cfg = cfg.model_copy(update=dict(model_kwargs={**cfg.model_kwargs, **kwargs}))
         t = time.perf_counter()
         extra = pretrain.extra_labels(P, train_set) if attrs else None
         outputs = P.world.n_species + (sum(extra[1]) if extra else 0)

@@ -31,7 +31,6 @@ import copy
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,6 +40,7 @@ from cftlib.core import config
 from cftlib.core.io import json_sha256
 from cftlib.data import augment, world
 from cftlib.models.factory import build_model, predict
+from cftlib.stages import params
 from cftlib.stages.world import AUGMENTATION_BAR, DFR_GAP_BAR, GAP_BAR, TEST_BAR
 from cftlib.training import dfr, pretrain
 
@@ -67,7 +67,7 @@ def load(path: str, overrides: list[str]) -> config.Params:
         for k in parents:
             node = node.setdefault(k, {})
         node[leaf] = yaml.safe_load(value)
-    return config.parse(data, f"{path} + {' '.join(overrides)}")
+    return params.parse(data, f"{path} + {' '.join(overrides)}")
 
 
 def snapshots(P: config.Params, keep: list[int]) -> tuple[dict, dict, int]:
@@ -93,7 +93,7 @@ def snapshots(P: config.Params, keep: list[int]) -> tuple[dict, dict, int]:
         return record["epoch"] >= keep[-1]  # the schedule is the full run's; the epochs after the last kept are not needed
 
     t = time.perf_counter()
-    pretrain.train(model, replace(P.pretrain, keep_epoch=0), pre_train, pre_val, P.base.seed, extra=extra,
+    pretrain.train(model, P.pretrain.model_copy(update={"keep_epoch": 0}), pre_train, pre_val, P.base.seed, extra=extra,
                    on_epoch=snapshot)
     print(f"pre-training: {len(snaps)} of {P.pretrain.epochs} epochs, {time.perf_counter() - t:.0f} s\n", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)

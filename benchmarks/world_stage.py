@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from cftlib.core import config
 from cftlib.data import world
 from cftlib.models.factory import build_model
+from cftlib.stages import params
 
 
 def main(path: str = "params.yaml") -> None:
-    P = config.load(path)
+    P = params.load(path)
     torch.set_num_threads(P.base.threads)
     species = world.make_species(P.world.n_species, P.base.seed)
     rows = []

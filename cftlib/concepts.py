@@ -5,7 +5,6 @@ its content hash."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import difflib
 import hashlib
@@ -511,7 +510,7 @@ def _wordnet(classes: list[ClassInfo], cfg: config.Concepts):
         own = wn.synset(offset)["lemmas"][0]  # the class's own parts are not prefixed with its name
         out.append([{"text": f"{holo} {part}" if cfg.wordnet.prefix and holo != own else part, "weight": 1.0,
                      "source": f"wordnet:{holo}"} for part, holo in parts])
-    return out, dict(model=f"wordnet:{wn.dir}", prompt=None, date=None, params=dataclasses.asdict(cfg.wordnet))
+    return out, dict(model=f"wordnet:{wn.dir}", prompt=None, date=None, params=config.as_dict(cfg.wordnet))
 
 
 BANK_FIX = ("write it again as UTF-8 JSON (a bank of ours, or the official {dataset: [[name, weight]]}), or point "
@@ -551,8 +550,6 @@ def _bank(classes: list[ClassInfo], cfg: config.Concepts):
     return [list(concepts) for _ in classes], dict(model=None, prompt=None, date=None,
                                                    params={"path": path, "dataset": cfg.bank.dataset})
 
-
-assert tuple(PROPOSERS) == config.PROPOSERS
 
 
 def propose(cfg: config.Concepts, classes: list[ClassInfo], seed: int = 0, **kwargs) -> tuple[dict, list[dict]]:

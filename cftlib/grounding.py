@@ -215,7 +215,6 @@ GROUNDERS = {g.name: g for g in (
     GrounderSpec("foreground", lambda cfg, seed: Foreground(cfg.groundingsam), False, False, False,
                  "the whole object: world silhouette, or GroundingSAM prompted with the class name"),
 )}
-assert tuple(GROUNDERS) == config.GROUNDERS
 
 
 # ----------------------------------------------------------------------------- masks and their quality
@@ -313,7 +312,8 @@ def summary(records: list[dict]) -> dict:
 def truth_for(P: config.Params) -> WorldGrounder | None:
     """The exact masks the stage scores its masks against (record["iou"]): the world's noise-free part
     masks; none on real images."""
-    return WorldGrounder(config.WorldNoise(0, 0.0, 0.0), P.base.seed) if P.concepts.dataset == "world" else None
+    exact = config.WorldNoise(boundary=0, p_miss=0.0, q_spurious=0.0)
+    return WorldGrounder(exact, P.base.seed) if P.concepts.dataset == "world" else None
 
 
 def store_header(P: config.Params, bank: dict, selection: dict, class_index=None) -> dict:

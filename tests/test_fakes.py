@@ -26,7 +26,7 @@ def test_imagenet_train_folder_is_wnid_folders_of_non_square_images(paper_fakes)
             assert im.width != im.height and p.suffix == ".JPEG" and p.name.startswith(p.parent.name)
 
 
-@pytest.mark.parametrize("name", config.BENCHMARKS)
+@pytest.mark.parametrize("name", datasets.LOADERS)
 def test_every_benchmark_loader_reads_its_fake(paper_fakes, name):
     roots = paper_params(paper_fakes)["evaluate"]["benchmarks"]
     b = datasets.load(name, roots[name])

@@ -18,7 +18,7 @@ DVC = shutil.which("dvc") or str(ROOT / ".venv" / "bin" / "dvc")
 
 def test_stage_params_are_known_sections():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    sections = {f.name for f in config.dataclasses.fields(config.Params)}
+    sections = set(config.Params.model_fields)
     for name, stage in stages.items():
         assert "base" in stage["params"], name
         for p in stage["params"]:

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cftlib.core.config import IN_DISTRIBUTION, PROTOCOLS
-from cftlib.data.datasets import Benchmark
+from cftlib.data.datasets import IN_DISTRIBUTION, Benchmark
 from cftlib.data.world import load_split
 from cftlib.models.factory import predict, predict_heads
 
@@ -66,6 +65,10 @@ def topk_correct(logits: np.ndarray, targets, k: int = 1, subset: np.ndarray | N
 def accuracy(logits: np.ndarray, targets, subset: np.ndarray | None = None, ks=(1, 5)) -> dict[str, float]:
     """{"top1": …, "top5": …} (see `topk_correct`)."""
     return {f"top{k}": float(topk_correct(logits, targets, k, subset).mean()) for k in ks}
+
+
+PROTOCOLS = ("chefer", "standard")
+"""Evaluation protocols (`evaluate.protocols`): the official code's and the benchmarks' own (benchmark_score)."""
 
 
 def benchmark_score(bench: Benchmark, logits: np.ndarray, protocol: str) -> dict[str, float]:

@@ -72,7 +72,7 @@ FIGURES = {
                         f"CFT − GradMask {gain('IN-A', 'cft', 'gradmask'):+.1f}, CFT − RRR "
                         f"{gain('IN-A', 'cft', 'rrr'):+.1f}; over the base GradMask {gain('IN-A', 'gradmask'):+.1f}, "
                         f"RRR {gain('IN-A', 'rrr'):+.1f}, RRDA {gain('IN-A', 'rrda'):+.1f}", versus="rrda"),
-    # at paper scale the OOD benchmarks themselves (cftlib.core.config.BENCHMARKS); Tables 5–6 from their Original
+    # at paper scale the OOD benchmarks themselves (cftlib.data.datasets.LOADERS); Tables 5–6 from their Original
     # and CFT rows
     "imagenet_a": _IN_A,
     "objectnet": Figure(gain("ObjectNet"), "Table 1, ObjectNet", f"Tables 5–6: {_d(42.29, 35.12):+.1f}"),

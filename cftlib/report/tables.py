@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cftlib.core.config import IN_DISTRIBUTION
 from cftlib.core.io import atomic_path, nan_to_none, write_csv
+from cftlib.data.datasets import IN_DISTRIBUTION
 from cftlib.metrics.alignment import ELSEWHERE
 
 

@@ -35,22 +35,19 @@ from cftlib.metrics.runs import seen_classes
 from cftlib.models.checkpoints import load_checkpoint
 from cftlib.report import figures, headline
 from cftlib.report.tables import fmt, write_table
-from cftlib.stages import evaluate
-from cftlib.training import runspec, trainer
+from cftlib.stages import evaluate, params
+from cftlib.training import losses, runspec, trainer
 
-LOSSES = {"full": {}, "no_cls": {"lambda_acc": 0.0}, "no_non_concept": {"lambda_ctx": 0.0},
-          "no_concept": {"lambda_concept": 0.0}, "label_ce": {"confidence_target": "label"}}
-"""The paper's Table 6 variants of CFT's loss (`ablations.loss`): without L_cls, without L_non-concept, without
-L_concept, and label cross-entropy instead of the model's own argmax in L_cls."""
-assert tuple(LOSSES)[1:] == config.ABLATION_LOSSES
+LOSSES = {"full": {}, **losses.ABLATIONS}
+"""The main run's loss and the paper's Table 6 variants of it (`ablations.loss`; cftlib.training.losses)."""
 REFERENCES = (("base", "none"), ("CE", "ce"))
 """The finetune stage's arms each ablation is read against, on the same (base 0, subset) pairs."""
 
 
 def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
     """The world grounder's noise times `scale`: boundary px rounded, miss and spurious rates capped at 1."""
-    return dataclasses.replace(noise, boundary=int(round(noise.boundary * scale)),
-                               p_miss=min(1.0, noise.p_miss * scale), q_spurious=min(1.0, noise.q_spurious * scale))
+    return noise.model_copy(update=dict(boundary=int(round(noise.boundary * scale)), p_miss=min(1.0, noise.p_miss * scale),
+                                        q_spurious=min(1.0, noise.q_spurious * scale)))
 
 
 def _thresholds(t) -> str:
@@ -98,8 +95,8 @@ def bank_for(P: config.Params, v: dict, bank: dict, concepts_dir: str | Path) ->
 
 def variant_config(P: config.Params, v: dict) -> config.Finetune:
     """The fine-tuning parameters of variant `v`: the main run's with its k, relevance method and loss."""
-    return dataclasses.replace(P.finetune, k=v["k"], relevance=v["method"],
-                               loss=dataclasses.replace(P.finetune.loss, **LOSSES[v["loss"]]))
+    return P.finetune.model_copy(update=dict(k=v["k"], relevance=v["method"],
+                                             loss=P.finetune.loss.model_copy(update=LOSSES[v["loss"]])))
 
 
 def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, out_dir: Path, main_dir: str | Path,
@@ -110,9 +107,9 @@ def masks_for(P: config.Params, scale: float, bank: dict, pool: fewshot.Pool, ou
     if scale == 1.0 and not own_bank:
         return Path(main_dir)
     store = out_dir / (f"masks_noise{scale:g}" + (f"_bank{concepts.content_hash(bank)}" if own_bank else ""))
-    cfg = dataclasses.replace(P.masks, world=scaled_noise(P.masks.world, scale))
+    cfg = P.masks.model_copy(update={"world": scaled_noise(P.masks.world, scale)})
     selection = fewshot.select(pool.labels, P.masks.k, P.base.seed)
-    header = {**grounding.store_header(dataclasses.replace(P, masks=cfg), bank, selection), "noise_scale": scale}
+    header = {**grounding.store_header(P.model_copy(update={"masks": cfg}), bank, selection), "noise_scale": scale}
     manifest = store / "manifest.json"
     if not manifest.is_file() or json.loads(manifest.read_text())["header"] != header:  # same bank, choice, noise
         maskstore.write_store(store, grounding.ground_items(pool.items(selection), bank, cfg, P.base.seed), header)
@@ -329,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: only every n-th run, from the i-th")
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(args.threads or P.base.threads)
     todo, base = jobs(P, concepts.load(args.concepts), args.data, args.masks, args.base, args.out, args.finetune,
                       args.concepts)

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from cftlib.core import config, launch
-from cftlib.core.config import PROTOCOLS, as_dict
+from cftlib.core import launch
+from cftlib.core.config import as_dict
 from cftlib.core.io import json_sha256, read_json, tensors_sha256, write_csv, write_json
 from cftlib.core.progress import bar
 from cftlib.data import datasets, fewshot
@@ -33,6 +33,7 @@ from cftlib.metrics.alignment import (
     segmentation_scores,
 )
 from cftlib.metrics.runs import seen_by_subset
+from cftlib.stages import params
 from cftlib.training.runspec import load_run, plan
 
 
@@ -81,8 +82,8 @@ def predict_protocols(model: torch.nn.Module, bench: datasets.Benchmark, protoco
     once per border the protocols need, preprocessed as each protocol says, on the model's device in eval
     mode (`amp`: bfloat16 autocast on CUDA); `workers` threads decode."""
     for p in protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"protocol {p!r}: choose one of {PROTOCOLS}")
+        if p not in accuracy.PROTOCOLS:
+            raise ValueError(f"protocol {p!r}: choose one of {accuracy.PROTOCOLS}")
     device = next(model.parameters(), torch.zeros(0)).device
     norm = {p: [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in protocol_normalisation(model, p)]
             for p in protocols}
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="keep each model's rows here, so an interrupted run resumes (e.g. cache/benchmarks)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(P.base.threads)
     dev = launch.device(P.evaluate.device, "evaluate.device")
     with launch.distributed(dev.type == "cuda", "evaluate.processes"):

@@ -22,10 +22,9 @@ from cftlib.data import fewshot, world
 from cftlib.metrics import accuracy, alignment, intervals
 from cftlib.metrics.runs import seen_by_subset
 from cftlib.report import claims, headline, tables
-from cftlib.stages import benchmarks
+from cftlib.stages import benchmarks, params
 from cftlib.training import runspec
 from cftlib.training.runspec import load_run
-
 
 FLIP_COLUMNS = ["model", "arm", "seed", "split", "images", "corrected", "regressed"]
 """plots/evaluate_flips.csv: per run and split, the images it corrects and breaks against its base model."""
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: every n-th distinct run, from the i-th")
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(args.threads or P.base.threads)
     runs = runspec.plan(P.finetune, P.base.seed, P.bases.seeds)
     data = inputs(P, runs, args.data, args.masks, args.concepts)

@@ -9,7 +9,6 @@ the stage's outputs written (curves, metrics, figures of the loss and of the rel
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cftlib.core import config, io, launch
 from cftlib.data import fewshot, world
 from cftlib.models import checkpoints, zoo
 from cftlib.report import figures, headline
+from cftlib.stages import params
 from cftlib.training import batched, losses, pretrain, runspec, trainer
 
 
@@ -112,7 +112,7 @@ def base_losses(FT: config.Finetune, data: dict, bases: dict) -> pd.DataFrame:
                                   target=yb, output="pixel")
     return pd.DataFrame({name: {k: float(v) for k, v in losses.relevance_loss(r, mb, logits, yb, "bce", cfg).items()}
                          for name, cfg in ((f"squeezed, δ = {FT.loss.squeeze:g}", FT.loss),
-                                           ("official, δ = 0", dataclasses.replace(FT.loss, squeeze=0.0)))}).T
+                                           ("official, δ = 0", FT.loss.model_copy(update=dict(squeeze=0.0))))}).T
 
 
 def selection_lines(epochs: pd.DataFrame, trained: list[str]) -> list[str]:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(args.threads or P.base.threads)
     for a in args.arm or []:
         runspec.get_arm(a)

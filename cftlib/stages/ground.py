@@ -20,6 +20,7 @@ from cftlib.core.io import json_sha256, read_json, read_npz, write_json
 from cftlib.core.progress import bar
 from cftlib.data import fewshot, maskstore
 from cftlib.data.world import save_npz
+from cftlib.stages import params
 
 
 def _barrier(world: int) -> None:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="data/masks")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    P = config.load(args.params)
+    P = params.load(args.params)
     torch.set_num_threads(P.base.threads)
     cuda = launch.device(P.masks.groundingsam.device, "masks.groundingsam.device").type == "cuda"
     with launch.distributed(cuda, "masks.processes"):

@@ -5,7 +5,6 @@ them for the world."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def run(P: config.Params, data_dir: str | Path, model_dir: str | Path, metrics_d
     io.write_csv(Path(plots_dir) / "bases_history.csv", pd.DataFrame(  # nothing is trained at this scale
         columns=["model", "base", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]))
 
-    E = dataclasses.replace(P.evaluate, protocols=["chefer"], segmentation="")  # top-1 only, the official protocol
+    E = P.evaluate.model_copy(update=dict(protocols=["chefer"], segmentation=""))  # top-1 only, the official protocol
     benches = {name: datasets.sample(datasets.load(name, root), E.benchmark_images, P.base.seed)
                for name, root in E.benchmarks.items()}
     rows = benchmarks.evaluate_model(model.to(launch.device(E.device, "evaluate.device")), benches, np.array([], int),

@@ -26,7 +26,8 @@ from cftlib.core.io import list_folders, read_torch
 from cftlib.data import datasets
 from cftlib.data.datasets import SOURCES, imagenet_synsets
 from cftlib.models import zoo
-from cftlib.training import pretrain
+from cftlib.stages import params
+from cftlib.training import pretrain, runspec
 
 STAGES = ("pretrain", "world", "concepts", "masks", "finetune", "evaluate", "figures", "ablations")
 """The stages of dvc.yaml, in order."""
@@ -298,7 +299,7 @@ def _stage(P: config.Params, stage: str) -> list[Check]:
         f = P.finetune
         if f.cnn.arms and f.cnn.zoo:
             out.append(_zoo_model(stage, "finetune.cnn.zoo", f.cnn.zoo, f.cnn.weights, "finetune.cnn.weights"))
-        if real and any(a in config.FOREGROUND_ARMS for a in f.arms + f.cnn.arms):
+        if real and any(a in runspec.FOREGROUND_ARMS for a in f.arms + f.cnn.arms):
             out += _groundingsam(stage, P, real)
         out.append(_device(stage, "finetune.device", f.device, real))
         out += _processes(stage, "finetune.processes", f.processes)
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"fit the profile; exit {MISFIT} when not (`make repro` then rebuilds them)")
     args = ap.parse_args(argv)
     try:
-        P = config.load(args.params)
+        P = params.load(args.params)
     except config.ConfigError as e:
         print(e, file=sys.stderr)
         return 2

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from cftlib.core.config import Loss
 
 KINDS = ("bce", "mse")
+ABLATIONS = {"no_cls": {"lambda_acc": 0.0}, "no_non_concept": {"lambda_ctx": 0.0},
+             "no_concept": {"lambda_concept": 0.0}, "label_ce": {"confidence_target": "label"}}
+"""The paper's Table 6 variants of CFT's loss (`ablations.loss`), as changes to `finetune.loss`: without L_cls,
+without L_non-concept, without L_concept, and label cross-entropy instead of the model's own argmax in L_cls."""
 
 
 def squeeze(r: torch.Tensor, delta: float) -> torch.Tensor:

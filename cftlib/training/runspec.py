@@ -50,8 +50,9 @@ ARMS = {a.name: a for a in (
     Arm("dfr", "concept", "bce", False, "DFR reference: the base's last layer refitted on labelled, habitat-balanced "
         "images no other arm sees (cftlib.training.dfr; the world only)"),
 )}
-assert tuple(ARMS) == config.ARMS
-assert tuple(a.name for a in ARMS.values() if a.mask == "foreground") == config.FOREGROUND_ARMS
+FOREGROUND_ARMS = tuple(a.name for a in ARMS.values() if a.mask == "foreground")  # they need foreground masks
+REPORTED = ("none", "cft")
+"""Arms every later stage needs: each claim, table and figure compares CFT with the base model."""
 
 
 def get_arm(name: str) -> Arm:

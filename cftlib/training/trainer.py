@@ -85,7 +85,7 @@ def batch_loss(model, arm: runspec.Arm, x, m, y, cfg: config.Finetune, method: s
 def arm_loss(arm: runspec.Arm, cfg: config.Finetune) -> config.Loss:
     """The loss weights an arm trains and is selected with: `finetune.loss`, with λ_align = 0 for an arm
     without the alignment term (`confidence`)."""
-    return cfg.loss if arm.align else dataclasses.replace(cfg.loss, lambda_align=0.0)
+    return cfg.loss if arm.align else cfg.loss.model_copy(update={"lambda_align": 0.0})
 
 
 def terms_logged(arm: runspec.Arm) -> tuple[str, ...]:

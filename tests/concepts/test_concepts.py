@@ -12,6 +12,7 @@ from cftlib.concepts import ClassInfo, ConceptError
 from cftlib.core import config, hub
 from cftlib.core.io import CorruptFile
 from cftlib.data import world
+from cftlib.stages import params
 
 
 def _cfg(**kw):
@@ -299,6 +300,6 @@ def test_bank_file_that_is_not_json_or_missing(tmp_path):
 
 def test_config_names_a_wrong_proposer():
     with pytest.raises(config.ConfigError, match="concepts.proposer: unknown proposer 'gpt'"):
-        config.parse({"concepts": {"proposer": "gpt"}})
+        params.parse({"concepts": {"proposer": "gpt"}})
     with pytest.raises(config.ConfigError, match="concepts.llm.model: required"):
         config.parse({"concepts": {"proposer": "llm"}})

@@ -52,7 +52,7 @@ def test_with_exact_world_masks_coverage_is_the_part_share_of_the_bird():
     parts = np.zeros((8, 8), np.uint8)
     parts[2:6, 2:6] = world.PARTS.index("body") + 1
     parts[2:4, 6:8] = world.PARTS.index("beak") + 1  # 4 px of a 20 px bird
-    exact = grounding.WorldGrounder(config.WorldNoise(0, 0.0, 0.0), 0)
+    exact = grounding.WorldGrounder(config.WorldNoise(boundary=0, p_miss=0.0, q_spurious=0.0), 0)
     item = {"image": np.zeros((8, 8, 3), np.uint8), "label": 0, "parts": parts, "key": 0}
     rows = validation.measure([item], _bank(["long beak"]), config.Masks(), 0, exact)
     assert rows[0]["occurrence"] == 1.0 and rows[0]["coverage"] == pytest.approx(4 / 20)

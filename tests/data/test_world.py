@@ -10,7 +10,7 @@ import pytest
 from cftlib.core import config, io
 from cftlib.data import world
 
-SPLITS = list(config.SPLITS)
+SPLITS = list(world.SPLIT_SPECS)
 
 
 @pytest.fixture(scope="module")

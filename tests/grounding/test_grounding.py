@@ -361,9 +361,7 @@ class _Counting:
 
 
 def _with(P, **masks):
-    from dataclasses import replace
-
-    return replace(P, masks=replace(P.masks, **masks))
+    return P.model_copy(update=dict(masks=P.masks.model_copy(update=masks)))
 
 
 def test_stage_store_is_the_notebooks_store(tmp_path, stage_inputs):

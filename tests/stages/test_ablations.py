@@ -10,7 +10,7 @@ from cftlib import concepts
 from cftlib.core import config
 from cftlib.data import fewshot, world
 from cftlib.report import headline
-from cftlib.stages import ablations
+from cftlib.stages import ablations, params
 
 
 def test_each_variant_changes_one_setting_of_the_main_run():
@@ -62,14 +62,15 @@ def test_loss_variants_change_only_their_term():
     full = P.finetune.loss
     for name, change in ablations.LOSSES.items():
         got = ablations.variant_config(P, dict(k=3, noise=1.0, method="attnlrp", loss=name)).loss
-        diff = {f: getattr(got, f) for f in full.__dataclass_fields__ if getattr(got, f) != getattr(full, f)}
+        diff = {f: getattr(got, f) for f in type(full).model_fields if getattr(got, f) != getattr(full, f)}
         assert diff == change
     assert ablations.variant_config(P, dict(k=3, noise=1.0, method="attnlrp", loss="no_cls")).loss.lambda_acc == 0
 
 
 def test_scaled_noise():
     noise = config.WorldNoise(boundary=1, p_miss=0.1, q_spurious=0.4)
-    assert ablations.scaled_noise(noise, 0.0) == config.WorldNoise(0, 0.0, 0.0, noise.blob_radius)
+    exact = config.WorldNoise(boundary=0, p_miss=0.0, q_spurious=0.0, blob_radius=noise.blob_radius)
+    assert ablations.scaled_noise(noise, 0.0) == exact
     doubled = ablations.scaled_noise(noise, 3.0)
     assert (doubled.boundary, doubled.p_miss, doubled.q_spurious) == (3, 0.1 * 3.0, 1.0)  # a rate caps at 1
 
@@ -78,16 +79,14 @@ def test_ablation_params_are_checked():
     import pytest
 
     with pytest.raises(config.ConfigError, match="ablations.relevance"):
-        config.parse({"ablations": {"relevance": ["iia"]}})
+        params.parse({"ablations": {"relevance": ["iia"]}})
     with pytest.raises(config.ConfigError, match="ablations.loss.*no_beta"):
-        config.parse({"ablations": {"loss": ["no_beta"]}})
+        params.parse({"ablations": {"loss": ["no_beta"]}})
     with pytest.raises(config.ConfigError, match="ablations.noise"):
         config.parse({"ablations": {"noise": [-1.0]}})
 
 
 def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_world, smoke_params):
-    import dataclasses
-
     P, data = smoke_params, small_world[2]
     bank, _ = concepts.propose(P.concepts, concepts.classes_from_guide(world.load_guide(data)), seed=P.base.seed)
     pool = fewshot.Pool("world", data)
@@ -96,7 +95,8 @@ def test_a_noise_store_is_reused_only_while_its_params_hold(tmp_path, small_worl
     (store / "manifest.json").touch()
     assert ablations.masks_for(P, 2.0, bank, pool, tmp_path, "unused") == store
     assert (store / "manifest.json").read_text() == first  # same params: the store is kept
-    other = dataclasses.replace(P, masks=dataclasses.replace(P.masks, world=dataclasses.replace(P.masks.world, p_miss=0.5)))
+    noisier = P.masks.world.model_copy(update=dict(p_miss=0.5))
+    other = P.model_copy(update=dict(masks=P.masks.model_copy(update=dict(world=noisier))))
     ablations.masks_for(other, 2.0, bank, pool, tmp_path, "unused")
     header = json.loads((store / "manifest.json").read_text())["header"]
     assert header["params"]["world"]["p_miss"] == 1.0  # regrounded at the new noise (0.5 × 2)

@@ -18,7 +18,7 @@ from cftlib.data import datasets
 from cftlib.models import zoo
 from cftlib.stages import preflight
 
-BENCH = config.BENCHMARKS
+BENCH = tuple(datasets.LOADERS)
 PAPER_MISSING = {"pretrain.zoo", "concepts.image_dir", "concepts.llm.model", "masks.groundingsam.detector",
                  "masks.groundingsam.segmenter", "finetune.cnn.zoo", "evaluate.segmentation",
                  *(f"evaluate.benchmarks.{b}" for b in BENCH)}

@@ -2,14 +2,12 @@
 gradient does outside the mask, GradMask's equals its closed form on a linear model, RRDA keeps each object and
 gives it another image's context, and every baseline trains a tiny ViT with finite gradients."""
 
-import dataclasses
-
 import pytest
 import torch
 
 from cftlib.core import config
 from cftlib.models import checkpoints
-from cftlib.stages import finetune
+from cftlib.stages import finetune, params
 from cftlib.training import baselines, pretrain, runspec, trainer
 
 CFG = config.Loss(rrr_lambda=1.0, rrr_l2=0.0, gradmask_lambda=1.0, gradmask_ce=1.0)
@@ -61,7 +59,7 @@ def test_rrr_l2_term_adds_the_squared_weights():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 3))
     x, y, m = torch.randn(2, 3, 6, 6), torch.tensor([1, 2]), torch.ones(2, 1, 6, 6)
     plain = baselines.baseline_loss(model, "rrr", x, m, y, CFG)[0]["loss"]
-    l2 = baselines.baseline_loss(model, "rrr", x, m, y, dataclasses.replace(CFG, rrr_l2=0.5))[0]["loss"]
+    l2 = baselines.baseline_loss(model, "rrr", x, m, y, CFG.model_copy(update=dict(rrr_l2=0.5)))[0]["loss"]
     assert torch.allclose(l2 - plain, 0.5 * sum(p.pow(2).sum() for p in model.parameters()), rtol=1e-5)
 
 
@@ -87,7 +85,7 @@ def test_rrda_keeps_each_object_and_gives_it_another_images_context():
 @pytest.fixture(scope="module")
 def tiny(smoke_project):
     P = config.load(smoke_project / "params.yaml")
-    P = dataclasses.replace(P, finetune=dataclasses.replace(P.finetune, arms=["none", "cft", "rrr"], seeds=1))
+    P = P.model_copy(update=dict(finetune=P.finetune.model_copy(update=dict(arms=["none", "cft", "rrr"], seeds=1))))
     _, data, _ = finetune.setup(P, smoke_project / "data" / "masks", smoke_project / "data" / "world",
                                 smoke_project / "models" / "base", smoke_project / "runs",
                                 smoke_project / "data" / "concepts")
@@ -113,7 +111,7 @@ def test_every_baseline_takes_a_finite_step_on_a_tiny_vit(tiny, arm):
 def test_a_step_on_the_penalty_lowers_it(tiny, kind):
     P, root, (x, m, y) = tiny
     model = checkpoints.load_checkpoint(pretrain.base_path(root / "models" / "base", "vit", 0))[0]
-    cfg = dataclasses.replace(P.finetune.loss, gradmask_ce=0.0)  # GradMask without its CE: the penalty alone
+    cfg = P.finetune.loss.model_copy(update=dict(gradmask_ce=0.0))  # GradMask without its CE: the penalty alone
     before = baselines.baseline_loss(model, kind, x, m, y, cfg)[0]
     opt = torch.optim.SGD(model.parameters(), lr=1e-2 / max(before["context"].item(), 1e-6))
     opt.zero_grad()
@@ -134,13 +132,13 @@ def test_baselines_validate_on_their_own_loss(tiny):
 
 
 def test_plan_gives_each_arm_its_own_lr_and_rejects_unknown_arms(tmp_path):
-    cfg = dataclasses.replace(config.Finetune(), arms=["none", "cft", "rrr"], seeds=1, arm_lr={"rrr": 2e-6})
+    cfg = config.Finetune().model_copy(update=dict(arms=["none", "cft", "rrr"], seeds=1, arm_lr={"rrr": 2e-6}))
     runs = runspec.plan(cfg, seed=0)
     assert {r.arm: r.lr for r in runs if r.model == "vit"} == {"none": cfg.lr, "cft": cfg.lr, "rrr": 2e-6}
     bad = tmp_path / "params.yaml"
     bad.write_text("finetune:\n  arm_lr: {rrx: 1.0e-6}\n")
     with pytest.raises(config.ConfigError, match="finetune.arm_lr.*rrx"):
-        config.load(bad)
+        params.load(bad)
 
 
 @pytest.mark.parametrize("kind", ["rrr", "gradmask"])

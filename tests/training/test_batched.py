@@ -22,8 +22,8 @@ def project(smoke_project):
 
 def _setup(root, **kw):
     P = config.load(root / "params.yaml")
-    cfg = dataclasses.replace(P.finetune, **kw)
-    _, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), root / "data" / "masks",
+    cfg = P.finetune.model_copy(update=kw)
+    _, data, bases = finetune.setup(P.model_copy(update=dict(finetune=cfg)), root / "data" / "masks",
                                     root / "data" / "world", root / "models" / "base", root / "runs",
                                     root / "data" / "concepts")
     return cfg, data, bases
@@ -171,5 +171,5 @@ def test_groups_take_the_batchable_vit_runs_of_one_arm_lr_and_size_in_plan_order
     batched.fit_groups(runs, bases, data, cfg, "unused")
     assert seen == [[0, 1], [2, 3], [4, 5]] * 2
     seen.clear()
-    batched.fit_groups(runs, bases, data, dataclasses.replace(cfg, batch_runs=1), "unused")
+    batched.fit_groups(runs, bases, data, cfg.model_copy(update=dict(batch_runs=1)), "unused")
     assert seen == []  # the default: every run by trainer.fit

@@ -3,7 +3,6 @@ plain cross-entropy, a killed run resumes to the same result, two processes take
 wrong setup fails before any work, naming what is wrong."""
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from cftlib.data import fewshot, world
 from cftlib.grounding import GroundingError
 from cftlib.metrics.runs import seen_classes
 from cftlib.models import checkpoints
-from cftlib.stages import finetune, nbrun
+from cftlib.stages import finetune, nbrun, params
 from cftlib.training import dfr, pretrain, runspec, trainer
 
 
@@ -33,7 +32,7 @@ def project(smoke_project):
 
 def _params(root, **kw):
     P = config.load(root / "params.yaml")
-    return dataclasses.replace(P, finetune=dataclasses.replace(P.finetune, **kw))
+    return P.model_copy(update=dict(finetune=P.finetune.model_copy(update=kw)))
 
 
 def _setup(root, **kw):
@@ -56,8 +55,8 @@ def _vit(root):
 
 @pytest.mark.parametrize("method", ["attnlrp", "cplrp", "gae_rollout", "grad_x_input"])
 def test_one_step_lowers_the_alignment_loss_on_a_fixed_batch(project, method):
-    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=dataclasses.replace(config.FinetuneCNN(), arms=[]))
-    cfg = dataclasses.replace(P.finetune, relevance=method)
+    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=config.FinetuneCNN().model_copy(update=dict(arms=[])))
+    cfg = P.finetune.model_copy(update=dict(relevance=method))
     model, (x, m, y) = _vit(project), _batch(data)
     arm = runspec.ARMS["cft"]
     before = trainer.batch_loss(model, arm, x, m, y, cfg, method)[0]["align"].item()
@@ -82,7 +81,7 @@ def test_one_step_lowers_the_alignment_loss_of_the_cnn_on_gradcam(project):
 def test_a_bfloat16_step_on_cuda_follows_the_float32_gradient(project, method):
     """finetune.amp: the CFT loss under bfloat16 autocast on CUDA gives a finite gradient pointing where the float32
     CPU gradient points (on an H200, ViT-B: cosine 0.99985 AttnLRP, 0.99957 GAE rollout; gpu_h200.md)."""
-    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=dataclasses.replace(config.FinetuneCNN(), arms=[]))
+    P, _, data, _ = _setup(project, arms=["cft"], seeds=1, cnn=config.FinetuneCNN().model_copy(update=dict(arms=[])))
     (x, m, y), arm = _batch(data), runspec.ARMS["cft"]
 
     def gradient(device, amp):
@@ -413,7 +412,7 @@ def test_wrong_arm_or_relevance_name_fails_naming_the_key(tmp_path, data, key):
 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(config.ConfigError, match=key):
-        config.load(tmp_path / "p.yaml")
+        params.load(tmp_path / "p.yaml")
 
 
 def test_wrong_names_fail_in_the_library_too():
@@ -447,7 +446,7 @@ def test_a_secondary_arm_runs_on_the_first_class_subsets_of_every_base(tmp_path)
     for bad, why in (("{rrx: 1}", "unknown arm 'rrx'"), ("{robustvit: 6}", "robustvit: 6 must be a whole number")):
         (tmp_path / "p.yaml").write_text(f"finetune:\n  arm_seeds: {bad}\n")
         with pytest.raises(config.ConfigError, match=f"finetune.arm_seeds.*{why}"):
-            config.load(tmp_path / "p.yaml")
+            params.load(tmp_path / "p.yaml")
 
 
 # ----------------------------------------------------------------------------- processes

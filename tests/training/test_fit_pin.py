@@ -8,7 +8,6 @@ differently, so the pin is the files' contents: keys, columns, integers and the 
 1e-7 relative (float64 keeps a machine's rounding far below that over the run's four steps). Where a change of
 the protocol, the smoke profile or the world is meant to move the numbers, record the file anew with `_outputs`."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -36,8 +35,8 @@ def _outputs(root: Path, out: Path) -> dict:
     """What a 2-epoch CFT run in float64 writes (its folder's files, read back), and the state.pt of the same run
     stopped in its second epoch."""
     P = config.load(root / "params.yaml")
-    cfg = dataclasses.replace(P.finetune, epochs=2)
-    _, data, bases = finetune.setup(dataclasses.replace(P, finetune=cfg), root / "data" / "masks",
+    cfg = P.finetune.model_copy(update=dict(epochs=2))
+    _, data, bases = finetune.setup(P.model_copy(update=dict(finetune=cfg)), root / "data" / "masks",
                                     root / "data" / "world", root / "models" / "base", root / "runs",
                                     root / "data" / "concepts")
     data = {**data, **{s: {**data[s], "x": data[s]["x"].double()} for s in ("train", "val")}}

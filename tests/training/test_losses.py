@@ -1,8 +1,6 @@
 """CFT's loss (docs/paper.md §3.5) with known answers: the terms, the reverse mask, the saturation of the official
 min-max + BCE pairing and the squeeze that removes it, the confidence target."""
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +9,7 @@ from cftlib.core import config
 from cftlib.training import losses
 
 CFG = config.Loss()
-OFFICIAL = dataclasses.replace(CFG, squeeze=0.0)
+OFFICIAL = CFG.model_copy(update=dict(squeeze=0.0))
 
 
 def _maps(n=4, size=8):
@@ -79,9 +77,9 @@ def test_concept_term_saturates_at_the_maps_minimum_inside_the_mask():
 def test_confidence_target_is_own_argmax_before_temperature_or_the_label():
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     labels = torch.tensor([2, 0])
-    hot = dataclasses.replace(CFG, temperature=0.5)
+    hot = CFG.model_copy(update=dict(temperature=0.5))
     assert torch.allclose(losses.confidence(logits, labels, hot), F.cross_entropy(logits / 0.5, torch.tensor([0, 1])))
-    by_label = dataclasses.replace(CFG, confidence_target="label")
+    by_label = CFG.model_copy(update=dict(confidence_target="label"))
     assert torch.allclose(losses.confidence(logits, labels, by_label), F.cross_entropy(logits, labels))
 
 
