@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from test_world import _declared
+from test_world_stage import _declared
 
 from cftlib import concepts as bank_io
 from cftlib import grounding

@@ -141,6 +141,26 @@ def test_every_stage_notebook_writes_under_out(path):
     assert any(moves.search("".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "code")
 
 
+WRITES = re.compile(r"\b(write_json|write_csv|write_table|write_text|save_checkpoint|savefig|to_csv|mkdir|open)\(|"
+                    r"\b(figures|headline|torch|concepts|json|yaml)\.(save|write|dump)\(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_notebook_cell_writes_a_file(path):
+    """What a stage writes is its module's (cftlib.stages.<stage>), testable without papermill: a cell shows."""
+    nb = json.loads(path.read_text())
+    writes = [line.strip() for c in nb["cells"] if c["cell_type"] == "code"
+              for line in "".join(c["source"]).splitlines() if WRITES.search(line)]
+    assert not writes, writes
+
+
+def test_the_write_pattern_finds_what_a_cell_could_write():
+    for line in ('io.write_json(Path(r) / "x.json", d)', 'figures.save(fig, F / "a.png", 110)', "df.to_csv(p)",
+                 "headline.write(p, h)", 'checkpoints.save_checkpoint(p, m, b)', "Path(d).mkdir(parents=True)"):
+        assert WRITES.search(line), line
+    assert not WRITES.search("display(R.figure)")
+
+
 def _writer(tmp_path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell('metrics_dir = "metrics"\nout = "scratch"', metadata={"tags": ["parameters"]}),
