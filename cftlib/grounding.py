@@ -7,9 +7,9 @@ format: `cftlib.data.maskstore`; the stage run: `cftlib.stages.ground`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Callable
 
 import numpy as np
 import torch

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -101,7 +101,7 @@ class Benchmark:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def take(self, rows) -> "Benchmark":
+    def take(self, rows) -> Benchmark:
         """The images at `rows` (in that order), with their labels."""
         rows = np.asarray(rows, dtype=int)
         return Benchmark(self.name, [self.paths[i] for i in rows], self.labels[rows],
