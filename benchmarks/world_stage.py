@@ -34,7 +34,7 @@ def main(path: str = "params.yaml") -> None:
     x = torch.randn(c.batch_size, 3, P.world.image_size, P.world.image_size)
     y = torch.randint(0, P.world.n_species, (c.batch_size,))
     times = []
-    for i in range(13):
+    for _ in range(13):
         t = time.perf_counter()
         loss = F.cross_entropy(m(x), y)
         opt.zero_grad()

@@ -392,7 +392,7 @@ def _llm(classes: list[ClassInfo], cfg: config.Concepts, seed: int = 0, generate
     gen = dict(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature)
     for c in classes:
         messages, problem = llm_messages(c, cfg.llm.n_concepts), ""
-        for attempt in range(cfg.llm.retries + 1):
+        for _attempt in range(cfg.llm.retries + 1):
             request = {"model": cfg.llm.model, "messages": messages, "seed": seed + c.label, **gen}
             entry = cache.get(request)
             if entry is None:

@@ -94,7 +94,7 @@ def predict_protocols(model: torch.nn.Module, bench: datasets.Benchmark, protoco
         for a, b in shard(len(bench), batch_size) if batches is None else batches:
             x = {}
             for border in sorted(set(borders.values())):
-                imgs = list(pool.map(lambda p: datasets.load_centre_crop(p, border, resize, crop), bench.paths[a:b]))
+                imgs = list(pool.map(lambda p, border=border: datasets.load_centre_crop(p, border, resize, crop), bench.paths[a:b]))
                 x[border] = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float().div_(255)
             for p in protocols:
                 mean, std = norm[p]
