@@ -27,7 +27,8 @@ def main(path: str = "params.yaml") -> None:
         t = time.perf_counter()
         world.make_split(cfg, species, split, P.base.seed)
         dt = time.perf_counter() - t
-        rows.append((f"render {split}", f"{1000 / dt:.0f} images/s", f"{dt * P.world.splits.get(split, 0) / 1000:.1f} s for the profile's split"))
+        rows.append((f"render {split}", f"{1000 / dt:.0f} images/s",
+                     f"{dt * P.world.splits.get(split, 0) / 1000:.1f} s for the profile's split"))
     c = P.pretrain
     m = build_model(c.model, P.world.n_species, P.world.image_size, **c.model_kwargs)
     opt = torch.optim.AdamW(m.parameters(), c.lr)

@@ -330,7 +330,8 @@ USER_PROMPT = ('List up to {n} short visual features that tell a "{name}" apart 
                'its parts with their shape, colour or pattern (for a car: "round headlights", "chrome grille"). '
                'Each feature at most four words, visible on the object itself, not its surroundings, and without '
                'the word "{name}". Answer with a JSON list of strings and nothing else.')
-REPAIR_PROMPT = 'That was not usable. Answer only with a JSON list of short strings, like ["feature one", "feature two"].'
+REPAIR_PROMPT = ('That was not usable. Answer only with a JSON list of short strings, '
+                 'like ["feature one", "feature two"].')
 
 
 def llm_messages(c: ClassInfo, n: int) -> list[dict]:
@@ -371,7 +372,8 @@ def load_generator(cfg: config.LLM) -> Callable[[list[dict], int], str]:
     tok = hub.load(cfg.model, "concepts.llm.model", transformers.AutoTokenizer.from_pretrained)
     model = hub.load(cfg.model, "concepts.llm.model", transformers.AutoModelForCausalLM.from_pretrained,
                      torch_dtype="auto")
-    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok, device=launch.device(cfg.device, "concepts.llm.device"))
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok,
+                                 device=launch.device(cfg.device, "concepts.llm.device"))
     sample = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 else dict(do_sample=False)
 
     def generate(messages: list[dict], seed: int) -> str:

@@ -34,7 +34,8 @@ class DatasetMissing(FileNotFoundError):
 
 SOURCES = {
     "imagenet_val": ("ILSVRC-2012 validation set, https://image-net.org/download-images (sort it into class "
-                     "folders, e.g. with the PyTorch examples' valprep.sh)", "<root>/<wnid>/<image>.JPEG, 1000 folders"),
+                     "folders, e.g. with the PyTorch examples' valprep.sh)",
+                     "<root>/<wnid>/<image>.JPEG, 1000 folders"),
     "imagenet_a": ("ImageNet-A, https://github.com/hendrycks/natural-adv-examples (imagenet-a.tar)",
                    "<root>/<wnid>/<image>.jpg, 200 folders"),
     "imagenet_r": ("ImageNet-R, https://github.com/hendrycks/imagenet-r (imagenet-r.tar)",

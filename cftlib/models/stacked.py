@@ -25,7 +25,8 @@ class StackedLinear(nn.Module):
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
         self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
-        self.bias = None if layers[0].bias is None else nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
+        self.bias = (None if layers[0].bias is None else
+                     nn.Parameter(torch.stack([layer.bias.detach() for layer in layers])))
 
     def forward(self, x):
         M, out, _ = self.weight.shape
