@@ -70,7 +70,7 @@ test test-fast test-gpu: export HF_HUB_OFFLINE := 1
 test test-fast test-gpu: export TRANSFORMERS_OFFLINE := 1
 
 test: setup
-	. $(VENV)/bin/activate && lint-imports && pytest -m "not gpu"
+	. $(VENV)/bin/activate && lint-imports && ruff check && pytest -m "not gpu"
 
 test-fast: setup
 	. $(VENV)/bin/activate && pytest

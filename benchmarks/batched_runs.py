@@ -43,7 +43,7 @@ def batch(size: int, classes: int, batch_size: int, device, seed: int):
 def timed(fn, steps: int, device) -> float:
     """Median seconds of `fn` after two warm-up calls."""
     out = []
-    for i in range(steps + 2):
+    for _ in range(steps + 2):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()

@@ -45,8 +45,8 @@ def sweep(P: config.Params, model: str = "vit") -> pd.DataFrame:
     arms = ["ce", "cft"]
     cnn = P.finetune.cnn.model_copy(update=dict(arms=arms if model == "cnn" else []))
     cfg = P.finetune.model_copy(update=dict(epochs=MAX_EPOCHS, arms=arms if model == "vit" else [], cnn=cnn))
-    runs, data, bases = finetune.setup(P.model_copy(update={"finetune": cfg}), "data/masks", "data/world", "models/base",
-                                       OUT / "unused")
+    runs, data, bases = finetune.setup(P.model_copy(update={"finetune": cfg}), "data/masks", "data/world",
+                                       "models/base", OUT / "unused")
     runs = [r for r in runs if r.model == model]
     frames = []
     for lr in LRS[model]:

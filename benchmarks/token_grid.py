@@ -1,6 +1,7 @@
 """What a relevance map at the model's token grid can put on the concepts: the concept mass of the map of a model
 whose relevance is exactly the concepts, seen through a g×g token grid (`cftlib.metrics.alignment.oracle_maps`:
-the class's exact concept mask average-pooled to the grid and upsampled as the pipeline upsamples), for the world rendered at several image
+the class's exact concept mask average-pooled to the grid and upsampled as the pipeline upsamples), for the world
+rendered at several image
 sizes and read at several patch sizes — the measurement behind World v3's token grid (issue 24: the oracle must
 reach 60 % on `test`). Renders its own `test` images; reads nothing of the pipeline.
 

@@ -11,7 +11,8 @@ reason to take the shortcut; one that teaches nothing leaves nothing to recover.
 Rule, written before the run: the validity figures are measured on fresh images (independent streams of the
 `test`, `bg_conflict` and `dfr` splits, never the committed ones), so the world's evaluation splits play no part
 in its design. A pre-training length is acceptable when its base has `test` ≥ 85 %, gap ≥ 30 points and
-DFR gap ≤ 15 points (World v3 adds: |zoom gap| ≤ 3 points, the bar of `reports/base.json`); the profile's pre-training is set to the acceptable length with the largest
+DFR gap ≤ 15 points (World v3 adds: |zoom gap| ≤ 3 points, the bar of `reports/base.json`); the profile's
+pre-training is set to the acceptable length with the largest
 min(gap − 30, 15 − DFR gap), ties to the longer one; if none is acceptable, that is the finding. Added after the
 first table (none was), before the variants were run: the same rule over (variant, length), the variants being
 `world.rho_bg` and the probe's size `world.splits.dfr`. Results: reports/validity_sweep.md.
@@ -90,7 +91,8 @@ def snapshots(P: config.Params, keep: list[int]) -> tuple[dict, dict, int]:
 
     def snapshot(record: dict, m: torch.nn.Module) -> bool:
         snaps[record["epoch"]] = (copy.deepcopy(m.state_dict()), record["val_acc"])
-        return record["epoch"] >= keep[-1]  # the schedule is the full run's; the epochs after the last kept are not needed
+        # the schedule is the full run's; the epochs after the last kept are not needed
+        return record["epoch"] >= keep[-1]
 
     t = time.perf_counter()
     pretrain.train(model, P.pretrain.model_copy(update={"keep_epoch": 0}), pre_train, pre_val, P.base.seed, extra=extra,

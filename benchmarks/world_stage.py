@@ -27,14 +27,15 @@ def main(path: str = "params.yaml") -> None:
         t = time.perf_counter()
         world.make_split(cfg, species, split, P.base.seed)
         dt = time.perf_counter() - t
-        rows.append((f"render {split}", f"{1000 / dt:.0f} images/s", f"{dt * P.world.splits.get(split, 0) / 1000:.1f} s for the profile's split"))
+        rows.append((f"render {split}", f"{1000 / dt:.0f} images/s",
+                     f"{dt * P.world.splits.get(split, 0) / 1000:.1f} s for the profile's split"))
     c = P.pretrain
     m = build_model(c.model, P.world.n_species, P.world.image_size, **c.model_kwargs)
     opt = torch.optim.AdamW(m.parameters(), c.lr)
     x = torch.randn(c.batch_size, 3, P.world.image_size, P.world.image_size)
     y = torch.randint(0, P.world.n_species, (c.batch_size,))
     times = []
-    for i in range(13):
+    for _ in range(13):
         t = time.perf_counter()
         loss = F.cross_entropy(m(x), y)
         opt.zero_grad()

@@ -12,10 +12,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -330,7 +330,8 @@ USER_PROMPT = ('List up to {n} short visual features that tell a "{name}" apart 
                'its parts with their shape, colour or pattern (for a car: "round headlights", "chrome grille"). '
                'Each feature at most four words, visible on the object itself, not its surroundings, and without '
                'the word "{name}". Answer with a JSON list of strings and nothing else.')
-REPAIR_PROMPT = 'That was not usable. Answer only with a JSON list of short strings, like ["feature one", "feature two"].'
+REPAIR_PROMPT = ('That was not usable. Answer only with a JSON list of short strings, '
+                 'like ["feature one", "feature two"].')
 
 
 def llm_messages(c: ClassInfo, n: int) -> list[dict]:
@@ -371,7 +372,8 @@ def load_generator(cfg: config.LLM) -> Callable[[list[dict], int], str]:
     tok = hub.load(cfg.model, "concepts.llm.model", transformers.AutoTokenizer.from_pretrained)
     model = hub.load(cfg.model, "concepts.llm.model", transformers.AutoModelForCausalLM.from_pretrained,
                      torch_dtype="auto")
-    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok, device=launch.device(cfg.device, "concepts.llm.device"))
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok,
+                                 device=launch.device(cfg.device, "concepts.llm.device"))
     sample = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 else dict(do_sample=False)
 
     def generate(messages: list[dict], seed: int) -> str:
@@ -392,7 +394,7 @@ def _llm(classes: list[ClassInfo], cfg: config.Concepts, seed: int = 0, generate
     gen = dict(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature)
     for c in classes:
         messages, problem = llm_messages(c, cfg.llm.n_concepts), ""
-        for attempt in range(cfg.llm.retries + 1):
+        for _attempt in range(cfg.llm.retries + 1):
             request = {"model": cfg.llm.model, "messages": messages, "seed": seed + c.label, **gen}
             entry = cache.get(request)
             if entry is None:

@@ -7,9 +7,9 @@ format: `cftlib.data.maskstore`; the stage run: `cftlib.stages.ground`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Callable
 
 import numpy as np
 import torch
@@ -123,7 +123,8 @@ class GroundingSAM:
                 if not pairs:
                     continue
                 text = self.det_proc(text=[p for _, p in pairs], padding="longest", return_tensors="pt")
-                inputs = {**text, **{k: torch.cat([pixels[j][k] for j, _ in pairs]) for k in ("pixel_values", "pixel_mask")}}
+                inputs = {**text,
+                          **{k: torch.cat([pixels[j][k] for j, _ in pairs]) for k in ("pixel_values", "pixel_mask")}}
                 with torch.inference_mode(), self.autocast():
                     out = self.det(**{k: v.to(self.device) for k, v in inputs.items()})
                 results = self.det_proc.post_process_grounded_object_detection(
@@ -229,7 +230,8 @@ def combine(masks: np.ndarray, weights: list[float]) -> tuple[np.ndarray, np.nda
 def quality(mask: np.ndarray, min_fraction: float, max_fraction: float) -> tuple[str, float]:
     """(flag, foreground fraction): empty (0), too_small (< min), too_large (> max) or ok (official script)."""
     frac = float(np.count_nonzero(mask)) / mask.size
-    flag = "empty" if frac == 0 else "too_small" if frac < min_fraction else "too_large" if frac > max_fraction else "ok"
+    flag = ("empty" if frac == 0 else "too_small" if frac < min_fraction else
+            "too_large" if frac > max_fraction else "ok")
     return flag, frac
 
 
@@ -284,7 +286,8 @@ def _record(it: dict, job: dict, weights: list[float], masks: np.ndarray, cfg: c
     arrays = None if action == "dropped" else dict(
         union=union.astype(np.uint8), weighted=weighted, concepts=masks.astype(np.uint8))
     if arrays is not None and it["parts"] is None:
-        arrays["foreground"] = fallback(it["image"], [], parts=None, key=it["key"], name=job["name"])[0].astype(np.uint8)
+        arrays["foreground"] = fallback(it["image"], [], parts=None, key=it["key"],
+                                        name=job["name"])[0].astype(np.uint8)
     return record, arrays
 
 

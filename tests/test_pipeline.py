@@ -26,7 +26,8 @@ def test_stage_params_are_known_sections():
         assert any(str(d).startswith("notebooks/") for d in stage["deps"]), name
 
 
-@pytest.mark.parametrize("profile", ["params.yaml", "profiles/default.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"])
+@pytest.mark.parametrize("profile",
+                         ["params.yaml", "profiles/default.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"])
 def test_every_stage_param_is_in_every_profile(profile):
     """DVC reads the keys a stage declares from params.yaml; a profile copied over it must have them all."""
     data = yaml.safe_load((ROOT / profile).read_text())

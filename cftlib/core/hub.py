@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from huggingface_hub import constants, try_to_load_from_cache
@@ -44,7 +45,8 @@ def load(name: str, what: str, loader: Callable[..., T], **kwargs) -> T:
     except (OSError, ValueError, RuntimeError) as e:
         if local:  # there, but unreadable: a partial copy, a damaged weights file, another library's format
             raise ModelUnavailable(
-                f"{what}: the folder {Path(name).expanduser()} is there but does not load ({first_line(e, 300)}). Save the model there again with save_pretrained, or fetch it anew "
+                f"{what}: the folder {Path(name).expanduser()} is there but does not load ({first_line(e, 300)}). "
+                "Save the model there again with save_pretrained, or fetch it anew "
                 f"(`huggingface-cli download <hub id> --local-dir {name}`).") from e
         if not isinstance(e, OSError):
             raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from tqdm import tqdm
 

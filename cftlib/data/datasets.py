@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,8 @@ class DatasetMissing(FileNotFoundError):
 
 SOURCES = {
     "imagenet_val": ("ILSVRC-2012 validation set, https://image-net.org/download-images (sort it into class "
-                     "folders, e.g. with the PyTorch examples' valprep.sh)", "<root>/<wnid>/<image>.JPEG, 1000 folders"),
+                     "folders, e.g. with the PyTorch examples' valprep.sh)",
+                     "<root>/<wnid>/<image>.JPEG, 1000 folders"),
     "imagenet_a": ("ImageNet-A, https://github.com/hendrycks/natural-adv-examples (imagenet-a.tar)",
                    "<root>/<wnid>/<image>.jpg, 200 folders"),
     "imagenet_r": ("ImageNet-R, https://github.com/hendrycks/imagenet-r (imagenet-r.tar)",
@@ -101,7 +102,7 @@ class Benchmark:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def take(self, rows) -> "Benchmark":
+    def take(self, rows) -> Benchmark:
         """The images at `rows` (in that order), with their labels."""
         rows = np.asarray(rows, dtype=int)
         return Benchmark(self.name, [self.paths[i] for i in rows], self.labels[rows],

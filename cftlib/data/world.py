@@ -3,7 +3,8 @@
 Species are defined by their parts (beak, wing pattern, tail, crest, breast, cap); the training data also
 ties each species to a home habitat (background) and a home body colour with probabilities `rho_bg` and
 `rho_color`, the two shortcuts a ViT learns instead of the parts. Habitats and colours are shared: each is
-home to several species (as context on ImageNet narrows a class to a group), and no two species share both. Out-of-distribution splits break
+home to several species (as context on ImageNet narrows a class to a group), and no two species share both.
+Out-of-distribution splits break
 one shortcut each, mirroring the paper's benchmarks (ImageNet-v2, -A, -R, ObjectNet/SI-Score).
 Birds are drawn as implicit shapes in a canonical body frame, vectorised over a batch with numpy,
 rendered at `supersample`× and box-downsampled; the part-label map is downsampled by coverage.

@@ -147,7 +147,8 @@ def validity(rows, splits=("test", "bg_conflict")) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- runs and seeds
 
-def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarray, batch_size: int = 500) -> list[dict]:
+def run_accuracy(model: torch.nn.Module, arrays: dict[str, dict], seen: np.ndarray,
+                 batch_size: int = 500) -> list[dict]:
     """One row per split and class group (all, seen, unseen): top-1 and top-5 of one model."""
     return accuracy_rows(split_logits(model, arrays, batch_size), arrays, seen)
 

@@ -4,10 +4,9 @@ attention so relevance methods can read and differentiate through it."""
 from __future__ import annotations
 
 import contextlib
-
 import math
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 import numpy as np
 import timm
@@ -15,6 +14,7 @@ import torch
 from timm.layers import PatchEmbed
 
 from cftlib.data.augment import to_tensor
+
 
 class ConvStem(PatchEmbed):
     """timm's patch embedding with its one strided convolution replaced by a convolutional stem (Xiao et al.,

@@ -24,8 +24,9 @@ class StackedLinear(nn.Module):
 
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))
-        self.bias = None if layers[0].bias is None else nn.Parameter(torch.stack([l.bias.detach() for l in layers]))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = (None if layers[0].bias is None else
+                     nn.Parameter(torch.stack([layer.bias.detach() for layer in layers])))
 
     def forward(self, x):
         M, out, _ = self.weight.shape
@@ -40,8 +41,8 @@ class StackedLayerNorm(nn.Module):
     def __init__(self, layers: list[nn.LayerNorm]):
         super().__init__()
         self.norm = nn.LayerNorm(layers[0].normalized_shape, layers[0].eps, elementwise_affine=False)
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
 
     def forward(self, x):
         M, D = self.weight.shape
@@ -58,8 +59,8 @@ class StackedConv2d(nn.Module):
         if c.padding_mode != "zeros":
             raise TypeError(f"{c}: only zero padding is stacked")
         self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))
-        self.bias = None if c.bias is None else nn.Parameter(torch.stack([l.bias.detach() for l in layers]))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = None if c.bias is None else nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
 
     def forward(self, x):
         M = self.weight.shape[0]
@@ -76,10 +77,10 @@ class StackedBatchNorm2d(nn.Module):
     def __init__(self, layers: list[nn.BatchNorm2d]):
         super().__init__()
         self.eps = layers[0].eps
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
         for k in ("running_mean", "running_var", "num_batches_tracked"):
-            self.register_buffer(k, torch.stack([getattr(l, k) for l in layers]))
+            self.register_buffer(k, torch.stack([getattr(layer, k) for layer in layers]))
 
     def forward(self, x):
         if self.training:

@@ -10,9 +10,9 @@ backward). The paper names AttnLRP; the official code trains on GAE rollout (doc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -21,10 +21,10 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.autograd.function import once_differentiable
 from timm.layers import Attention, Mlp
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import VisionTransformer
+from torch.autograd.function import once_differentiable
 
 RULES = (None, "attnlrp", "cp")
 

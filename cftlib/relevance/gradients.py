@@ -78,7 +78,8 @@ def vit_last_tokens(model: nn.Module, x: torch.Tensor):
 def gradcam(model, x, target=None, *, kind, level, create_graph=False):
     """Grad-CAM (Selvaraju et al., ICCV 2017) on a CNN's last feature map: relu(sum_c alpha_c A_c),
     alpha_c = spatial mean of ds/dA_c; on a ViT the same over the patch tokens entering the last block's
-    attention (`vit_last_tokens`; alpha_c the mean over patch tokens, prefix tokens dropped). With `create_graph` the weights alpha are differentiated too, so the
+    attention (`vit_last_tokens`; alpha_c the mean over patch tokens, prefix tokens dropped). With `create_graph`
+    the weights alpha are differentiated too, so the
     map's gradient is exact."""
     if kind == "vit":
         tokens, logits = vit_last_tokens(model, x)

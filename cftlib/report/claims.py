@@ -111,7 +111,8 @@ def base_gap(acc: pd.DataFrame, model: str, split: str, reference: str, P: confi
     and interval over the distinct base models ({mean, ci, n}; the `none` arm's seeds on one base are one
     model, `runspec.plan`'s seed = base.seed + base · finetune.seeds + i); None when either was not measured."""
     sel = acc[(acc["model"] == model) & (acc["arm"] == "none") & (acc["group"] == "all")]
-    a, b = sel[sel["split"] == reference].set_index("seed")["top1"], sel[sel["split"] == split].set_index("seed")["top1"]
+    a, b = (sel[sel["split"] == reference].set_index("seed")["top1"],
+            sel[sel["split"] == split].set_index("seed")["top1"])
     common = a.index.intersection(b.index)
     if not len(common):
         return None
@@ -154,7 +155,8 @@ def improvement(acc: pd.DataFrame, P: config.Params, model: str, split: str, gro
         conds.append(condition("CFT top-1", top1, None if top1 is None else top1 > R.chance * 100,
                                f"%; above chance {R.chance * 100:g} %"))
     kept = compare(acc, "top1", "cft", "none", lv, -tol, model=model, split=R.reference, group="all")
-    conds.append(condition(f"in-distribution `{R.reference}`, CFT − base", None if kept["n"] == 0 else kept["mean"] * 100,
+    conds.append(condition(f"in-distribution `{R.reference}`, CFT − base",
+                           None if kept["n"] == 0 else kept["mean"] * 100,
                            {SUPPORTED: True, CONTRADICTED: False}.get(kept["verdict"]),
                            f"points; kept when the interval lies above −{tol * 100:g}, lost when below"))
     return comps, conds, clear is not False
@@ -260,7 +262,8 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
         comps += [compare(align, "pointing", "cft", "none", lv, decides=False, model="vit", split=s)
                   for s in P.evaluate.alignment_splits]
         out.append(_row("CFT's relevance is better aligned with the object's semantic parts", parts, comps,
-                        data=ALIGNMENT_CSV, note="relevance mass on the concept parts (points), then the pointing game, "
+                        data=ALIGNMENT_CSV,
+                        note="relevance mass on the concept parts (points), then the pointing game, "
                         f"on {', '.join(f'`{s}`' for s in P.evaluate.alignment_splits)} in that order", key="parts"))
     else:
         comps = [compare(align, m, "cft", v, lv, decides=False, model="vit", split=s)
@@ -273,7 +276,8 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
     out.append(_row("Concept masks supervise better than segmentation (foreground) masks",
                     "abstract: \"concept-guided masks provide more effective supervision\"",
                     [compare(acc, "top1", "cft", "cft_fgmask", lv, **where),
-                     *(compare(acc, "top1", "cft", v, lv, decides=False, **where) for v in ("robustvit", "none", "ce"))],
+                     *(compare(acc, "top1", "cft", v, lv, decides=False, **where)
+                       for v in ("robustvit", "none", "ce"))],
                     note="mean top-1 over the OOD splits", key="concept_vs_segmentation"))
     if "confidence" in P.finetune.arms:
         where = dict(model="vit", split=R.focus, group="all")
@@ -292,8 +296,8 @@ def claims(acc: pd.DataFrame, align: pd.DataFrame, P: config.Params) -> list[dic
     out.append(_row(f"{P.finetune.k} images per class from {P.masks.class_fraction:.0%} of the classes suffice: "
                     "the gain reaches classes never fine-tuned on",
                     "project page: \"a minimal set of images (3 per class) … from half of the classes\"",
-                    comps, conds, testable, note=f"{focus} top-1 on the unseen classes; the last comparison on the seen",
-                    key="unseen"))
+                    comps, conds, testable,
+                    note=f"{focus} top-1 on the unseen classes; the last comparison on the seen", key="unseen"))
     comps, conds, testable = improvement(acc, P, "cnn", R.focus)
     out.append(_row("CFT also helps a CNN (Grad-CAM relevance)",
                     "CVPR abstract: \"multiple ViT-based models and an additional CNN model\"", comps, conds,
@@ -339,7 +343,8 @@ def deviations(P: config.Params) -> list[dict]:
              here=f"proposer `{P.concepts.proposer}`", why="docs/paper.md §1: no concept-discovery code exists"),
         dict(what="masks", official="GroundingDINO + SAM 2 (box 0.35, text 0.65)",
              here=f"grounder `{P.masks.grounder}`" + (f" (exact parts, boundary ±{P.masks.world.boundary} px, "
-                                                      f"p_miss {P.masks.world.p_miss}, q_spurious {P.masks.world.q_spurious})"
+                                                      f"p_miss {P.masks.world.p_miss}, "
+                                                      f"q_spurious {P.masks.world.q_spurious})"
                                                       if P.masks.grounder == "world" else ""),
              why="the world grounder imitates a VLM's errors at no cost" if P.masks.grounder == "world" else
                  "the paper's grounder"),
@@ -353,7 +358,8 @@ def deviations(P: config.Params) -> list[dict]:
                     "differentiable twice")] if f.cnn.arms and not world else []),
         dict(what="min-max", official="no epsilon: a constant map gives NaN", here="range clamped at 1e-8",
              why="docs/paper.md §6.15"),
-        dict(what="reverse mask", official="only exact 0/1 flipped", here=f"`{loss.reverse_mask}`", why="docs/paper.md §6.16"),
+        dict(what="reverse mask", official="only exact 0/1 flipped", here=f"`{loss.reverse_mask}`",
+             why="docs/paper.md §6.16"),
         dict(what="BCE saturation", official="map reaches exactly 0 and 1: BCE(1, 0) = 100",
              here=f"map squeezed into [{loss.squeeze:g}, {1 - loss.squeeze:g}]",
              why="keeps gradients finite (0 restores the official behaviour)"),
@@ -375,10 +381,12 @@ def deviations(P: config.Params) -> list[dict]:
         dict(what="sample choice", official="unsorted os.listdir (filesystem order)", here="sorted, then seeded",
              why="docs/paper.md §6.20: reproducible"),
         dict(what="seeds", official="one run, one base model (the paper: 5 seeds, each its own half of the classes)",
-             here=f"{P.bases.seeds} base model(s) × {f.seeds} class subset(s) per arm (each subset a seeded half of the "
+             here=f"{P.bases.seeds} base model(s) × {f.seeds} class subset(s) per arm "
+                  "(each subset a seeded half of the "
                   f"classes, run on every base), mean ± {P.evaluate.level:.0%} CI over the (base, subset) pairs",
              why="the claims need intervals that contain the base model's and the class choice's own variance"),
-        dict(what="IN-A/IN-R/ObjectNet protocol", official="1000-way argmax; ObjectNet first mapped index, no border crop",
+        dict(what="IN-A/IN-R/ObjectNet protocol",
+             official="1000-way argmax; ObjectNet first mapped index, no border crop",
              here=f"protocols {', '.join(P.evaluate.protocols)} (cftlib.stages.benchmarks)",
              why="docs/paper.md §4.1, §6.27"),
         dict(what="hardware", official="CUDA only, single GPU", here=f"CPU or CUDA (finetune.device {f.device})",

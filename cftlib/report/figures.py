@@ -132,8 +132,8 @@ def _bars(ax, summary: pd.DataFrame, x: str, metric: str, order: list, arms: lis
         mine = summary[summary["arm"] == arm].set_index(x)
         for key, bar in zip(order, bars):
             if key in mine.index and np.isfinite(mine.loc[key, f"{metric}_ci"]):
-                ax.errorbar(bar.get_x() + bar.get_width() / 2, mine.loc[key, metric], yerr=mine.loc[key, f"{metric}_ci"],
-                            color="black", lw=0.8, capsize=2)
+                ax.errorbar(bar.get_x() + bar.get_width() / 2, mine.loc[key, metric],
+                            yerr=mine.loc[key, f"{metric}_ci"], color="black", lw=0.8, capsize=2)
 
 
 def note(text: str) -> plt.Figure:
@@ -168,7 +168,8 @@ def arm_bars(frame: pd.DataFrame, metric: str, order: list, level: float = 0.95,
         ax.set_xlabel("")  # the tick labels name the splits; the legend sits where the label would
         ax.set_ylabel(ylabel or f"{metric} (%)")
         ax.tick_params(axis="x", rotation=15)
-        entries = len(here) + (chance is not None)  # about an inch each at fontsize 7: rows, not a legend wider than the panel
+        # about an inch each at fontsize 7: rows, not a legend wider than the panel
+        entries = len(here) + (chance is not None)
         ax.legend(fontsize=7, ncols=max(1, min(entries, int(width - 0.5))), loc="upper center",
                   bbox_to_anchor=(0.5, -0.28), frameon=False)
     fig.tight_layout()

@@ -103,7 +103,8 @@ def evaluate(full: dict, reference: str, ood: list[str], alignment: str) -> dict
             out[name(f"{model}_{arm}")] = _group({
                 f"{name(reference)}_top1": percent(acc.get(reference)),
                 "ood_mean_top1": percent(sum(shifted) / len(shifted)) if shifted else None,
-                f"{name(alignment)}_concept_mass": percent(m.get("alignment", {}).get(alignment, {}).get("concept_mass"))})
+                f"{name(alignment)}_concept_mass":
+                    percent(m.get("alignment", {}).get(alignment, {}).get("concept_mass"))})
     return out
 
 

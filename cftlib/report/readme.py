@@ -37,12 +37,14 @@ def _diff(frame: pd.DataFrame, arm: str, versus: str, metric: str = "top1", pair
 
 def verdict_table(report: dict) -> str:
     """Claim | verdict | the first deciding difference | power, from reports/claims.json."""
-    lines = ["| claim | verdict | deciding difference (points, 95 % CI) | power: smallest effect detected; the paper's |",
+    lines = ["| claim | verdict | deciding difference (points, 95 % CI) "
+             "| power: smallest effect detected; the paper's |",
              "|---|---|---|---|"]
     for c in report["claims"]:
         first = next((x for x in c["comparisons"] if x["decides"] and x["n"]), None)
         diff = "—" if first is None else (f"{claims.ARM_NAMES[first['arm']]} − {claims.ARM_NAMES[first['versus']]} "
-                                          f"{first['mean']:+.1f}" + ("" if first["ci"] is None else f" ± {first['ci']:.1f}"))
+                                          f"{first['mean']:+.1f}"
+                                          + ("" if first["ci"] is None else f" ± {first['ci']:.1f}"))
         lines.append(f"| {c['claim']} | **{c['verdict']}** | {diff} | {claims.power_text(c['power'])} |")
     return "\n".join(lines)
 

@@ -47,7 +47,8 @@ def write_table(frame: pd.DataFrame, path: str | Path, title: str) -> None:
     write_csv(path.with_suffix(".csv"), frame.reset_index())
 
 
-PAPER_NAMES = {"test": "IN val", "v2": "IN-v2", "bg_conflict": "IN-A", "pose": "ObjectNet / SI-Score", "rendition": "IN-R"}
+PAPER_NAMES = {"test": "IN val", "v2": "IN-v2", "bg_conflict": "IN-A", "pose": "ObjectNet / SI-Score",
+               "rendition": "IN-R"}
 """The paper's column each world split stands in for (README's split table)."""
 BENCHMARK_NAMES = {"imagenet_val": "ImageNet val", "imagenet_a": "ImageNet-A", "imagenet_r": "ImageNet-R",
                    "imagenet_sketch": "ImageNet-Sketch", "imagenet_v2": "ImageNet-v2", "objectnet": "ObjectNet",
@@ -69,7 +70,8 @@ def table(summary: pd.DataFrame, metrics: list[str], columns: list[str], order: 
     out = pd.concat(parts, axis=1)
     if order is not None:
         rank = {v: i for i, v in enumerate(order)}
-        out = out[sorted(out.columns, key=lambda c: (rank.get(c.split(" · ")[0], len(rank)), list(out.columns).index(c)))]
+        out = out[sorted(out.columns,
+                         key=lambda c: (rank.get(c.split(" · ")[0], len(rank)), list(out.columns).index(c)))]
     out.index.name = "model / arm"
     return out
 

@@ -10,7 +10,8 @@ ablation, so its runs are trained once (folders are keyed by the variant) and `t
 run. With
 `finetune.workers` > 1 the runs are trained side by side first (`python -m cftlib.stages.ablations --shard i/n`).
 
-    python -m cftlib.stages.ablations --shard 0/2 --threads 1 & python -m cftlib.stages.ablations --shard 1/2 --threads 1
+    python -m cftlib.stages.ablations --shard 0/2 --threads 1 &
+    python -m cftlib.stages.ablations --shard 1/2 --threads 1
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ REFERENCES = (("base", "none"), ("CE", "ce"))
 
 def scaled_noise(noise: config.WorldNoise, scale: float) -> config.WorldNoise:
     """The world grounder's noise times `scale`: boundary px rounded, miss and spurious rates capped at 1."""
-    return noise.model_copy(update=dict(boundary=int(round(noise.boundary * scale)), p_miss=min(1.0, noise.p_miss * scale),
+    return noise.model_copy(update=dict(boundary=int(round(noise.boundary * scale)),
+                                        p_miss=min(1.0, noise.p_miss * scale),
                                         q_spurious=min(1.0, noise.q_spurious * scale)))
 
 
@@ -191,8 +193,8 @@ def run(P: config.Params, bank: dict, data_dir: str | Path, masks_dir: str | Pat
     train(todo, base, progress)  # what the workers trained is reused; without workers, everything here
     class_parts = alignment.concept_parts(bank)
     align_arrays = {s: arrays[s] for s in P.evaluate.alignment_splits}
-    refs = [(dict(ablation="reference", value=name), seed, runspec.RunSpec("vit", arm, seed, P.finetune.relevance,
-                                                                          P.finetune.lr, subset=seed), Path(finetune_dir))
+    refs = [(dict(ablation="reference", value=name), seed,
+             runspec.RunSpec("vit", arm, seed, P.finetune.relevance, P.finetune.lr, subset=seed), Path(finetune_dir))
             for name, arm in REFERENCES if arm in P.finetune.arms
             for seed in range(P.base.seed, P.base.seed + P.ablations.seeds)]
     acc, align, scored = [], [], {}

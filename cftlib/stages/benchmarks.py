@@ -94,7 +94,8 @@ def predict_protocols(model: torch.nn.Module, bench: datasets.Benchmark, protoco
         for a, b in shard(len(bench), batch_size) if batches is None else batches:
             x = {}
             for border in sorted(set(borders.values())):
-                imgs = list(pool.map(lambda p: datasets.load_centre_crop(p, border, resize, crop), bench.paths[a:b]))
+                imgs = list(pool.map(lambda p, border=border: datasets.load_centre_crop(p, border, resize, crop),
+                                     bench.paths[a:b]))
                 x[border] = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2).float().div_(255)
             for p in protocols:
                 mean, std = norm[p]
@@ -137,7 +138,8 @@ store's validation images (benchmark `cftlib.metrics.alignment.MASKS_SPLIT`: lab
 
 
 def evaluate_model(model: torch.nn.Module, benches: dict[str, datasets.Benchmark], seen: np.ndarray, cfg, method: str,
-                   seg_indices=None, workers: int = 1, build: dict | None = None, store: dict | None = None) -> list[dict]:
+                   seg_indices=None, workers: int = 1, build: dict | None = None,
+                   store: dict | None = None) -> list[dict]:
     """Rows {benchmark, protocol, group, images, top1, top5} of each benchmark under each of `cfg.protocols`
     (class groups all/seen/unseen), {benchmark: imagenet_segmentation, method, pixAcc, mIoU, mAP} when
     `cfg.segmentation` is set (its images at `seg_indices`, default all; `build`: the model's checkpoint
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             "validation images give the concept usage)")
     ap.add_argument("--data", default="data/world", help="the world's data folder (concepts.dataset: world only)")
     ap.add_argument("--out", required=True, help="results CSV (written by rank 0, atomically)")
-    ap.add_argument("--cache", help="keep each model's rows here, so an interrupted run resumes (e.g. cache/benchmarks)")
+    ap.add_argument("--cache",
+                    help="keep each model's rows here, so an interrupted run resumes (e.g. cache/benchmarks)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     P = params.load(args.params)

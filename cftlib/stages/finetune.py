@@ -53,8 +53,9 @@ def setup(P: config.Params, masks_dir: str | Path, data_dir: str | Path, base_di
     for model, b in sorted({(r.model, r.base) for r in runs} | {("vit", 0)}, key=lambda k: (k[0] != "vit", k)):
         if model == "cnn" and P.finetune.cnn.zoo:  # paper scale: a pretrained CNN
             C, kwargs = P.finetune.cnn, P.finetune.cnn.pretrain.model_kwargs
-            bases[model, b] = (zoo.build(C.zoo, C.weights, bases["vit", 0][1]["num_classes"], what="finetune.cnn.weights",
-                                         **kwargs), zoo.build_config(C.zoo, bases["vit", 0][1]["num_classes"], kwargs))
+            bases[model, b] = (zoo.build(C.zoo, C.weights, bases["vit", 0][1]["num_classes"],
+                                         what="finetune.cnn.weights", **kwargs),
+                               zoo.build_config(C.zoo, bases["vit", 0][1]["num_classes"], kwargs))
         elif model == "cnn" and P.concepts.dataset != "world":
             raise runspec.FinetuneError("the CNN arm's base model is trained on the world; set finetune.cnn.zoo (a "
                                         "pretrained CNN) or finetune.cnn.arms: [] for an image folder")
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", choices=("vit", "cnn"), help="only these models (repeatable)")
     ap.add_argument("--arm", action="append", help="only these arms (repeatable)")
     ap.add_argument("--seed", action="append", type=int, help="only these seeds (repeatable)")
-    ap.add_argument("--shard", type=launch.shard, default=(0, 1), help="i/n: only every n-th planned run, from the i-th")
+    ap.add_argument("--shard", type=launch.shard, default=(0, 1),
+                    help="i/n: only every n-th planned run, from the i-th")
     ap.add_argument("--threads", type=int, help="torch threads (default: base.threads)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)

@@ -40,8 +40,8 @@ EVERY = "all stages"
 
 REQUIREMENTS = ("torch>=2.4", "torchvision>=0.19", "timm>=1.0.31,<2", "transformers>=4.56,<5",
                 "numpy>=1.24", "pandas>=2.0", "pillow>=10", "pyyaml>=6", "tqdm>=4.60", "seaborn>=0.13",
-                "matplotlib>=3.7", "papermill>=2.6", "ipykernel>=6.29", "ipywidgets>=8", "nbformat>=5.9", "dvc>=3.50,<4",
-                "pydantic>=2.7,<3")
+                "matplotlib>=3.7", "papermill>=2.6", "ipykernel>=6.29", "ipywidgets>=8", "nbformat>=5.9",
+                "dvc>=3.50,<4", "pydantic>=2.7,<3")
 """pyproject.toml's dependencies that every stage imports (a test keeps the two equal)."""
 H5PY = "h5py>=3.9"
 """Read by the evaluate stage only, for ImageNet-Segmentation (evaluate.segmentation)."""

@@ -1,4 +1,5 @@
-"""The one setup call every stage notebook makes: run from the project root, load the params and check them (names against the registries too), check
+"""The one setup call every stage notebook makes: run from the project root, load the params and check them
+(names against the registries too), check
 that the stage's inputs are on disk, and move its output folders under `out` (a hand run writes to scratch/)."""
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ class FinetuneError(ValueError):
 @dataclass(frozen=True)
 class Arm:
     """A fine-tuning arm. mask: which mask the alignment term reads (concept union, foreground) or None;
-    loss: "bce" (CFT), "mse" (RobustViT), "ce" (labels only) or a baseline's (`baselines.KINDS`); trains: False for the base model; align: False
+    loss: "bce" (CFT), "mse" (RobustViT), "ce" (labels only) or a baseline's (`baselines.KINDS`); trains: False
+    for the base model; align: False
     drops the alignment term from the loss (λ_align = 0; the maps are still computed and logged)."""
     name: str
     mask: str | None

@@ -1,5 +1,6 @@
 """The few-shot fine-tuning loop (CFT paper §3; the official protocol, docs/paper.md §3): arms looked up by name —
-`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, the paper's baselines `gradmask`, `rrr`, `rrda`, `none` — run on the masks stage's few-shot images under one
+`cft`, `cft_fgmask`, `robustvit`, `ce`, `confidence`, the paper's baselines `gradmask`, `rrr`, `rrda`, `none` — run
+on the masks stage's few-shot images under one
 seeded protocol (AdamW, lr · decay^⌊epoch / every⌋, joint image–mask augmentation, an epoch selected on the
 validation images by `finetune.selection`, `select_epoch`), resumable per epoch, on CPU, CUDA (bfloat16 autocast)
 or under torchrun (gradients all-reduced, rank 0 writes).
@@ -175,7 +176,8 @@ def run_config(spec: runspec.RunSpec, cfg: config.Finetune, base: torch.nn.Modul
         split_digest["dfr"] = tensors_sha256(torch.from_numpy(data["dfr"]["images"]),
                                              torch.from_numpy(data["dfr"]["label"]))[:16]
         split_digest["dfr_l2"] = data["dfr"]["l2"]
-    other_runs = ("arms", "seeds", "relevance", "lr", "arm_lr", "cnn", "device", "processes")  # in the spec, or not the result's
+    # in the spec, or not the result's
+    other_runs = ("arms", "seeds", "relevance", "lr", "arm_lr", "cnn", "device", "processes")
     params = {k: v for k, v in config.as_dict(cfg).items() if k not in other_runs}
     conf = {"spec": asdict(spec), "params": params, "base": tensors_sha256(*base.state_dict().values())[:16],
             "data": split_digest}

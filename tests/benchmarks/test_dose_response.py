@@ -1,5 +1,6 @@
 """benchmarks/dose_response.py: the rule's epoch choices on known curves, and the whole study on the smoke world
-(two epochs, one lr) writing the scores of every other epoch and of the selected ones, the report with its rule first, and the figure."""
+(two epochs, one lr) writing the scores of every other epoch and of the selected ones, the report with its rule
+first, and the figure."""
 
 from __future__ import annotations
 
@@ -63,4 +64,5 @@ def test_the_study_on_the_smoke_world(tmp_path, monkeypatch, smoke_project):
     assert text.index("## The rule (fixed before the runs)") < text.index("## At the selected epochs")
     assert "The rule's choice" in text and (tmp_path / "figures" / "dose_response.png").is_file()
     per_run = pd.read_csv(tmp_path / "reports" / "dose_response.csv")
-    assert set(per_run["candidate"]) == {"official", "ours", "oracle"} and np.isfinite(per_run["bg_conflict gain"]).all()
+    assert (set(per_run["candidate"]) == {"official", "ours", "oracle"}
+            and np.isfinite(per_run["bg_conflict gain"]).all())

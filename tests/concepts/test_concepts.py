@@ -18,8 +18,9 @@ from cftlib.stages import params
 def _cfg(**kw):
     if kw.get("dataset", "world") == "world":
         return config.parse({"concepts": kw}).concepts
-    return config.parse({"concepts": kw, "masks": {"grounder": "groundingsam"}, "pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1},
-                         "finetune": {"arms": ["none", "ce", "cft"], "cnn": {"arms": []}}, "ablations": {"k": [], "noise": [], "relevance": [], "validation": []},
+    return config.parse({"concepts": kw, "masks": {"grounder": "groundingsam"}, "pretrain": {"zoo": "vit_b"},
+                         "bases": {"seeds": 1}, "finetune": {"arms": ["none", "ce", "cft"], "cnn": {"arms": []}},
+                         "ablations": {"k": [], "noise": [], "relevance": [], "validation": []},
                          "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "-"}}}
                         ).concepts
 
@@ -145,7 +146,8 @@ def test_llm_proposer_gives_up_after_bounded_retries(tmp_path):
 def test_llm_hub_id_offline_fails_at_once_naming_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.time()
-    with pytest.raises(hub.ModelUnavailable, match=r"concepts.llm.model.*'nobody/no-such-llm'.*huggingface-cli download"):
+    with pytest.raises(hub.ModelUnavailable,
+                       match=r"concepts.llm.model.*'nobody/no-such-llm'.*huggingface-cli download"):
         concepts.propose(_llm_cfg(tmp_path, model="nobody/no-such-llm"), [ClassInfo(0, "glen wren")])
     assert time.time() - start < 30
 
@@ -170,7 +172,8 @@ def test_llm_proposer_end_to_end_with_a_tiny_causal_lm(tmp_path):
     from tiny_hf import tiny_llm
 
     classes = [ClassInfo(0, "ashen piper"), ClassInfo(1, "glen wren")]
-    answers = ['Sure! ["long beak", "striped wings", "ashen piper",]', "1. Forked tail\n2. Tufted crest\n3. forked tail"]
+    answers = ['Sure! ["long beak", "striped wings", "ashen piper",]',
+               "1. Forked tail\n2. Tufted crest\n3. forked tail"]
     model = tiny_llm(tmp_path / "llm", [(concepts.llm_messages(c, 8), a) for c, a in zip(classes, answers)])
     bank, dropped = concepts.propose(_llm_cfg(tmp_path, model=str(model)), classes)
     assert [[k["text"] for k in c["concepts"]] for c in bank["classes"]] == [

@@ -42,7 +42,9 @@ def _item(key):
 
 
 def test_occurrence_is_the_share_found_and_coverage_the_mean_iou_where_found():
-    objects = lambda image, texts, **kw: np.ones((1, 4, 4), bool)
+    def objects(image, texts, **kw):
+        return np.ones((1, 4, 4), bool)
+
     rows = validation.measure(map(_item, range(4)), _bank(["wing", "beak"]), config.Masks(), 0, _Fake(), objects)
     got = {r["text"]: (r["images"], r["found"], r["occurrence"], r["coverage"]) for r in rows}
     assert got == {"wing": (4, 2, 0.5, 0.75), "beak": (4, 0, 0.0, 0.0)}

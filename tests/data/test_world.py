@@ -58,7 +58,8 @@ def test_every_drawn_part_has_a_mask_and_absent_parts_none(splits, species):
         expected = np.ones_like(present)
         for part in ("crest", "cap"):  # optional parts: drawn only where the species has them
             expected[:, world.PARTS.index(part)] = [getattr(species[y], part) != "none" for y in a["label"]]
-        assert (present == expected).all(), f"{s}: parts missing or spurious in images {np.nonzero((present != expected).any(1))[0]}"
+        assert (present == expected).all(), \
+            f"{s}: parts missing or spurious in images {np.nonzero((present != expected).any(1))[0]}"
 
 
 def _interior(m):
@@ -80,8 +81,10 @@ def test_masks_agree_with_pixels(species, style, share):
     poses = world._poses(rng, n, "normal")
     col_a = np.zeros(n, int)  # red ...
     col_b = np.full(n, list(world.COLORS).index("blue"))  # ... against blue
-    img_a, parts_a = world.render(labels, habitats, col_a, poses, species, size, 2, style, 0.0, np.random.default_rng(1))
-    img_b, parts_b = world.render(labels, habitats, col_b, poses, species, size, 2, style, 0.0, np.random.default_rng(1))
+    img_a, parts_a = world.render(labels, habitats, col_a, poses, species, size, 2, style, 0.0,
+                                  np.random.default_rng(1))
+    img_b, parts_b = world.render(labels, habitats, col_b, poses, species, size, 2, style, 0.0,
+                                  np.random.default_rng(1))
     assert np.array_equal(parts_a, parts_b)
     changed = np.abs(img_a.astype(int) - img_b).max(-1) > 3
     obj = parts_a > 0

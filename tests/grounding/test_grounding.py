@@ -130,7 +130,8 @@ def test_empty_mask_policy(policy, action, tmp_path):
     assert maskstore.load_store(tmp_path / "masks") == manifest
     assert (maskstore.read_masks(tmp_path / "masks", r0)["union"] == (_parts() == 3)).all()
     s = grounding.summary(manifest["items"])
-    assert s["flags"]["empty"] == 1 and s["actions"][action] == (2 if action == "kept" else 1) and s["per_class"]["1"]["empty"] == 1
+    assert (s["flags"]["empty"] == 1 and s["actions"][action] == (2 if action == "kept" else 1)
+            and s["per_class"]["1"]["empty"] == 1)
 
 
 def test_foreground_grounder_ignores_concepts():
@@ -196,7 +197,8 @@ def tiny_gsam(tmp_path_factory):
     return tiny_grounding_dino(d / "dino", ["bird", "beak", "long", "wings", "striped"]), tiny_sam(d / "sam")
 
 
-NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1}, "ablations": {"k": [], "noise": [], "relevance": [], "validation": []},
+NO_WORLD = {"pretrain": {"zoo": "vit_b"}, "bases": {"seeds": 1},
+            "ablations": {"k": [], "noise": [], "relevance": [], "validation": []},
             "evaluate": {"splits": [], "alignment_splits": [], "benchmarks": {"imagenet_val": "unused"}}}
 """What params on an image folder need besides the stages under test: a zoo model, benchmarks not world splits."""
 
@@ -250,7 +252,8 @@ def test_groundingsam_batched_equals_unbatched(tiny_gsam):
     batched = three.detect(images, texts)
     assert forwards[3] == 1 + 1 + 1  # (40, 56) ×3, (56, 40), (36, 60)
     for b1, b3 in zip(boxes, batched):
-        assert [len(b) for b in b1] == [len(b) for b in b3] and all(np.allclose(x, y, atol=1e-4) for x, y in zip(b1, b3))
+        assert ([len(b) for b in b1] == [len(b) for b in b3]
+                and all(np.allclose(x, y, atol=1e-4) for x, y in zip(b1, b3)))
     single = [one(im, t) for im, t in zip(images, texts)]
     assert all((a == b).all() for a, b in zip(single, three.many([{"image": im, "concepts": t}
                                                                   for im, t in zip(images, texts)])))
@@ -285,7 +288,8 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     for c in ("n01", "n02"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray((rng.random((32 + 8 * i, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+            Image.fromarray((rng.random((32 + 8 * i, 48, 3)) * 255).astype(np.uint8)).save(
+                tmp_path / "imgs" / c / f"{i}.png")
     classes = concepts.classes_from_folder(["n01", "n02"])
     answers = ['["long beak", "striped wings"]', '["bird wings"]']
     llm = tiny_llm(tmp_path / "llm", [(concepts.llm_messages(c, 8), a) for c, a in zip(classes, answers)])
@@ -308,7 +312,8 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
         assert r["source"].endswith(".png") and len(r["concepts"]) == len(bank["classes"][r["label"]]["concepts"])
     data = fewshot.load(tmp_path / "masks", "train", pool)
     kept = [r for r in manifest["items"] if r["split"] == "train" and r["action"] == "kept"]
-    assert len(data["masks"]) == len(kept) and all(m.shape == i.shape[:2] for m, i in zip(data["masks"], data["images"]))
+    assert (len(data["masks"]) == len(kept)
+            and all(m.shape == i.shape[:2] for m, i in zip(data["masks"], data["images"])))
     # the whole object (RobustViT's target) is grounded here too, with the class name, so fine-tuning reads it
     gsam = grounding.GroundingSAM(P.masks.groundingsam)
     assert kept
@@ -324,7 +329,8 @@ def test_paper_path_llm_and_groundingsam_on_an_image_folder(tmp_path, tiny_gsam)
     vit = factory.build_model("vit_tiny_patch16_224", 2, 32, patch_size=16, embed_dim=16, depth=1, num_heads=2)
     rows = alignment.concept_usage(vit, val, "attnlrp", 32)
     got = {u["part"]: u["mass"] for u in rows}
-    assert {u["split"] for u in rows} == {alignment.MASKS_SPLIT} and set(got) == {*val["texts"][0], alignment.ANY_CONCEPT,
+    assert {u["split"] for u in rows} == {alignment.MASKS_SPLIT} and set(got) == {*val["texts"][0],
+                                                                              alignment.ANY_CONCEPT,
                                                                               alignment.ELSEWHERE}
     assert got[alignment.ANY_CONCEPT] + got[alignment.ELSEWHERE] == pytest.approx(1)
     assert max(got[t] for t in val["texts"][0]) <= got[alignment.ANY_CONCEPT] + 1e-9
@@ -351,7 +357,8 @@ class _Counting:
     """The world grounder, counting its calls and failing (a power cut) once it has grounded `fail_after`."""
 
     def __init__(self, P, fail_after=None):
-        self.inner, self.calls, self.fail_after = grounding.GROUNDERS["world"].build(P.masks, P.base.seed), 0, fail_after
+        self.inner, self.calls, self.fail_after = (grounding.GROUNDERS["world"].build(P.masks, P.base.seed), 0,
+                                                   fail_after)
 
     def __call__(self, *args, **kwargs):
         if self.calls == self.fail_after:
@@ -453,7 +460,8 @@ def test_concepts_and_masks_stages_run_on_smoke_profile_deterministically(tmp_pa
     first = _run(proj, "01_concepts", "02_masks")
     assert _run(proj, "01_concepts", "02_masks") == first, "executed notebooks must be byte-identical"
     m = json.loads((proj / "reports" / "masks.json").read_text())
-    assert m["images"] == 4 * (3 + 1) and m["bank"] == json.loads((proj / "reports" / "concepts.json").read_text())["bank"]
+    assert (m["images"] == 4 * (3 + 1)
+            and m["bank"] == json.loads((proj / "reports" / "concepts.json").read_text())["bank"])
     assert json.loads((proj / "metrics" / "masks.json").read_text())["masks"]["images"] == 16
     for f in ("figures/concepts.png", "figures/masks_concepts.png", "figures/masks_failures.png",
               "data/masks/manifest.json"):

@@ -36,7 +36,8 @@ def test_split_report_separates_seen_and_unseen_classes():
 
 
 def test_shortcut_gaps_are_test_minus_ood():
-    assert accuracy.shortcut_gaps({"test": 0.9, "bg_conflict": 0.6, "train": 1.0}) == {"bg_conflict": pytest.approx(0.3)}
+    assert (accuracy.shortcut_gaps({"test": 0.9, "bg_conflict": 0.6, "train": 1.0})
+            == {"bg_conflict": pytest.approx(0.3)})
 
 
 def test_flips_count_corrections_and_regressions_against_the_base():
@@ -157,7 +158,8 @@ def test_part_mass_and_usage_per_class():
     assert np.allclose(m[0], [0.5, 0.0, 0.25, 0.25]) and np.allclose(m[1], [0, 0, 0, 1])
     rows = alignment.usage_rows(r, parts, np.array([5, 5]), ("a", "b", "c"))
     assert [(u["label"], u["part"]) for u in rows] == [(5, "a"), (5, "b"), (5, "c"), (5, "background")]
-    assert rows[0]["mass"] == pytest.approx(0.25) and rows[-1]["mass"] == pytest.approx(0.625) and rows[0]["images"] == 2
+    assert (rows[0]["mass"] == pytest.approx(0.25) and rows[-1]["mass"] == pytest.approx(0.625)
+            and rows[0]["images"] == 2)
 
 
 def test_concept_usage_from_overlapping_grounded_masks():

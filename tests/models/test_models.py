@@ -127,7 +127,7 @@ def test_shipped_reads_the_frozen_stages_checkpoints_and_history_back(tmp_path, 
     pd.DataFrame(history).to_csv(tmp_path / "history.csv", index=False)
     got = pretrain.shipped(P, tmp_path, tmp_path / "history.csv")
     assert set(got) == set(pretrain.roles(P))
-    for role, (model, build, h) in got.items():
+    for role, (model, _, h) in got.items():
         assert [r["epoch"] for r in h] == [1, 2] and "model" not in h[0]
         saved = checkpoints.load_checkpoint(tmp_path / f"{role}.pt")[0].state_dict()
         assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())

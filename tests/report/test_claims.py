@@ -30,7 +30,8 @@ def _acc(cnn_test=0.0):
                               "none": 0.0}.get(arm, 0.01 * seed)
         rows.append(dict(model="vit", arm=arm, seed=seed, split=split, group=group, top1=top1, top5=1.0))
     for arm, seed, split in itertools.product(("none", "ce", "cft"), range(3), ("test", "bg_conflict")):
-        top1 = {"test": 0.9 + (cnn_test if arm == "cft" else 0), "bg_conflict": 0.01 + 0.02 * (arm == "cft") + 0.001 * seed}[split]
+        top1 = {"test": 0.9 + (cnn_test if arm == "cft" else 0),
+                "bg_conflict": 0.01 + 0.02 * (arm == "cft") + 0.001 * seed}[split]
         rows.append(dict(model="cnn", arm=arm, seed=seed, split=split, group="all", top1=top1, top5=1.0))
     return pd.DataFrame(rows)
 
@@ -64,7 +65,8 @@ def test_ood_claims_need_both_the_base_and_ce(verdicts):
     assert _cmp(bg, "none")["mean"] == pytest.approx(0.11) and _cmp(bg, "ce")["mean"] == pytest.approx(0.04)
     assert "CFT − base: +11.0 ± 2.5 (3 pairs) ✓" in bg["evidence"]
     r = _find(verdicts, "accuracy on ImageNet-R")
-    assert _cmp(r, "none")["verdict"] == claims.SUPPORTED and _cmp(r, "ce")["verdict"] == claims.INCONCLUSIVE  # −1 ± 2.5
+    # vs CE: −1 ± 2.5
+    assert _cmp(r, "none")["verdict"] == claims.SUPPORTED and _cmp(r, "ce")["verdict"] == claims.INCONCLUSIVE
     assert r["verdict"] == claims.INCONCLUSIVE and r["why"] == "vs base supported, vs CE inconclusive"
     assert _find(verdicts, "accuracy on ImageNet-v2")["verdict"] == claims.CONTRADICTED  # −2.5 ± 1.2: a loss
 
@@ -85,7 +87,8 @@ def test_an_improvement_below_chance_or_at_the_cost_of_test_does_not_hold():
     ok = cnn(_acc(), P)  # 1 % → 3 % on bg_conflict, over base and CE; chance 1/50 = 2 %; test unchanged
     assert ok["verdict"] == claims.SUPPORTED and all(c["ok"] for c in ok["conditions"])
     low = cnn(_acc(), config.parse({"world": {"n_species": 10}}))  # chance 10 %: 3 % is no success
-    assert [c["ok"] for c in low["conditions"] if "chance" in c["rule"]] == [False] and low["verdict"] == claims.CONTRADICTED
+    assert ([c["ok"] for c in low["conditions"] if "chance" in c["rule"]] == [False]
+            and low["verdict"] == claims.CONTRADICTED)
     hurt = cnn(_acc(cnn_test=-0.05), P)  # bought with 5 points of test
     assert [c["ok"] for c in hurt["conditions"] if "in-distribution" in c["what"]] == [False]
     assert hurt["verdict"] == claims.CONTRADICTED
@@ -191,8 +194,10 @@ def test_metrics_json_has_means_intervals_and_null_for_one_seed():
     g = intervals.summarise(accuracy.gaps_frame(one), ["model", "arm", "split"], ["gap"])
     a = intervals.summarise(_align()[lambda f: f["seed"] == 0], ["model", "arm", "split"], ["concept_mass"])
     m = json.loads(json.dumps(tables.metrics(s, g, a), allow_nan=False))
-    assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.6, "top1_ci": None, "top5": 1.0, "top5_ci": None}
-    assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(BASE["test"] + GAIN["test"][0] - BASE["bg_conflict"] - GAIN["bg_conflict"][0])
+    assert m["vit"]["cft"]["accuracy"]["bg_conflict"]["all"] == {"top1": 0.6, "top1_ci": None, "top5": 1.0,
+                                                                 "top5_ci": None}
+    assert m["vit"]["cft"]["gap"]["bg_conflict"]["mean"] == pytest.approx(
+        BASE["test"] + GAIN["test"][0] - BASE["bg_conflict"] - GAIN["bg_conflict"][0])
     assert m["vit"]["cft"]["alignment"]["test"]["concept_mass"] == pytest.approx(0.4)
 
 
@@ -224,7 +229,8 @@ def test_cft_against_the_papers_baselines_with_the_papers_figure_beside_it(verdi
 def test_testability_comes_from_the_gaps_interval_over_the_distinct_bases():
     P = config.parse({})  # 5 seeds per base: seeds 0–4 are base 0, 5–9 base 1
     rows = [dict(model="vit", arm="none", seed=seed, split=split, group="all", top1=top1, top5=1.0)
-            for seed in range(10) for split, top1 in (("test", 0.9), ("color_conflict", 0.9 - (0.06 if seed < 5 else 0.0)))]
+            for seed in range(10)
+            for split, top1 in (("test", 0.9), ("color_conflict", 0.9 - (0.06 if seed < 5 else 0.0)))]
     gap = claims.base_gap(pd.DataFrame(rows), "vit", "color_conflict", "test", P)
     assert gap["n"] == 2 and gap["mean"] == pytest.approx(3.0)  # two bases, not ten runs
     assert gap["ci"] > 1.0  # 6 and 0 points: the mean clears 2 points, its interval does not
@@ -236,7 +242,8 @@ def test_testability_comes_from_the_gaps_interval_over_the_distinct_bases():
 def test_power_says_whether_the_papers_effect_would_have_been_detected():
     c = claims.compare(pd.DataFrame([dict(model="vit", arm=a, seed=s, split="bg_conflict", group="all",
                                           top1=0.5 + (0.01 * (s % 3) if a == "cft" else 0)) for a in ("cft", "none")
-                                     for s in range(15)]), "top1", "cft", "none", 0.95, model="vit", split="bg_conflict")
+                                     for s in range(15)]),
+                       "top1", "cft", "none", 0.95, model="vit", split="bg_conflict")
     assert c["mde"] == pytest.approx(intervals.detectable(c["ci"], 15, 0.95, claims.POWER))
     assert c["mde"] > c["ci"]  # clearing the bar 80 % of the time takes more than the half-width
     big = claims.power([c], paper.FIGURES["bg_conflict"])  # +14.5: far above what 15 pairs resolve

@@ -62,7 +62,8 @@ def test_evaluate_means_the_ood_splits_present_and_skips_missing_alignment():
     def arm(acc, mass=None):
         return {"accuracy": {s: {"all": {"top1": v}} for s, v in acc.items()},
                 **({"alignment": {"test": {"concept_mass": mass}}} if mass is not None else {})}
-    full = {"vit": {"cft": arm({"test": 0.9, "a": 0.5, "b": 0.6}, 0.2234)}, "cnn": {"none": arm({"test": 0.8, "a": 0.4})}}
+    full = {"vit": {"cft": arm({"test": 0.9, "a": 0.5, "b": 0.6}, 0.2234)},
+            "cnn": {"none": arm({"test": 0.8, "a": 0.4})}}
     out = headline.evaluate(full, "test", ["a", "b", "c"], "test")
     assert out == {"vit_cft": {"test_top1": 90.0, "ood_mean_top1": 55.0, "test_concept_mass": 22.3},
                    "cnn_none": {"test_top1": 80.0, "ood_mean_top1": 40.0}}

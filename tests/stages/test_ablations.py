@@ -38,7 +38,9 @@ def test_a_profile_that_validates_reads_its_main_bank_and_rebuilds_the_others(tm
                       "ablations": {"validation": [[0.15, 0.2], [0.05, 0.1]]}})
     rows = [r for r in ablations.variants(P) if r["ablation"] == "concept validation"]
     assert [r["value"] for r in rows] == ["15/20", "none", "5/10"]
-    cls = lambda texts: {"label": 0, "name": "a", "concepts": [{"text": t, "weight": 1.0, "source": ""} for t in texts]}
+    def cls(texts):
+        return {"label": 0, "name": "a", "concepts": [{"text": t, "weight": 1.0, "source": ""} for t in texts]}
+
     header = {"proposer": "x", "model": None, "prompt": None, "prompt_sha256": None, "params": {}, "date": None}
     candidates = {"schema": concepts.SCHEMA, "header": header, "classes": [cls(["big wing", "small beak"])]}
     rates = [{"label": 0, "name": "a", "text": "big wing", "weight": 1.0, "source": "", "images": 10, "found": 9,

@@ -290,8 +290,8 @@ def _paper_tree(tmp_path):
         for i, name in enumerate(("goldfish", "great white shark"))],
         "header": {"proposer": "test", "model": None, "prompt": None, "prompt_sha256": None, "params": {},
                    "date": "2026-12-02"}}, tmp_path / "concepts")  # the class names of the usage table
-    np.savez(tmp_path / "masks" / "val" / "000003.npz", union=concept.max(0), weighted=concept.max(0).astype(np.float32),
-             concepts=concept, foreground=concept.max(0))
+    np.savez(tmp_path / "masks" / "val" / "000003.npz", union=concept.max(0),
+             weighted=concept.max(0).astype(np.float32), concepts=concept, foreground=concept.max(0))
     torch.manual_seed(0)
     vit = dict(name="vit_tiny_patch16_224", num_classes=1000, img_size=224,
                kwargs=dict(patch_size=32, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0))

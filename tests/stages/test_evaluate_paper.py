@@ -24,7 +24,8 @@ GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_v2": [-0.004, -0.003
 BASE = {"imagenet_val": 0.8, "imagenet_v2": 0.7, "imagenet_a": 0.3, "objectnet": 0.5}
 """The base's top-1: both OOD benchmarks show a shortcut gap, so their claims are testable; ImageNet-v2 is an
 in-distribution reference, as in the paper."""
-ARMS = (("vit", "none"), ("vit", "ce"), ("vit", "cft"), ("vit", "cft_fgmask"), ("cnn", "none"), ("cnn", "ce"), ("cnn", "cft"))
+ARMS = (("vit", "none"), ("vit", "ce"), ("vit", "cft"), ("vit", "cft_fgmask"),
+        ("cnn", "none"), ("cnn", "ce"), ("cnn", "cft"))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def _results():
     rows = []
     for (model, arm), seed, bench, protocol, group in itertools.product(
             ARMS, range(3), GAIN, ("chefer", "standard"), ("all", "seen", "unseen")):
-        top1 = BASE[bench] + {"cft": GAIN[bench][seed], "ce": 0.01 * seed}.get(arm, 0.0) + 0.05 * (protocol == "standard")
+        top1 = (BASE[bench] + {"cft": GAIN[bench][seed], "ce": 0.01 * seed}.get(arm, 0.0)
+                + 0.05 * (protocol == "standard"))
         rows.append(dict(model=model, arm=arm, seed=seed, benchmark=bench, protocol=protocol, group=group, images=10,
                          top1=top1, top5=0.9, method=None, pixAcc=None, mIoU=None, mAP=None))
         if bench == "imagenet_val" and protocol == "chefer" and group == "all":
@@ -93,7 +95,8 @@ def test_gaps_against_imagenet_val(frames, P):
     gaps = accuracy.gaps_frame(acc, "imagenet_val", ["imagenet_a", "objectnet"])
     assert set(gaps["split"]) == {"imagenet_a", "objectnet"} and len(gaps) == len(ARMS) * 3 * 2
     g = gaps.set_index(["model", "arm", "seed", "split"])["gap"]
-    assert g[("vit", "cft", 1, "imagenet_a")] == pytest.approx(BASE["imagenet_val"] + GAIN["imagenet_val"][1] - BASE["imagenet_a"] - GAIN["imagenet_a"][1])
+    assert g[("vit", "cft", 1, "imagenet_a")] == pytest.approx(
+        BASE["imagenet_val"] + GAIN["imagenet_val"][1] - BASE["imagenet_a"] - GAIN["imagenet_a"][1])
 
 
 def test_seen_classes_are_the_subsets_classes_as_model_outputs_through_the_class_index(tmp_path):
@@ -138,7 +141,8 @@ def test_claims_on_the_benchmarks(frames, tmp_path):
                                    "cft_fgmask", split="ood_mean", group="all")
     assert d["mean"] == pytest.approx(np.mean([(GAIN["imagenet_a"][i] + GAIN["objectnet"][i]) / 2 for i in range(3)]))
     assert find("segmentation (foreground) masks")["verdict"] == claims.verdict(d)
-    assert find("suffice")["verdict"] == claims.SUPPORTED and "ImageNet-A top-1 on the unseen classes" in find("suffice")["evidence"]
+    assert (find("suffice")["verdict"] == claims.SUPPORTED
+            and "ImageNet-A top-1 on the unseen classes" in find("suffice")["evidence"])
     assert find("CNN")["verdict"] == claims.SUPPORTED
     mean = find("on average over the paper's benchmarks")  # ImageNet-A and ObjectNet: +5.5 over the base, +4.5 over CE
     assert mean["verdict"] == claims.SUPPORTED and "ImageNet-A, ObjectNet" in mean["evidence"]
@@ -167,7 +171,8 @@ def test_tables_and_metrics_from_the_paper_frames(frames, tmp_path):
     a = intervals.summarise(align, ["model", "arm", "split"], metrics)
     assert tables.table(a, metrics, ["split"]).shape == (len(ARMS), 3)
     assert tables.table(intervals.summarise(acc.iloc[:0], ["arm"], ["top1"]), ["top1"], ["split"]).empty
-    g = intervals.summarise(accuracy.gaps_frame(acc, "imagenet_val", ["imagenet_a"]), ["model", "arm", "split"], ["gap"])
+    g = intervals.summarise(accuracy.gaps_frame(acc, "imagenet_val", ["imagenet_a"]), ["model", "arm", "split"],
+                            ["gap"])
     m = json.loads(json.dumps(tables.metrics(s, g, a), allow_nan=False))
     assert set(m["vit"]["cft"]["alignment"][datasets.SEGMENTATION]) >= {"pixAcc", "mIoU_ci"}
 

@@ -57,13 +57,14 @@ def test_evaluate_figures_ablations_on_smoke_profile_deterministically(tmp_path)
     assert set(metrics) == {"vit", "cnn"} and "cft" in metrics["vit"]
     assert metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1_ci"] == 0.0  # the base model: identical seeds
     claims = (proj / "reports" / "claims.md").read_text()
-    assert set(json.loads((proj / "reports" / "ablations.json").read_text())) == {"k", "mask noise", "relevance", "loss",
-                                                                                  "concept validation", "reference"}
+    assert set(json.loads((proj / "reports" / "ablations.json").read_text())) == {
+        "k", "mask noise", "relevance", "loss", "concept validation", "reference"}
     verdicts = json.loads((proj / "reports" / "claims.json").read_text())
     assert len(verdicts["claims"]) == 14 and sum(verdicts["counts"].values()) == 14
     small = {f: headline.check(json.loads((proj / "metrics" / f"{f}.json").read_text()), f)
              for f in ("evaluate", "claims", "ablations")}
-    assert small["evaluate"]["vit_none"]["test_top1"] == round(100 * metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1"], 1)
+    assert small["evaluate"]["vit_none"]["test_top1"] == round(
+        100 * metrics["vit"]["none"]["accuracy"]["test"]["all"]["top1"], 1)
     assert sum(small["claims"]["verdicts"].values()) == 14
     assert all(f"| {c['claim']} | {c['verdict']}" in claims for c in verdicts["claims"])  # the report shows the same
 

@@ -37,7 +37,8 @@ def test_scrub_removes_volatile_fields():
     cell.metadata["execution"] = {"iopub.execute_input": "t"}
     cell.metadata["papermill"] = {"start_time": "t", "status": "completed"}
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="[done] a: 5 epochs"),
-                    nbformat.v4.new_output("stream", name="stderr", text=f"w /tmp/ipykernel_123/1.py {sys.prefix}/x.py"),
+                    nbformat.v4.new_output("stream", name="stderr",
+                                           text=f"w /tmp/ipykernel_123/1.py {sys.prefix}/x.py"),
                     nbformat.v4.new_output("stream", name="stdout", text="\n1\n")]
     out = nbrun.scrub(nb)
     assert out.metadata["papermill"] == {"parameters": {"a": 1}}
@@ -89,7 +90,8 @@ def test_pretrain_and_world_stages_run_on_smoke_profile_deterministically(tmp_pa
     assert small["vit"]["shortcut_gap"] == round(100 * base["validity"]["gap"], 1)
     assert small["cnn"]["pretrain_held_out"] == round(100 * learn["models"]["cnn"]["held_out"], 1)
     for f in ("figures/world_samples.png", "figures/base_accuracy.png", "figures/pretrain_curves.png",
-              "plots/pretrain_history.csv", "plots/bases_history.csv", "models/pretrain/vit.pt", "models/pretrain/cnn.pt",
+              "plots/pretrain_history.csv", "plots/bases_history.csv",
+              "models/pretrain/vit.pt", "models/pretrain/cnn.pt",
               *[f"models/base/{r}/base{b}.pt" for r in ("vit", "cnn") for b in range(P.bases.seeds)],
               "data/world/train.npz", "data/world/dfr.npz", "data/world/field_guide.json"):
         assert (proj / f).is_file(), f
@@ -163,9 +165,11 @@ def test_the_write_pattern_finds_what_a_cell_could_write():
 
 def _writer(tmp_path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell('metrics_dir = "metrics"\nout = "scratch"', metadata={"tags": ["parameters"]}),
+    nb.cells = [nbformat.v4.new_code_cell('metrics_dir = "metrics"\nout = "scratch"',
+                                          metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("import os\nfrom pathlib import Path\nfrom cftlib.core import paths\n"
-                                          "metrics_dir, = paths.under(out, metrics_dir)\nPath(metrics_dir).mkdir(parents=True)\n"
+                                          "metrics_dir, = paths.under(out, metrics_dir)\n"
+                                          "Path(metrics_dir).mkdir(parents=True)\n"
                                           "(Path(metrics_dir) / 'm.json').write_text('{}')")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src = tmp_path / "w.ipynb"
@@ -180,7 +184,8 @@ def test_nbrun_writes_the_project_folders_and_a_plain_papermill_run_writes_scrat
     nbrun.run(src, tmp_path / "executed" / "w.ipynb", cwd=tmp_path)
     assert (tmp_path / "metrics" / "m.json").is_file() and not (tmp_path / "scratch").exists()
     (tmp_path / "metrics" / "m.json").unlink()
-    pm.execute_notebook(str(src), str(tmp_path / "hand.ipynb"), cwd=str(tmp_path), progress_bar=False)  # as Jupyter would
+    # as Jupyter would
+    pm.execute_notebook(str(src), str(tmp_path / "hand.ipynb"), cwd=str(tmp_path), progress_bar=False)
     assert (tmp_path / "scratch" / "metrics" / "m.json").is_file() and not (tmp_path / "metrics" / "m.json").exists()
     nbrun.run(src, tmp_path / "executed" / "w2.ipynb", {"out": "elsewhere"}, cwd=tmp_path)
     assert (tmp_path / "elsewhere" / "metrics" / "m.json").is_file()
@@ -203,7 +208,8 @@ def test_a_notebook_run_by_hand_leaves_git_status_clean(tmp_path, small_world):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
     pm.execute_notebook(str(proj / "notebooks" / "01_concepts.ipynb"), str(tmp_path / "hand.ipynb"),
                         parameters={"progress": False}, cwd=str(proj), progress_bar=False)
-    assert (proj / "scratch" / "metrics" / "concepts.json").is_file() and (proj / "scratch" / "data" / "concepts").is_dir()
+    assert ((proj / "scratch" / "metrics" / "concepts.json").is_file()
+            and (proj / "scratch" / "data" / "concepts").is_dir())
     assert not (proj / "metrics").exists() and not (proj / "data" / "concepts").exists()
     assert git("status", "--porcelain") == ""
 

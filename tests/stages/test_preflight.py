@@ -254,7 +254,8 @@ def test_pretrained_checkpoints_of_another_profile_are_refused_by_key(tmp_path):
 
     smoke, default = config.load(ROOT / "profiles" / "smoke.yaml"), config.load(ROOT / "params.yaml")
     for role, cfg in pretrain.roles(smoke).items():
-        model, build = pretrain.fresh(cfg, pretrain.outputs(smoke), smoke.world.image_size if role == "vit" else None, 0)
+        model, build = pretrain.fresh(cfg, pretrain.outputs(smoke), smoke.world.image_size if role == "vit" else None,
+                                      0)
         save_checkpoint(tmp_path / f"{role}.pt", model, build)
     assert all(c.ok for c in preflight.pretrained(smoke, tmp_path))
     found = by_name(preflight.pretrained(default, tmp_path))

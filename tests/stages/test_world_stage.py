@@ -46,7 +46,8 @@ def test_pretrain_stage_writes_its_outputs_and_reads_them_back(tmp_path, smoke_p
         _, build = checkpoints.load_checkpoint(tmp_path / "models/pretrain" / f"{role}.pt")
         assert not training.misfits(P, role, build)
     history = pd.read_csv(tmp_path / "plots/pretrain_history.csv")
-    assert list(history.columns) == HISTORY + ["model"] and len(history) == P.pretrain.epochs + P.finetune.cnn.pretrain.epochs
+    assert (list(history.columns) == HISTORY + ["model"]
+            and len(history) == P.pretrain.epochs + P.finetune.cnn.pretrain.epochs)
     metrics = io.read_json(tmp_path / "metrics/pretrain.json")
     assert metrics == {"images": P.pretrain.images, "chance": 1 / P.world.n_species, "models": R.learn}
     for role, learn in R.learn.items():  # the learnability figure is the best held-out epoch; keep_epoch 0 ships it

@@ -165,7 +165,8 @@ def test_groups_take_the_batchable_vit_runs_of_one_arm_lr_and_size_in_plan_order
     assert got == [[("ce", 0), ("ce", 1)], [("ce", 2), ("ce", 3)], [("ce", 4), ("ce", 5)],
                    [("cft", 0), ("cft", 1)], [("cft", 2), ("cft", 3)], [("cft", 4), ("cft", 5)]]
     mixed = [dataclasses.replace(r, lr=2e-4) if r.seed == 1 else r for r in runs]
-    assert [[r.seed for r in g] for g in batched.groups(mixed, data, 4) if g[0].arm == "cft"] == [[0, 2, 3, 4], [5], [1]]
+    assert ([[r.seed for r in g] for g in batched.groups(mixed, data, 4) if g[0].arm == "cft"]
+            == [[0, 2, 3, 4], [5], [1]])
     seen = []
     monkeypatch.setattr(batched, "fit_runs", lambda group, b, *a, **k: seen.append([r.seed for r in group]))
     batched.fit_groups(runs, bases, data, cfg, "unused")

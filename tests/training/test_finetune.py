@@ -209,7 +209,8 @@ def test_dfr_arm_is_the_base_with_its_head_refitted_on_the_dfr_split(project, tm
     head = {"head.weight", "head.bias"}
     assert s["steps"] == 0 and all(torch.equal(b[k], got[k]) for k in b if k not in head)  # features frozen
     d = world.load_split(project / "data" / "world", "dfr")
-    want = dfr.reweight(base, d["images"], d["label"].astype(np.int64), config.load(project / "params.yaml").bases.dfr_l2)
+    want = dfr.reweight(base, d["images"], d["label"].astype(np.int64),
+                        config.load(project / "params.yaml").bases.dfr_l2)
     assert all(torch.allclose(want.state_dict()[k], got[k]) for k in head)
     assert not torch.equal(b["head.weight"], got["head.weight"])
 
@@ -223,8 +224,8 @@ def test_the_dfr_refit_is_made_once_per_base_and_reused_by_its_other_class_subse
         trainer.fit(runspec.RunSpec("vit", "dfr", seed, "attnlrp", 1e-4, base, subset), *bases["vit", base], data,
                     P.finetune, tmp_path)
     assert len(calls) == 2  # bases 0 and 1
-    heads = [checkpoints.load_checkpoint(tmp_path / "vit" / "dfr" / f"seed{s}" / "best.pt")[0].state_dict()["head.weight"]
-             for s in (0, 1, 2)]
+    heads = [checkpoints.load_checkpoint(tmp_path / "vit" / "dfr" / f"seed{s}" / "best.pt")[0]
+             .state_dict()["head.weight"] for s in (0, 1, 2)]
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
 
 
@@ -262,7 +263,8 @@ def _paths(root, out):
 
 def test_runs_side_by_side_equal_the_runs_one_by_one(project, tmp_path):
     only = ["--model", "vit", "--arm", "ce", "--arm", "cft"]
-    launch.side_by_side("cftlib.stages.finetune", project / "params.yaml", 2, 1, [*_paths(project, tmp_path / "two"), *only])
+    launch.side_by_side("cftlib.stages.finetune", project / "params.yaml", 2, 1,
+                        [*_paths(project, tmp_path / "two"), *only])
     threads = torch.get_num_threads()
     try:
         finetune.main(["--params", str(project / "params.yaml"), *map(str, _paths(project, tmp_path / "one")),
@@ -280,7 +282,8 @@ def test_runs_side_by_side_equal_the_runs_one_by_one(project, tmp_path):
 
 def test_a_failed_side_by_side_worker_names_its_command(project, tmp_path):
     with pytest.raises(launch.LaunchError, match="--shard 1/2.*unknown arm|unknown arm.*--shard 1/2|--arm nope"):
-        launch.side_by_side("cftlib.stages.finetune", project / "params.yaml", 2, 1, [*_paths(project, tmp_path), "--arm", "nope"])
+        launch.side_by_side("cftlib.stages.finetune", project / "params.yaml", 2, 1,
+                            [*_paths(project, tmp_path), "--arm", "nope"])
     with pytest.raises(argparse.ArgumentTypeError, match="need 0 <= i < n"):
         launch.shard("2/2")
 
@@ -503,7 +506,8 @@ def test_finetune_stage_runs_on_smoke_profile_deterministically(tmp_path, small_
     assert json.loads((proj / "metrics" / "finetune.json").read_text())["runs"]["runs"] == len(m["runs"])
     for f in ("plots/finetune_steps.csv", "plots/finetune_epochs.csv", "plots/finetune_val_align.csv",
               "figures/finetune_curves.png", "figures/relevance_methods.png", "figures/relevance_cnn.png",
-              "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt", "models/finetune/cnn/cft/seed1/best.pt"):
+              "figures/relevance_arms.png", "models/finetune/vit/cft/seed0/best.pt",
+              "models/finetune/cnn/cft/seed1/best.pt"):
         assert (proj / f).is_file(), f
 
 
