@@ -1,15 +1,15 @@
 """Typed, validated parameters: `params.yaml` is read once, and a wrong key, type or value fails at once with a
-message naming the file and the dotted key. Each field declares its type, default and bounds (pydantic); names a
-registry defines (arms, relevance methods, splits, ...) are plain strings here, checked against the registries
-themselves by cftlib.stages.params."""
+message naming the file and the dotted key. Each field declares its type, default and bounds (pydantic); the checks
+across fields, and the names a registry defines (arms, relevance methods, splits, ...; plain strings here) against
+the registries themselves, are cftlib.stages.params's."""
 
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WrapValidator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+
+from cftlib.core.io import read_yaml
 
 
 class ConfigError(ValueError):
@@ -293,14 +293,6 @@ class Figures(Section):
     grid_images: Count = 8  # rows of the image | concept mask | base | CFT relevance grid
 
 
-class Invalid(ValueError):
-    """A check across fields failed: `key` (dotted; empty when `why` names the keys) and why."""
-
-    def __init__(self, key: str, why: str):
-        super().__init__(why)
-        self.key = key
-
-
 class Params(Section):
     base: Base = Base()
     world: World = World()
@@ -313,70 +305,10 @@ class Params(Section):
     ablations: Ablations = Ablations()
     figures: Figures = Figures()
 
-    @model_validator(mode="after")
-    def _cross_check(self):
-        """The checks across fields, as (dotted key or "" when `why` names it, failed, why); the first failure fails."""
-        W, R, B, C, F, E, A = self.world, self.pretrain, self.bases, self.concepts, self.finetune, self.evaluate, \
-            self.ablations
-        data, patch, M = C.dataset, R.model_kwargs.get("patch_size"), self.masks
-        world, other = data == "world", f"when concepts.dataset is {data}"
-        checks = [
-            *[(f"world.splits.{s}", s not in W.splits, "missing; train, val and test are required")
-              for s in ("train", "val", "test")],
-            *[(f"{key}.keep_epoch", r.keep_epoch > r.epochs,
-               f"{r.keep_epoch}: in [0, epochs = {r.epochs}] (0: the best held-out epoch)")
-              for key, r in (("pretrain", R), ("bases", B), ("finetune.cnn.pretrain", F.cnn.pretrain))],
-            *[(f"{key}.weights", s.weights and not s.zoo, "set zoo too (the model these weights belong to)")
-              for key, s in (("pretrain", R), ("finetune.cnn", F.cnn))],
-            ("concepts.validation.apply", C.validation.apply and not C.validation.images,
-             "true needs images > 0 to measure the concepts on"),
-            ("concepts.image_dir", world and C.image_dir != WORLD_DIR,
-             f"{C.image_dir!r}: the world's images are the world stage's {WORLD_DIR}; set that when dataset is world"),
-            ("concepts.image_dir", not world and C.image_dir in ("", WORLD_DIR),
-             f"required when dataset is {data}: the folder of <class>/<image>"),
-            ("concepts.proposer", C.proposer == "fieldguide" and not world,
-             "fieldguide reads the world's field guide; use llm, wordnet or bank for a folder"),
-            ("concepts.llm.model", C.proposer == "llm" and not C.llm.model,
-             "required when proposer is llm (a local folder or hub id)"),
-            ("masks.min_fraction", M.min_fraction >= M.max_fraction, "need 0 <= min_fraction < max_fraction <= 1"),
-            *[(f"finetune.arm_seeds.{arm}", n > F.seeds, f"{n} must be a whole number in [1, seeds = {F.seeds}]")
-              for arm, n in F.arm_seeds.items()],
-            *[("evaluate.alignment_splits", s not in E.splits, f"{s!r} is not among evaluate.splits")
-              for s in E.alignment_splits],
-            ("evaluate.splits", E.splits and "test" not in E.splits,
-             "must include test (the in-distribution reference of the gaps and claims)"),
-            # the world: its splits evaluate, its masks are of masks.k images per class
-            ("evaluate.splits", world and not E.splits, "empty; the world's evaluation needs at least test"),
-            ("", world and isinstance(patch, int) and W.image_size % patch,
-             f"world.image_size {W.image_size} is not divisible by pretrain.model_kwargs.patch_size {patch}"),
-            *[("", world and k > M.k, f"{key} {k} is larger than masks.k {M.k}, the images per class the masks stage "
-               f"grounds") for key, k in [("finetune.k", F.k)] + [("ablations.k", k) for k in A.k]],
-            # no world: the base models come from the zoo, the evaluation from the benchmarks
-            ("pretrain.zoo", not world and not R.zoo,
-             f"required {other}: a pretrained model of cftlib.models.zoo (there is no world to train on)"),
-            ("finetune.cnn.zoo", not world and F.cnn.arms and not F.cnn.zoo,
-             f"required {other}: a pretrained CNN, or set finetune.cnn.arms: []"),
-            ("bases.seeds", not world and B.seeds != 1, f"{B.seeds}; a pretrained zoo model is one base model, set 1 "
-             f"{other}"),
-            ("evaluate.splits", not world and E.splits, f"{E.splits} are world splits; set [] {other} (benchmarks "
-             f"replace them)"),
-            ("evaluate.benchmarks", not world and "imagenet_val" not in E.benchmarks,
-             f"needs imagenet_val (the in-distribution reference of the gaps and claims) {other}"),
-            *[(key, not world and "dfr" in arms,
-               f"dfr refits the head on the world's habitat-balanced split, which {data} does not have; remove it")
-              for key, arms in (("finetune.arms", F.arms), ("finetune.cnn.arms", F.cnn.arms))],
-            ("ablations", not world and (A.k or A.noise or A.relevance or A.validation),
-             f"the ablations run on the world; set k, noise, relevance and validation to [] {other}")]
-        if failed := next(((key, why) for key, bad, why in checks if bad), None):
-            raise Invalid(*failed)
-        return self
-
 
 def _message(e: dict, where: str) -> str:
     """One of pydantic's errors as `file: dotted.key: why`."""
     loc, value, ctx = [str(part) for part in e["loc"]], e.get("input"), e.get("ctx", {})
-    if isinstance(ctx.get("error"), Invalid) and ctx["error"].key:
-        loc.append(ctx["error"].key)
     got = f"{type(value).__name__} {value!r}" if e["type"].endswith("_type") else repr(value)
     why = str(ctx["error"]) if "error" in ctx else f"{e['msg'].replace('Input should', 'must')}, got {got}"
     if e["type"] == "extra_forbidden":
@@ -397,40 +329,12 @@ def parse(data: dict, where: str = "<params>") -> Params:
         raise ConfigError("\n".join(_message(err, where) for err in e.errors())) from None
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, which follows YAML 1.1, plus YAML 1.2's exponent floats without a dot (`5e-07`): what
-    `dvc exp run -S finetune.lr=5e-7` writes into params.yaml, and what PyYAML alone would read as a string."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
-
-
-def _duplicate(node: yaml.Node, key: str = "") -> str | None:
-    """The dotted key of the first mapping key given twice (PyYAML would keep the last silently), or None."""
-    pairs = node.value if isinstance(node, yaml.MappingNode) else []
-    keys = [k.value for k, _ in pairs]
-    if repeated := next((k for i, k in enumerate(keys) if k in keys[:i]), None):
-        return f"{key}{repeated}"
-    inside = [(f"{key}{k.value}.", v) for k, v in pairs] if pairs else \
-        [(f"{key}{i}.", v) for i, v in enumerate(node.value)] if isinstance(node, yaml.SequenceNode) else []
-    return next(filter(None, (_duplicate(v, k) for k, v in inside)), None)
-
-
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file (the names it gives are checked by cftlib.stages.params.load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
+    """Read and validate a params file (cftlib.stages.params.load adds the checks across fields and registries)."""
     try:
-        node = yaml.compose(path.read_text(), Loader=_Loader)
-        data = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if node is None:
-        raise ConfigError(f"{path}: empty params file")
-    if repeated := _duplicate(node):
-        raise ConfigError(f"{path}: {repeated}: duplicate key")
+        data = read_yaml(path, what="params file")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return parse(data, str(path))
 
 

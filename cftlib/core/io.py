@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 RERUN = "re-run the stage that writes it (`dvc repro -f <stage>`)"
@@ -87,6 +89,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, which follows YAML 1.1, plus YAML 1.2's exponent floats without a dot (`5e-07`): what
+    `dvc exp run -S finetune.lr=5e-7` writes into params.yaml, and what PyYAML alone would read as a string."""
+
+
+_YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
+def _duplicate(node: yaml.Node, key: str = "") -> str | None:
+    """The dotted key of the first mapping key given twice (PyYAML would keep the last silently), or None."""
+    pairs = node.value if isinstance(node, yaml.MappingNode) else []
+    keys = [k.value for k, _ in pairs]
+    if repeated := next((k for i, k in enumerate(keys) if k in keys[:i]), None):
+        return f"{key}{repeated}"
+    inside = [(f"{key}{k.value}.", v) for k, v in pairs] if pairs else \
+        [(f"{key}{i}.", v) for i, v in enumerate(node.value)] if isinstance(node, yaml.SequenceNode) else []
+    return next(filter(None, (_duplicate(v, k) for k, v in inside)), None)
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """A YAML file's data, refusing what PyYAML would read silently: a key given twice (by its dotted key) and an
+    empty file; ValueError naming the file otherwise too (missing, not valid YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} not found")
+    try:
+        text = path.read_text()
+        node = yaml.compose(text, Loader=_YAMLLoader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if node is None:
+        raise ValueError(f"{path}: empty {what}")
+    if repeated := _duplicate(node):
+        raise ValueError(f"{path}: {repeated}: duplicate key")
+    return yaml.load(text, Loader=_YAMLLoader)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -1,4 +1,5 @@
-"""Parameters are validated once, up front, and errors name the file and the dotted key."""
+"""Parameters are validated once, up front (cftlib.core.config each field, cftlib.stages.params across fields and
+registries), and errors name the file and the dotted key."""
 
 import json
 import re
@@ -10,6 +11,7 @@ import yaml
 from conftest import ROOT
 
 from cftlib.core import config
+from cftlib.stages import params
 
 PROFILES = ["params.yaml", "profiles/default.yaml", "profiles/smoke.yaml", "profiles/paper.yaml"]
 PIN = json.loads((Path(__file__).parent / "as_dict_pin.json").read_text())
@@ -19,27 +21,27 @@ config this module replaced (issue 28): manifests and run configs hash these dic
 
 @pytest.mark.parametrize("path", PROFILES)
 def test_shipped_params_files_are_valid(path):
-    p = config.load(ROOT / path)
+    p = params.load(ROOT / path)
     if p.concepts.dataset == "world":
         assert p.world.image_size % p.pretrain.model_kwargs["patch_size"] == 0
 
 
 def test_defaults_match_params_yaml():
     """config.py's defaults are the default profile, so a partial params file means the same thing."""
-    assert config.load(ROOT / "params.yaml") == config.Params() == config.load(ROOT / "profiles" / "default.yaml")
+    assert params.load(ROOT / "params.yaml") == config.Params() == params.load(ROOT / "profiles" / "default.yaml")
 
 
 @pytest.mark.parametrize("profile", sorted(PIN))
 def test_as_dict_is_byte_for_byte_what_the_dataclass_config_gave(profile):
     """Same keys in the same order, same values and types (int vs float, list vs tuple), for every section."""
-    P = config.Params() if profile == "<defaults>" else config.load(ROOT / profile)
+    P = config.Params() if profile == "<defaults>" else params.load(ROOT / profile)
     got = {s: repr(config.as_dict(getattr(P, s))) for s in config.Params.model_fields}
     assert {**got, "<all>": repr(config.as_dict(P))} == PIN[profile]
 
 
 def test_numbers_keep_their_yaml_type_where_the_dataclass_config_kept_it():
     """A YAML int fills a float field as a float (`lr: 1`); inside lists and mappings numbers stay as written."""
-    p = config.parse({"finetune": {"lr": 1, "arm_lr": {"rrr": 1}}, "ablations": {"noise": [0, 1.5]}})
+    p = params.parse({"finetune": {"lr": 1, "arm_lr": {"rrr": 1}}, "ablations": {"noise": [0, 1.5]}})
     assert type(p.finetune.lr) is float and p.finetune.lr == 1.0
     assert type(p.finetune.arm_lr["rrr"]) is int and [type(x) for x in p.ablations.noise] == [int, float]
 
@@ -98,7 +100,7 @@ def test_bad_params_fail_naming_the_key(tmp_path, data, key):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(config.ConfigError, match=re.escape(f"{path}: {key}")):
-        config.load(path)
+        params.load(path)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -127,7 +129,7 @@ def test_non_finite_negative_and_repeated_values_fail_naming_the_key(tmp_path, t
     path = tmp_path / "params.yaml"
     path.write_text(text + "\n")
     with pytest.raises(config.ConfigError, match=re.escape(f"{path}: {message}")):
-        config.load(path)
+        params.load(path)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -145,23 +147,23 @@ def test_duplicate_keys_and_an_empty_file_are_refused_by_name(tmp_path, text, me
     path = tmp_path / "params.yaml"
     path.write_text(text)
     with pytest.raises(config.ConfigError, match=re.escape(f"{path}: {message}")):
-        config.load(path)
+        params.load(path)
 
 
 def test_a_cnn_may_be_left_out():
-    assert config.parse({"finetune": {"cnn": {"arms": []}}}).finetune.cnn.arms == []
+    assert params.parse({"finetune": {"cnn": {"arms": []}}}).finetune.cnn.arms == []
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(config.ConfigError, match="not found"):
-        config.load(tmp_path / "nope.yaml")
+        params.load(tmp_path / "nope.yaml")
     (tmp_path / "bad.yaml").write_text("world: [unclosed")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
-        config.load(tmp_path / "bad.yaml")
+        params.load(tmp_path / "bad.yaml")
 
 
 def test_paper_profile_is_valid_and_has_the_official_hyper_parameters():
-    p = config.load(ROOT / "profiles" / "paper.yaml")
+    p = params.load(ROOT / "profiles" / "paper.yaml")
     assert (p.concepts.dataset, p.pretrain.zoo, p.finetune.cnn.zoo) == ("imagenet", "vit_b", "convnextv2_b")
     assert (p.masks.k, p.masks.class_fraction, p.finetune.epochs, p.finetune.batch_size) == (3, 0.5, 50, 8)
     # Table 8's lr for ViT-B and ConvNeXt-V2 (the official train.py's default is 3e-6; tests/models/test_zoo.py checks
@@ -198,7 +200,7 @@ def test_paper_scale_cross_checks_name_the_key(key, value, named):
     data = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
     _set(data, key, value)
     with pytest.raises(config.ConfigError, match=re.escape(f"paper.yaml: {named}")):
-        config.parse(data, "paper.yaml")
+        params.parse(data, "paper.yaml")
 
 
 def test_exponent_floats_without_a_dot_load_as_numbers(tmp_path):
@@ -206,8 +208,8 @@ def test_exponent_floats_without_a_dot_load_as_numbers(tmp_path):
     YAML 1.2 does, a number; anything else stays a string and fails naming the key."""
     path = tmp_path / "params.yaml"
     path.write_text("finetune:\n  lr: 5e-07\n  arm_lr: {rrr: 2E-6}\n  cnn: {lr: +3e-06}\n")
-    p = config.load(path)
+    p = params.load(path)
     assert (p.finetune.lr, p.finetune.arm_lr["rrr"], p.finetune.cnn.lr) == (5e-7, 2e-6, 3e-6)
     path.write_text("finetune:\n  lr: 5e-07x\n")
     with pytest.raises(config.ConfigError, match=re.escape("finetune.lr: must be a valid number, got str '5e-07x'")):
-        config.load(path)
+        params.load(path)

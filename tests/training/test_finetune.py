@@ -253,7 +253,7 @@ def test_dfr_arm_needs_the_worlds_balanced_split():
     data = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
     data["finetune"]["arms"] = [*data["finetune"]["arms"], "dfr"]
     with pytest.raises(config.ConfigError, match="finetune.arms: dfr refits the head on the world's habitat-balanced"):
-        config.parse(data, "paper.yaml")
+        params.parse(data, "paper.yaml")
 
 
 def _paths(root, out):
@@ -399,7 +399,7 @@ def test_k_larger_than_the_images_of_a_class_is_a_clear_error(project, tmp_path)
         fewshot.load_data(project / "data" / "masks", pool, 4, 32)
     (tmp_path / "p.yaml").write_text("finetune: {k: 5}\n")
     with pytest.raises(config.ConfigError, match="finetune.k 5 is larger than masks.k 3"):
-        config.load(tmp_path / "p.yaml")
+        params.load(tmp_path / "p.yaml")
 
 
 @pytest.mark.parametrize("data, key", [
