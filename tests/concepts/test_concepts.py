@@ -305,4 +305,4 @@ def test_config_names_a_wrong_proposer():
     with pytest.raises(config.ConfigError, match="concepts.proposer: unknown proposer 'gpt'"):
         params.parse({"concepts": {"proposer": "gpt"}})
     with pytest.raises(config.ConfigError, match="concepts.llm.model: required"):
-        config.parse({"concepts": {"proposer": "llm"}})
+        params.parse({"concepts": {"proposer": "llm"}})

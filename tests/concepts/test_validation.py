@@ -7,6 +7,7 @@ import pytest
 from cftlib import concepts, grounding, validation
 from cftlib.core import config
 from cftlib.data import world
+from cftlib.stages import params
 
 HEADER = {"proposer": "x", "model": None, "prompt": None, "prompt_sha256": None, "params": {}, "date": None}
 
@@ -89,13 +90,13 @@ def test_a_grounder_without_concepts_cannot_validate():
 
 def test_config_errors_name_the_key():
     with pytest.raises(config.ConfigError, match="concepts.validation.coverage"):
-        config.parse({"concepts": {"validation": {"coverage": 1.5}}})
+        params.parse({"concepts": {"validation": {"coverage": 1.5}}})
     with pytest.raises(config.ConfigError, match="concepts.validation.apply"):
-        config.parse({"concepts": {"validation": {"images": 0, "apply": True}}})
+        params.parse({"concepts": {"validation": {"images": 0, "apply": True}}})
     with pytest.raises(config.ConfigError, match="ablations.validation"):
-        config.parse({"ablations": {"validation": [[0.15]]}})
+        params.parse({"ablations": {"validation": [[0.15]]}})
     with pytest.raises(config.ConfigError, match="ablations.validation.*repeated"):
-        config.parse({"ablations": {"validation": [[0.15, 0.2], [0.15, 0.2]]}})
+        params.parse({"ablations": {"validation": [[0.15, 0.2], [0.15, 0.2]]}})
 
 
 def test_the_missing_rates_name_what_to_run(tmp_path):
