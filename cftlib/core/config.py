@@ -1,8 +1,7 @@
-"""Typed, validated parameters: `params.yaml` is read once, and a wrong key, type or value fails at once with a
-message naming the file and the dotted key. Each field declares its type, default and bounds (pydantic); the checks
-across fields, and the names a registry defines (arms, relevance methods, splits, ...; plain strings here) against
-the registries themselves, are cftlib.stages.params's."""
+"""Typed parameters: each field with its type, default and bounds (pydantic); a wrong key, type or value fails at once
+naming the file and dotted key. Checks across fields and names against the registries: cftlib.stages.params."""
 
+import functools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,8 +37,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _as_written(value: Any, check) -> Any:
-    """Checked as a float, kept as written: an int inside a list or mapping stays an int (manifests hash it)."""
+def _as_written(value: Any, check) -> Any:  # checked as a float, an int kept an int (manifests hash it)
     checked = check(value)
     return value if type(value) is int else checked
 
@@ -50,6 +48,7 @@ Fraction, Share = Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge
 Number = Annotated[float, WrapValidator(_as_written)]
 Names = Annotated[list[str], AfterValidator(_unique)]
 Kwargs = Annotated[dict[str, Any], AfterValidator(_finite)]
+Pair = Annotated[list[Annotated[Number, Field(ge=0, le=1)]], Field(min_length=2, max_length=2)]
 Device = Literal["auto", "cpu", "cuda"]
 ZOOM = 1.1428571428571428  # 256/224: resize up, then crop back to size (official)
 OFFICIAL_BANK = "cftlib/data/cft_official_concept_bank.json"  # the official repository's bank, shipped
@@ -270,12 +269,8 @@ class Evaluate(Section):
     workers: Count = 2  # > 1 (the world): runs scored by this many processes side by side, base.threads split
 
     def images(self, split: str) -> int:
-        """How many of `split`'s first images are scored (0: all): `split_images`, else `max_images`. The
-        splits the deciding comparisons read get more (test: the in-distribution tolerance; bg_conflict)."""
+        """How many of `split`'s first images are scored (0: all): `split_images`, else `max_images`."""
         return self.split_images.get(split, self.max_images)
-
-
-Pair = Annotated[list[Annotated[Number, Field(ge=0, le=1)]], Field(min_length=2, max_length=2)]
 
 
 class Ablations(Section):
@@ -312,17 +307,13 @@ def _message(e: dict, where: str) -> str:
     got = f"{type(value).__name__} {value!r}" if e["type"].endswith("_type") else repr(value)
     why = str(ctx["error"]) if "error" in ctx else f"{e['msg'].replace('Input should', 'must')}, got {got}"
     if e["type"] == "extra_forbidden":
-        section = Params
-        for part in loc[:-1]:
-            section = section.model_fields[part].annotation
+        section = functools.reduce(lambda model, key: model.model_fields[key].annotation, loc[:-1], Params)
         why = f"unknown key; known: {', '.join(section.model_fields)}"
     return f"{where}: {'.'.join(loc)}: {why}" if loc else f"{where}: {why}"
 
 
 def parse(data: dict, where: str = "<params>") -> Params:
     """Validate a parsed params mapping (all sections optional; defaults fill the rest)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
     try:
         return Params.model_validate(data)
     except ValidationError as e:
@@ -331,11 +322,7 @@ def parse(data: dict, where: str = "<params>") -> Params:
 
 def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file (cftlib.stages.params.load adds the checks across fields and registries)."""
-    try:
-        data = read_yaml(path, what="params file")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return parse(data, str(path))
+    return parse(read_yaml(path, what="params file", error=ConfigError), str(path))
 
 
 def as_dict(obj: Section) -> dict:

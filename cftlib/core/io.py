@@ -111,21 +111,21 @@ def _duplicate(node: yaml.Node, key: str = "") -> str | None:
     return next(filter(None, (_duplicate(v, k) for k, v in inside)), None)
 
 
-def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+def read_yaml(path: str | Path, what: str = "YAML file", error: type[ValueError] = ValueError) -> Any:
     """A YAML file's data, refusing what PyYAML would read silently: a key given twice (by its dotted key) and an
-    empty file; ValueError naming the file otherwise too (missing, not valid YAML)."""
+    empty file; `error` naming the file otherwise too (missing, not valid YAML)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: {what} not found")
+        raise error(f"{path}: {what} not found")
     try:
         text = path.read_text()
         node = yaml.compose(text, Loader=_YAMLLoader)
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
+        raise error(f"{path}: not valid YAML: {e}") from None
     if node is None:
-        raise ValueError(f"{path}: empty {what}")
+        raise error(f"{path}: empty {what}")
     if repeated := _duplicate(node):
-        raise ValueError(f"{path}: {repeated}: duplicate key")
+        raise error(f"{path}: {repeated}: duplicate key")
     return yaml.load(text, Loader=_YAMLLoader)
 
 

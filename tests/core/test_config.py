@@ -139,7 +139,7 @@ def test_non_finite_negative_and_repeated_values_fail_naming_the_key(tmp_path, t
     ("ablations:\n  validation: [{a: 1, a: 2}]\n", "ablations.validation.0.a: duplicate key"),
     ("", "empty params file"),
     ("# only a comment\n", "empty params file"),
-    ("- base\n", "the top level must be a mapping, got list"),
+    ("- base\n", "must be a valid dictionary or instance of Params, got list"),
 ])
 def test_duplicate_keys_and_an_empty_file_are_refused_by_name(tmp_path, text, message):
     """PyYAML keeps the last of two equal keys silently, and reads an empty file as None: both would run defaults
