@@ -125,6 +125,84 @@ def head(arrays: dict, n: int) -> dict:
 
 
 
+def score_world(P: config.Params, params_file: str | Path, runs, *, data_dir, concepts_dir, masks_dir, finetune_dir,
+                progress: bool = False) -> dict:
+    """The world's runs scored on its splits, `evaluate.workers` processes side by side (this one reads them back):
+    accuracy, alignment, part usage and flip frames (`evaluate_runs`), the concept parts per class and a line on what
+    scored them (`about`)."""
+    E = P.evaluate
+    data = inputs(P, runs, data_dir, masks_dir, concepts_dir)  # each run's classes: its seed's class subset
+    folders = ["--data", data_dir, "--masks", masks_dir, "--concepts", concepts_dir, "--runs", finetune_dir]
+    with score_side_by_side(params_file, E.workers, max(1, P.base.threads // E.workers), folders) as scored:
+        acc, align, usage, flips = evaluate_runs(runs, finetune_dir, **data, cfg=E, progress=progress,
+                                                 scored_dir=scored)
+    seen = data["seen"]
+    return dict(acc=acc, others=None, align=align, usage=usage, flips=flips, class_parts=data["class_parts"],
+                about=f"{len(seen)} class subsets of {len(seen[min(seen)])} seen classes each; concept parts per "
+                      f"class {data['class_parts']}")
+
+
+def score_benchmarks(P: config.Params, params_file: str | Path, runs, *, data_dir, masks_dir, finetune_dir,
+                     out: Path, progress: bool = False) -> dict:
+    """Paper scale: the runs scored on the benchmarks into `out` (cftlib.stages.benchmarks, under torchrun when
+    `evaluate.processes` > 1; each model's rows kept in cache/benchmarks, so a re-run resumes), the frames
+    `score_world` returns (no flips: per-image predictions are not kept) and the other protocols' accuracy."""
+    E = P.evaluate
+    launch.run("cftlib.stages.benchmarks", ["--params", params_file, "--runs", finetune_dir, "--masks", masks_dir,
+                                            "--data", data_dir, "--out", str(out), "--cache", "cache/benchmarks"]
+               + ["--progress"] * progress, E.processes)
+    acc, others, align, usage = benchmarks.frames(pd.read_csv(out), E.protocols)
+    return dict(acc=acc, others=others, align=align, usage=usage, flips=pd.DataFrame(columns=FLIP_COLUMNS),
+                class_parts=[],
+                about=f"{len(seen_by_subset(masks_dir, runs))} class subsets; protocols {', '.join(E.protocols)}")
+
+
+def write_tables(P: config.Params, s: dict, names: list[str], tables_dir: Path) -> dict:
+    """Every table of the stage into `tables_dir` (markdown and CSV, cftlib.report.tables) from `score_world`'s or
+    `score_benchmarks`' frames (`s`, with its `gaps`): accuracy (top-1, top-5, the other protocols), seen and unseen
+    classes, shortcut gaps, alignment, concept usage. Returns them with the summaries the metrics read."""
+    E, R = P.evaluate, accuracy.roles(P)
+    over = "mean ± 95% CI over (base, seed) runs"
+    summary = intervals.summarise(s["acc"], ["model", "arm", "split", "group"], ["top1", "top5"], E.level)
+    scope = "split" if E.splits else f"benchmark ({E.protocols[0]} protocol)"
+    t = dict(summary=summary, main=tables.main_table(summary, R.splits))
+    tables.write_table(t["main"], tables_dir / "accuracy",
+                       f"{'Top-1' if E.splits else 'Top-1 and top-5'} (%) per {scope}, {over}")
+    tables.write_table(tables.main_table(summary, R.splits, "top5"), tables_dir / "accuracy_top5",
+                       f"Top-5 (%) per {scope}, {over}")
+    if s["others"] is not None:
+        for protocol, frame in s["others"].groupby("protocol", sort=False):
+            other = intervals.summarise(frame, ["model", "arm", "split", "group"], ["top1", "top5"], E.level)
+            tables.write_table(tables.main_table(other, R.splits), tables_dir / f"accuracy_{protocol}",
+                               f"Top-1 and top-5 (%) per benchmark ({protocol} protocol), {over}")
+
+    groups = summary[summary["split"].isin([R.reference, R.focus]) & (summary["group"] != "all")]
+    t["seen_unseen"] = tables.table(groups, ["top1"], ["split", "group"], R.splits)
+    tables.write_table(t["seen_unseen"], tables_dir / "seen_unseen",
+                       "Top-1 (%) on classes seen / not seen in fine-tuning")
+
+    t["gap_summary"] = intervals.summarise(s["gaps"], ["model", "arm", "split"], ["gap"], E.level)
+    t["gaps"] = tables.table(t["gap_summary"], ["gap"], ["split"], R.splits)
+    tables.write_table(t["gaps"], tables_dir / "gaps", f"Shortcut gap ({R.reference} − split, points), {over}")
+    align = s["align"]
+    metrics = [m for m in alignment.ALIGNMENT if align[m].notna().any()]
+    t["align_summary"] = intervals.summarise(align, ["model", "arm", "split"], metrics, E.level)
+    t["alignment"] = tables.table(t["align_summary"], metrics, ["split"], R.splits)
+    tables.write_table(t["alignment"], tables_dir / "alignment",
+                       "Relevance alignment (%): RobustViT segmentation test vs the bird, and concept parts" if E.splits
+                       else "Relevance alignment (%): RobustViT segmentation test on ImageNet-Segmentation")
+
+    t["concept_usage"] = tables.usage_table(s["usage"], s["class_parts"], names, R.focus)
+    tables.write_table(t["concept_usage"], tables_dir / "concept_usage",
+                       f"Share of relevance (%) on each concept part of the class, `{R.focus}`, mean over (base, seed) "
+                       "runs")
+    t["concept_usage_masks"] = tables.usage_table(s["usage"], None, names, alignment.MASKS_SPLIT)
+    tables.write_table(t["concept_usage_masks"], tables_dir / "concept_usage_masks",
+                       "Share of relevance (%) inside each grounded concept mask of the class, the masks stage's "
+                       "validation images, mean over (base, seed) runs")
+    return t
+
+
 def run_stage(P: config.Params, params_file: str | Path, *, data_dir: str | Path, concepts_dir: str | Path,
               masks_dir: str | Path, finetune_dir: str | Path, metrics_dir: str | Path, plots_dir: str | Path,
               reports_dir: str | Path, progress: bool = False) -> dict:
@@ -133,85 +211,36 @@ def run_stage(P: config.Params, params_file: str | Path, *, data_dir: str | Path
     the claims report (`reports/claims.md`, `.json`, `metrics/claims.json`). Returns what the notebook shows:
     the runs, a line on what scored them (`about`), the per-run rows, the tables, the headline metrics and the
     claims' rows (cftlib.report.claims)."""
-    runs = runspec.plan(P.finetune, P.base.seed, P.bases.seeds)
-    E, R = P.evaluate, accuracy.roles(P)
-    bench_csv = Path(plots_dir) / "evaluate_benchmarks.csv"
-    if E.splits:  # the world's splits: E.workers processes score the runs side by side, this one reads them back
-        data = inputs(P, runs, data_dir, masks_dir, concepts_dir)  # each run's classes: its seed's class subset
-        folders = ["--data", data_dir, "--masks", masks_dir, "--concepts", concepts_dir, "--runs", finetune_dir]
-        with score_side_by_side(params_file, E.workers, max(1, P.base.threads // E.workers), folders) as scored:
-            acc, align, usage, flips = evaluate_runs(runs, finetune_dir, **data, cfg=E, progress=progress,
-                                                     scored_dir=scored)
+    runs, R = runspec.plan(P.finetune, P.base.seed, P.bases.seeds), accuracy.roles(P)
+    bench_csv, folders = Path(plots_dir) / "evaluate_benchmarks.csv", dict(data_dir=data_dir, masks_dir=masks_dir,
+                                                                          finetune_dir=finetune_dir)
+    if P.evaluate.splits:
+        s = score_world(P, params_file, runs, concepts_dir=concepts_dir, **folders, progress=progress)
         io.write_csv(bench_csv, pd.DataFrame(columns=list(benchmarks.RESULTS)))  # no benchmarks on the world
-        seen = data["seen"]
-        about = (f"{len(seen)} class subsets of {len(seen[min(seen)])} seen classes each; concept parts per class "
-                 f"{data['class_parts']}")
-    else:  # paper scale: the benchmarks, under torchrun when evaluate.processes > 1
-        launch.run("cftlib.stages.benchmarks", ["--params", params_file, "--runs", finetune_dir, "--masks", masks_dir,
-                                                "--data", data_dir, "--out", str(bench_csv), "--cache",
-                                                "cache/benchmarks"] + ["--progress"] * progress,
-                   E.processes)  # each model's rows are kept in cache/benchmarks: a re-run resumes where it stopped
-        acc, others, align, usage = benchmarks.frames(pd.read_csv(bench_csv), E.protocols)
-        flips = pd.DataFrame(columns=FLIP_COLUMNS)  # per-image predictions are not kept at paper scale
-        about = f"{len(seen_by_subset(masks_dir, runs))} class subsets; protocols {', '.join(E.protocols)}"
-    gaps = accuracy.gaps_frame(acc, R.reference, R.ood)
-    for name, frame in (("accuracy", acc), ("alignment", align), ("gaps", gaps), ("usage", usage), ("flips", flips)):
-        io.write_csv(Path(plots_dir) / f"evaluate_{name}.csv", frame)
+    else:
+        s = score_benchmarks(P, params_file, runs, out=bench_csv, **folders, progress=progress)
+    s["gaps"] = accuracy.gaps_frame(s["acc"], R.reference, R.ood)
+    for name, key in (("accuracy", "acc"), ("alignment", "align"), ("gaps", "gaps"), ("usage", "usage"),
+                      ("flips", "flips")):
+        io.write_csv(Path(plots_dir) / f"evaluate_{name}.csv", s[key])
 
-    tables_dir = Path(reports_dir) / "tables"
-    summary = intervals.summarise(acc, ["model", "arm", "split", "group"], ["top1", "top5"], E.level)
-    scope = "split" if E.splits else f"benchmark ({E.protocols[0]} protocol)"
-    main = tables.main_table(summary, R.splits)
-    tables.write_table(main, tables_dir / "accuracy", f"{'Top-1' if E.splits else 'Top-1 and top-5'} (%) per {scope}, "
-                       "mean ± 95% CI over (base, seed) runs")
-    tables.write_table(tables.main_table(summary, R.splits, "top5"), tables_dir / "accuracy_top5",
-                       f"Top-5 (%) per {scope}, mean ± 95% CI over (base, seed) runs")
-    if not E.splits:
-        for protocol, frame in others.groupby("protocol", sort=False):
-            s = intervals.summarise(frame, ["model", "arm", "split", "group"], ["top1", "top5"], E.level)
-            tables.write_table(tables.main_table(s, R.splits), tables_dir / f"accuracy_{protocol}",
-                               f"Top-1 and top-5 (%) per benchmark ({protocol} protocol), mean ± 95% CI over "
-                               "(base, seed) runs")
-
-    groups = summary[summary["split"].isin([R.reference, R.focus]) & (summary["group"] != "all")]
-    seen_table = tables.table(groups, ["top1"], ["split", "group"], R.splits)
-    tables.write_table(seen_table, tables_dir / "seen_unseen", "Top-1 (%) on classes seen / not seen in fine-tuning")
-
-    gap_summary = intervals.summarise(gaps, ["model", "arm", "split"], ["gap"], E.level)
-    gap_table = tables.table(gap_summary, ["gap"], ["split"], R.splits)
-    tables.write_table(gap_table, tables_dir / "gaps",
-                       f"Shortcut gap ({R.reference} − split, points), mean ± 95% CI over (base, seed) runs")
-    align_metrics = [m for m in alignment.ALIGNMENT if align[m].notna().any()]
-    align_summary = intervals.summarise(align, ["model", "arm", "split"], align_metrics, E.level)
-    align_table = tables.table(align_summary, align_metrics, ["split"], R.splits)
-    tables.write_table(align_table, tables_dir / "alignment",
-                       "Relevance alignment (%): RobustViT segmentation test vs the bird, and concept parts" if E.splits
-                       else "Relevance alignment (%): RobustViT segmentation test on ImageNet-Segmentation")
-
-    bank = concepts.load(concepts_dir)
-    names = [c["name"] for c in world.load_guide(data_dir)] if E.splits else [c["name"] for c in bank["classes"]]
-    usage_table = tables.usage_table(usage, data["class_parts"] if E.splits else [], names, R.focus)
-    tables.write_table(usage_table, tables_dir / "concept_usage",
-                       f"Share of relevance (%) on each concept part of the class, `{R.focus}`, mean over (base, seed) "
-                       "runs")
-    masks_table = tables.usage_table(usage, None, names, alignment.MASKS_SPLIT)
-    tables.write_table(masks_table, tables_dir / "concept_usage_masks",
-                       "Share of relevance (%) inside each grounded concept mask of the class, the masks stage's "
-                       "validation images, mean over (base, seed) runs")
-
-    full = tables.metrics(summary, gap_summary, align_summary)
+    names = ([c["name"] for c in world.load_guide(data_dir)] if P.evaluate.splits
+             else [c["name"] for c in concepts.load(concepts_dir)["classes"]])
+    t = write_tables(P, s, names, Path(reports_dir) / "tables")
+    full = tables.metrics(t["summary"], t["gap_summary"], t["align_summary"])
     io.write_json(Path(reports_dir) / "evaluate.json", full)
-    small = headline.evaluate(full, R.reference, R.ood, (E.alignment_splits or [R.reference])[0])
+    small = headline.evaluate(full, R.reference, R.ood, (P.evaluate.alignment_splits or [R.reference])[0])
     headline.write(Path(metrics_dir) / "evaluate.json", small)
 
-    claim_rows = claims.write_claims(Path(reports_dir) / "claims.md", acc, align, P,
+    claim_rows = claims.write_claims(Path(reports_dir) / "claims.md", s["acc"], s["align"], P,
                                      runspec.collect(runs, finetune_dir, "epochs.csv"),
                                      Path(reports_dir) / "claims.json")
     headline.write(Path(metrics_dir) / "claims.json", headline.claims([c["verdict"] for c in claim_rows],
                                                                       claims.VERDICTS))
-    return dict(runs=runs, about=about, acc=acc, align=align, usage=usage, flips=flips, gaps=gaps, main=main,
-                seen_unseen=seen_table, gaps_table=gap_table, alignment=align_table, concept_usage=usage_table,
-                concept_usage_masks=masks_table, metrics=small, claims=claim_rows)
+    return dict(runs=runs, about=s["about"], acc=s["acc"], align=s["align"], usage=s["usage"], flips=s["flips"],
+                gaps=s["gaps"], metrics=small, claims=claim_rows,
+                **{k: t[k] for k in ("main", "seen_unseen", "alignment", "concept_usage", "concept_usage_masks")},
+                gaps_table=t["gaps"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from cftlib.data import datasets, fewshot
 from cftlib.metrics import accuracy, alignment, examples, intervals, runs
 from cftlib.models import factory
 from cftlib.report import claims, figures, tables
-from cftlib.stages import benchmarks
+from cftlib.stages import benchmarks, evaluate
 
 GAIN = {"imagenet_val": [-0.004, -0.005, -0.006], "imagenet_v2": [-0.004, -0.003, -0.005],
         "imagenet_a": [0.10, 0.12, 0.11], "objectnet": [0.02, -0.03, 0.01]}
@@ -175,6 +175,20 @@ def test_tables_and_metrics_from_the_paper_frames(frames, tmp_path):
                             ["gap"])
     m = json.loads(json.dumps(tables.metrics(s, g, a), allow_nan=False))
     assert set(m["vit"]["cft"]["alignment"][datasets.SEGMENTATION]) >= {"pixAcc", "mIoU_ci"}
+
+
+def test_write_tables_at_paper_scale_writes_every_protocols_table(frames, tmp_path):
+    acc, others, align, usage = frames
+    P = _paper_params(benchmarks={b: f"/data/{b}" for b in GAIN})
+    gaps = accuracy.gaps_frame(acc, "imagenet_val", ["imagenet_a", "objectnet"])
+    t = evaluate.write_tables(P, dict(acc=acc, others=others, align=align, usage=usage, class_parts=[], gaps=gaps),
+                              [f"class {i}" for i in range(1000)], tmp_path)
+    written = sorted(f.name for f in tmp_path.glob("*.md"))
+    assert written == sorted(f"{name}.md" for name in ("accuracy", "accuracy_top5", "accuracy_standard", "seen_unseen",
+                                                       "gaps", "alignment", "concept_usage", "concept_usage_masks"))
+    assert "(standard protocol)" in (tmp_path / "accuracy_standard.md").read_text()
+    assert t["main"].loc["vit / cft", "ImageNet-A (OOD) · top1"] == "41.0 ± 2.5"  # the first protocol's, as above
+    assert set(t["gaps"].columns) == {"imagenet_a", "objectnet"}  # one gap per OOD benchmark
 
 
 def test_figures_at_paper_scale(frames, tmp_path):
