@@ -214,7 +214,7 @@ class FinetuneCNN(Section):
     """The paper's "additional CNN model": fine-tuned with the same protocol and loss on Grad-CAM."""
     arms: Names = ["none", "ce", "cft"]  # empty: no CNN
     relevance: str = "gradcam"
-    lr: Positive = 0.0001  # chosen on validation data (benchmarks/finetune_budget.py)
+    lr: Positive = 0.00001  # chosen on validation data (benchmarks/finetune_budget.py, World v3)
     pretrain: CNNPretrain = CNNPretrain()
     zoo: str = ""  # paper scale: a pretrained CNN of cftlib.models.zoo (pretrain above unused)
     weights: str = ""  # its weights: a local file; empty = the hub / timm cache

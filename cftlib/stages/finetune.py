@@ -111,7 +111,7 @@ def base_losses(FT: config.Finetune, data: dict, bases: dict) -> pd.DataFrame:
     xb, mb, yb = t["x"][:n], t["concept"][:n], t["y"][:n]
     r, logits = relevance.explain(bases["vit", 0][0], checkpoints.renormalise(xb, bases["vit", 0][1]), FT.relevance,
                                   target=yb, output="pixel")
-    return pd.DataFrame({name: {k: float(v) for k, v in losses.relevance_loss(r, mb, logits, yb, "bce", cfg).items()}
+    return pd.DataFrame({name: {k: v.item() for k, v in losses.relevance_loss(r, mb, logits, yb, "bce", cfg).items()}
                          for name, cfg in ((f"squeezed, δ = {FT.loss.squeeze:g}", FT.loss),
                                            ("official, δ = 0", FT.loss.model_copy(update=dict(squeeze=0.0))))}).T
 
