@@ -364,7 +364,8 @@ def deviations(P: config.Params) -> list[dict]:
              here=f"map squeezed into [{loss.squeeze:g}, {1 - loss.squeeze:g}]",
              why="keeps gradients finite (0 restores the official behaviour)"),
         dict(what="optimisation", official="lr 3e-6, 50 epochs, batch 8",
-             here=f"lr {f.lr:g}, {f.epochs} epochs, batch {f.batch_size}",
+             here=f"lr {f.lr:g}, {f.epochs} epochs, batch {f.batch_size}"
+                  + (f"; the CNN lr {f.cnn.lr:g}" if f.cnn.arms else ""),
              why="chosen on validation data by benchmarks/finetune_budget.py (reports/finetune_budget.md)" if world
                  else "the paper's setting"),
         dict(what="model selection", official="the epoch of the lowest validation total loss",
