@@ -238,9 +238,9 @@ def run_stage(P: config.Params, params_file: str | Path, *, data_dir: str | Path
     headline.write(Path(metrics_dir) / "claims.json", headline.claims([c["verdict"] for c in claim_rows],
                                                                       claims.VERDICTS))
     return dict(runs=runs, about=s["about"], acc=s["acc"], align=s["align"], usage=s["usage"], flips=s["flips"],
-                gaps=s["gaps"], metrics=small, claims=claim_rows,
-                **{k: t[k] for k in ("main", "seen_unseen", "alignment", "concept_usage", "concept_usage_masks")},
-                gaps_table=t["gaps"])
+                gaps=s["gaps"], metrics=small, claims=claim_rows, main=t["main"], seen_unseen=t["seen_unseen"],
+                gaps_table=t["gaps"], alignment=t["alignment"], concept_usage=t["concept_usage"],
+                concept_usage_masks=t["concept_usage_masks"])
 
 
 def main(argv: list[str] | None = None) -> int:
