@@ -210,7 +210,7 @@ def run_stage(P: config.Params, params_file: str | Path, *, data_dir: str | Path
     save("finetune_selection", figures.selected_epochs(epochs))
     st, ep = train_alignment(steps, epochs, FT.loss, trained)
     save("finetune_alignment", figures.arm_curves(
-        [(st, "epoch", "align", "CFT alignment loss, training images (epoch mean)"),
+        [(st, "epoch", "align", "CFT alignment loss, training images"),
          (ep, "epoch", "val_cft_align", "CFT alignment loss, held-out classes")]))
 
     ex = examples(data, concepts_dir)
